@@ -1,0 +1,123 @@
+//! Configuration shared by the three binaries. Each setting is a flag with an
+//! environment fallback (`HOOKLINE_…`); flags win over the environment, which wins
+//! over the defaults.
+
+use std::time::Duration;
+
+use crate::topics::Topics;
+
+/// Kafka connection and topic settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma separated.
+    #[arg(
+        long = "kafka-brokers",
+        env = "HOOKLINE_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+
+    /// Prefix of every topic name.
+    #[arg(long, env = "HOOKLINE_TOPIC_PREFIX", default_value = "hookline.")]
+    pub topic_prefix: String,
+
+    /// Partitions of the topics this binary creates when they are missing.
+    #[arg(long, env = "HOOKLINE_TOPIC_PARTITIONS", default_value_t = 8)]
+    pub topic_partitions: i32,
+
+    /// Replication factor of the topics this binary creates when they are missing.
+    #[arg(long, env = "HOOKLINE_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+
+    /// Extra librdkafka properties (`key=value`, comma separated or repeated), e.g.
+    /// `security.protocol=SASL_SSL,sasl.mechanism=PLAIN`. Applied last, to every client.
+    #[arg(
+        long = "kafka-property",
+        env = "HOOKLINE_KAFKA_PROPERTIES",
+        value_delimiter = ',',
+        value_parser = parse_property
+    )]
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// The deployment's topic names.
+    pub fn topics(&self) -> Topics {
+        Topics::new(self.topic_prefix.clone())
+    }
+}
+
+/// Settings of the HTTP API and operations endpoints.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// When set, every `/v1` call needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "HOOKLINE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// `text` or `json`.
+    #[arg(long, env = "HOOKLINE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    Ok((key.to_owned(), value.trim().to_owned()))
+}
+
+/// Parses a human duration such as `250ms`, `5s`, `5m` or `2h` (humantime syntax).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn properties_parse_and_flags_have_defaults() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--kafka-property",
+            "security.protocol=SASL_SSL,sasl.mechanism=PLAIN",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.kafka.properties,
+            vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanism".into(), "PLAIN".into())
+            ]
+        );
+        assert_eq!(
+            cli.kafka.topics().events(),
+            format!("{}events", cli.kafka.topic_prefix)
+        );
+        assert!(Cli::try_parse_from(["x", "--kafka-property", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

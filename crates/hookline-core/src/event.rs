@@ -1,0 +1,343 @@
+//! The event envelope: what producers send, what sits on the events topic, and the
+//! body a receiver gets.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids;
+
+/// Longest accepted event type, tenant or id.
+const MAX_NAME_LEN: usize = 128;
+
+/// A finance event as it travels through the pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id (`evt_…` when Hookline made it; any producer id otherwise).
+    pub id: String,
+    /// Dotted event type, e.g. `invoice.paid`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The tenant (the payment processor's customer) the event belongs to.
+    pub tenant: String,
+    /// When the event happened at its source.
+    pub occurred_at: DateTime<Utc>,
+    /// The event's payload.
+    pub data: Value,
+}
+
+/// A field of an event that failed validation, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// Path of the offending field, e.g. `type` or `[2].tenant`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A new error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, its field path placed under `prefix` (e.g. an array index).
+    pub fn within(self, prefix: &str) -> Self {
+        Self {
+            field: format!("{prefix}.{}", self.field),
+            message: self.message,
+        }
+    }
+}
+
+/// Where a missing id or timestamp comes from when an event arrives without one.
+#[derive(Debug, Clone, Copy)]
+pub enum Defaults<'a> {
+    /// Accepted over HTTP: a fresh id, and now.
+    Fresh,
+    /// Read from a topic: an id derived from the record's position and the record's
+    /// timestamp, so that re-reading the record yields the same event.
+    Record {
+        /// Topic the record was read from.
+        topic: &'a str,
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// Its Kafka timestamp, if it has one.
+        timestamp: Option<DateTime<Utc>>,
+    },
+}
+
+impl Event {
+    /// Builds an event from a JSON object, filling a missing `id` and `occurred_at`
+    /// from `defaults`. Errors name the first offending field.
+    pub fn from_json(value: Value, defaults: Defaults<'_>) -> Result<Self, FieldError> {
+        let Value::Object(mut object) = value else {
+            return Err(FieldError::new("$", "an event must be a JSON object"));
+        };
+        let event_type = take_name(&mut object, "type", true)?.unwrap_or_default();
+        if event_type.contains('*') {
+            return Err(FieldError::new("type", "must not contain '*'"));
+        }
+        let tenant = take_name(&mut object, "tenant", true)?.unwrap_or_default();
+        let id = match take_name(&mut object, "id", false)? {
+            Some(id) => id,
+            None => match defaults {
+                Defaults::Fresh => ids::new_event_id(),
+                Defaults::Record {
+                    topic,
+                    partition,
+                    offset,
+                    ..
+                } => ids::derived_event_id(topic, partition, offset),
+            },
+        };
+        let occurred_at = match object.remove("occurred_at") {
+            None | Some(Value::Null) => match defaults {
+                Defaults::Record {
+                    timestamp: Some(ts),
+                    ..
+                } => ts,
+                _ => Utc::now(),
+            },
+            Some(Value::String(text)) => DateTime::parse_from_rfc3339(&text)
+                .map_err(|e| FieldError::new("occurred_at", format!("not RFC 3339: {e}")))?
+                .with_timezone(&Utc),
+            Some(_) => return Err(FieldError::new("occurred_at", "must be an RFC 3339 string")),
+        };
+        let data = match object.remove("data") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(data) => data,
+        };
+        Ok(Self {
+            id,
+            event_type,
+            tenant,
+            occurred_at,
+            data,
+        })
+    }
+
+    /// Parses an event from a topic record's value.
+    pub fn from_record_value(bytes: &[u8], defaults: Defaults<'_>) -> Result<Self, FieldError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| FieldError::new("$", format!("not valid JSON: {e}")))?;
+        Self::from_json(value, defaults)
+    }
+
+    /// The JSON body POSTed to receivers:
+    /// `{"id", "type", "tenant", "timestamp", "data"}`.
+    pub fn webhook_body(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": self.event_type,
+            "tenant": self.tenant,
+            "timestamp": self.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "data": self.data,
+        })
+    }
+}
+
+/// Removes `key` from `object` and checks it is a name: a non-empty string of at most
+/// 128 characters without whitespace or control characters.
+fn take_name(
+    object: &mut Map<String, Value>,
+    key: &str,
+    required: bool,
+) -> Result<Option<String>, FieldError> {
+    match object.remove(key) {
+        None | Some(Value::Null) if required => Err(FieldError::new(key, "is required")),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => {
+            validate_name(&text).map_err(|message| FieldError::new(key, message))?;
+            Ok(Some(text))
+        }
+        Some(_) => Err(FieldError::new(key, "must be a string")),
+    }
+}
+
+/// Checks that `text` is usable as a type, tenant or id.
+pub fn validate_name(text: &str) -> Result<(), &'static str> {
+    if text.is_empty() {
+        return Err("must not be empty");
+    }
+    if text.len() > MAX_NAME_LEN {
+        return Err("must be at most 128 characters");
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters");
+    }
+    Ok(())
+}
+
+/// Parses an ingest request body: one event object or an array of them. Errors on
+/// array elements carry the index, e.g. `[3].tenant`.
+pub fn parse_batch(body: &[u8], max_events: usize) -> Result<Vec<Event>, FieldError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| FieldError::new("$", format!("malformed JSON: {e}")))?;
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(FieldError::new("$", "the array holds no event"));
+            }
+            if items.len() > max_events {
+                return Err(FieldError::new(
+                    "$",
+                    format!("at most {max_events} events per request"),
+                ));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    Event::from_json(item, Defaults::Fresh).map_err(|e| e.within(&format!("[{i}]")))
+                })
+                .collect()
+        }
+        other => Ok(vec![Event::from_json(other, Defaults::Fresh)?]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record_defaults(ts: Option<DateTime<Utc>>) -> Defaults<'static> {
+        Defaults::Record {
+            topic: "hookline.events",
+            partition: 1,
+            offset: 7,
+            timestamp: ts,
+        }
+    }
+
+    #[test]
+    fn parses_a_full_event() {
+        let event = Event::from_json(
+            json!({"id": "evt_1", "type": "invoice.paid", "tenant": "acme",
+                   "occurred_at": "2026-11-24T10:00:00+01:00", "data": {"amount": 12}}),
+            Defaults::Fresh,
+        )
+        .unwrap();
+        assert_eq!(event.id, "evt_1");
+        assert_eq!(event.event_type, "invoice.paid");
+        assert_eq!(event.tenant, "acme");
+        assert_eq!(event.occurred_at.to_rfc3339(), "2026-11-24T09:00:00+00:00");
+        assert_eq!(event.data, json!({"amount": 12}));
+    }
+
+    #[test]
+    fn record_without_id_gets_position_derived_id_and_record_time() {
+        let ts = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let value = json!({"type": "payment.succeeded", "tenant": "acme"});
+        let a = Event::from_json(value.clone(), record_defaults(Some(ts))).unwrap();
+        let b = Event::from_json(value, record_defaults(Some(ts))).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.id, ids::derived_event_id("hookline.events", 1, 7));
+        assert_eq!(a.occurred_at, ts);
+        assert_eq!(a.data, json!({}));
+    }
+
+    #[test]
+    fn fresh_event_without_id_gets_a_new_id() {
+        let value = json!({"type": "expense.created", "tenant": "acme"});
+        let a = Event::from_json(value.clone(), Defaults::Fresh).unwrap();
+        let b = Event::from_json(value, Defaults::Fresh).unwrap();
+        assert!(a.id.starts_with("evt_"));
+        assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (json!({"tenant": "acme"}), "type", "is required"),
+            (json!({"type": "a.b"}), "tenant", "is required"),
+            (
+                json!({"type": "", "tenant": "acme"}),
+                "type",
+                "must not be empty",
+            ),
+            (
+                json!({"type": 5, "tenant": "acme"}),
+                "type",
+                "must be a string",
+            ),
+            (
+                json!({"type": "a.*", "tenant": "acme"}),
+                "type",
+                "must not contain '*'",
+            ),
+            (
+                json!({"type": "a", "tenant": "ac me"}),
+                "tenant",
+                "must not contain whitespace or control characters",
+            ),
+            (
+                json!({"type": "a", "tenant": "t", "occurred_at": "yesterday"}),
+                "occurred_at",
+                "",
+            ),
+            (
+                json!({"type": "a", "tenant": "t", "occurred_at": 5}),
+                "occurred_at",
+                "must be an RFC 3339 string",
+            ),
+            (
+                json!(["not", "an", "object"]),
+                "$",
+                "an event must be a JSON object",
+            ),
+        ];
+        for (value, field, message) in cases {
+            let err = Event::from_json(value.clone(), Defaults::Fresh).unwrap_err();
+            assert_eq!(err.field, field, "{value}");
+            assert!(err.message.starts_with(message), "{value}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn batch_errors_carry_the_index_and_malformed_json_is_reported() {
+        let body = br#"[{"type": "a", "tenant": "t"}, {"type": "b"}]"#;
+        let err = parse_batch(body, 100).unwrap_err();
+        assert_eq!(err.field, "[1].tenant");
+        let err = parse_batch(b"{\"type\": ", 100).unwrap_err();
+        assert_eq!(err.field, "$");
+        assert!(err.message.starts_with("malformed JSON"));
+        assert_eq!(parse_batch(b"[]", 100).unwrap_err().field, "$");
+        let too_many = serde_json::to_vec(&vec![json!({"type": "a", "tenant": "t"}); 3]).unwrap();
+        assert!(parse_batch(&too_many, 2).is_err());
+        assert_eq!(parse_batch(&too_many, 3).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn webhook_body_has_the_contract_fields() {
+        let event = Event::from_json(
+            json!({"id": "evt_9", "type": "invoice.paid", "tenant": "acme",
+                   "occurred_at": "2026-11-24T10:00:00Z", "data": {"invoice_id": "in_1"}}),
+            Defaults::Fresh,
+        )
+        .unwrap();
+        assert_eq!(
+            event.webhook_body(),
+            json!({"id": "evt_9", "type": "invoice.paid", "tenant": "acme",
+                   "timestamp": "2026-11-24T10:00:00.000Z", "data": {"invoice_id": "in_1"}})
+        );
+    }
+
+    #[test]
+    fn envelope_round_trips_through_serde() {
+        let event =
+            Event::from_json(json!({"type": "a.b", "tenant": "t"}), Defaults::Fresh).unwrap();
+        let bytes = serde_json::to_vec(&event).unwrap();
+        let again = Event::from_record_value(&bytes, record_defaults(None)).unwrap();
+        assert_eq!(event, again);
+    }
+}

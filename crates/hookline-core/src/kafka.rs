@@ -1,0 +1,191 @@
+//! Kafka clients built the same way in every binary: base settings, then the
+//! operator's pass-through properties, so that SASL/SSL and tuning reach every client.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, FromClientConfig};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaArgs;
+
+/// A topic a binary needs, with how to create it when missing.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// Full topic name.
+    pub name: String,
+    /// Partitions when created.
+    pub partitions: i32,
+    /// Topic-level configs when created, e.g. `cleanup.policy=compact`.
+    pub configs: Vec<(&'static str, String)>,
+}
+
+impl TopicSpec {
+    /// A plain (delete-retention) topic with the configured partition count.
+    pub fn plain(name: String, args: &KafkaArgs) -> Self {
+        Self {
+            name,
+            partitions: args.topic_partitions,
+            configs: Vec::new(),
+        }
+    }
+
+    /// A compacted, single-partition topic (small control data, total order).
+    pub fn compacted(name: String) -> Self {
+        Self {
+            name,
+            partitions: 1,
+            configs: vec![("cleanup.policy", "compact".into())],
+        }
+    }
+}
+
+/// Base client config: brokers, client id, then pass-through properties.
+pub fn client_config(args: &KafkaArgs, client_id: &str, base: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &args.brokers)
+        .set("client.id", client_id);
+    for (key, value) in base {
+        config.set(*key, *value);
+    }
+    for (key, value) in &args.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// A producer that loses nothing it acknowledged: `acks=all`, idempotent, batching.
+pub fn producer(args: &KafkaArgs, client_id: &str) -> Result<FutureProducer, KafkaError> {
+    client_config(
+        args,
+        client_id,
+        &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            ("message.timeout.ms", "30000"),
+        ],
+    )
+    .create()
+}
+
+/// A group consumer that never commits an offset on its own: offsets are stored
+/// explicitly once the work they stand for is durable, and the stored ones are
+/// committed in the background (`enable.auto.offset.store=false`).
+pub fn group_consumer<C>(args: &KafkaArgs, client_id: &str, group: &str) -> Result<C, KafkaError>
+where
+    C: FromClientConfig,
+{
+    client_config(
+        args,
+        client_id,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "1000"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+        ],
+    )
+    .create()
+}
+
+/// A consumer that reads a whole topic with manual assignment and never commits
+/// (used to materialize compacted topics).
+pub fn reader(args: &KafkaArgs, client_id: &str) -> Result<StreamConsumer, KafkaError> {
+    client_config(
+        args,
+        client_id,
+        &[
+            ("group.id", client_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "false"),
+        ],
+    )
+    .create()
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+/// Retries while the cluster is unreachable, up to `patience`.
+pub async fn ensure_topics(
+    args: &KafkaArgs,
+    specs: &[TopicSpec],
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(args, "hookline-admin", &[]).create()?;
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|spec| {
+            spec.configs.iter().fold(
+                NewTopic::new(
+                    &spec.name,
+                    spec.partitions,
+                    TopicReplication::Fixed(args.topic_replication),
+                ),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let outcome = admin.create_topics(new_topics.iter(), &options).await;
+        let failure = match outcome {
+            Ok(results) => results
+                .into_iter()
+                .filter_map(|result| match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
+                    Err((name, code)) => Some(format!("{name}: {code}")),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(err) => err.to_string(),
+        };
+        if failure.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("could not create topics: {failure}");
+        }
+        tracing::warn!(%failure, "topic creation failed; retrying");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Fetches the high watermark (next offset) of each partition of `topic`.
+pub async fn high_watermarks(
+    consumer: std::sync::Arc<StreamConsumer>,
+    topic: String,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>, KafkaError> {
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        partitions
+            .into_iter()
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&topic, p, timeout)
+                    .map(|(_, high)| (p, high))
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or(Err(KafkaError::Canceled))
+}

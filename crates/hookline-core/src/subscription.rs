@@ -1,0 +1,387 @@
+//! Subscriptions: who wants which events of a tenant, where, signed with which secret.
+//!
+//! They live as JSON records on the compacted subscriptions topic, keyed by id; a
+//! tombstone (null value) deletes one.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::event::{validate_name, FieldError};
+use crate::signing::WebhookSecret;
+
+/// Longest accepted description.
+const MAX_DESCRIPTION_LEN: usize = 1024;
+/// Most patterns one subscription may hold.
+const MAX_PATTERNS: usize = 64;
+
+/// Which event types a subscription receives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventTypePattern {
+    /// Exactly this type, e.g. `payment.succeeded`.
+    Exact(String),
+    /// Every type below a dotted prefix: `invoice.*` holds `invoice` and matches
+    /// `invoice.paid` and `invoice.payment.failed`, not `invoice` itself.
+    Prefix(String),
+    /// `*`: every type.
+    All,
+}
+
+impl EventTypePattern {
+    /// Parses `*`, `prefix.*` or an exact type.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "*" {
+            return Ok(Self::All);
+        }
+        let (body, is_prefix) = match text.strip_suffix(".*") {
+            Some(prefix) => (prefix, true),
+            None => (text, false),
+        };
+        validate_name(body).map_err(|m| format!("pattern {text:?} {m}"))?;
+        if body.contains('*') {
+            return Err(format!(
+                "pattern {text:?}: '*' is allowed only alone or as a final \".*\""
+            ));
+        }
+        Ok(if is_prefix {
+            Self::Prefix(body.to_owned())
+        } else {
+            Self::Exact(body.to_owned())
+        })
+    }
+
+    /// Whether an event of `event_type` matches.
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Exact(exact) => exact == event_type,
+            Self::Prefix(prefix) => event_type
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('.')),
+        }
+    }
+}
+
+impl std::fmt::Display for EventTypePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("*"),
+            Self::Exact(exact) => f.write_str(exact),
+            Self::Prefix(prefix) => write!(f, "{prefix}.*"),
+        }
+    }
+}
+
+impl Serialize for EventTypePattern {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventTypePattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+fn serialize_secret<S: Serializer>(secret: &WebhookSecret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&secret.expose())
+}
+
+fn deserialize_secret<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookSecret, D::Error> {
+    let text = String::deserialize(d)?;
+    WebhookSecret::parse(&text).map_err(serde::de::Error::custom)
+}
+
+/// A subscription as stored on the subscriptions topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// `sub_…` id.
+    pub id: String,
+    /// Tenant whose events it receives.
+    pub tenant: String,
+    /// Receiver endpoint.
+    pub url: String,
+    /// Event types it receives.
+    pub event_types: Vec<EventTypePattern>,
+    /// Disabled subscriptions receive nothing.
+    pub enabled: bool,
+    /// Free text for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Signing secret (see the docs: stored in the topic as-is until encryption at rest).
+    #[serde(
+        serialize_with = "serialize_secret",
+        deserialize_with = "deserialize_secret"
+    )]
+    pub secret: WebhookSecret,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Subscription {
+    /// Whether this subscription receives an event of `tenant` and `event_type`.
+    pub fn wants(&self, tenant: &str, event_type: &str) -> bool {
+        self.enabled
+            && self.tenant == tenant
+            && self.event_types.iter().any(|p| p.matches(event_type))
+    }
+}
+
+/// The fields a client sets when creating a subscription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubscription {
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Endpoint URL.
+    pub url: Option<String>,
+    /// Patterns.
+    pub event_types: Option<Vec<String>>,
+    /// Defaults to true.
+    pub enabled: Option<bool>,
+    /// Free text.
+    pub description: Option<String>,
+    /// A client-chosen secret (`whsec_…`); generated when absent.
+    pub secret: Option<String>,
+}
+
+/// The fields a client may change; absent fields keep their value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionPatch {
+    /// New endpoint URL.
+    pub url: Option<String>,
+    /// New patterns.
+    pub event_types: Option<Vec<String>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+    /// New description.
+    pub description: Option<String>,
+}
+
+impl NewSubscription {
+    /// Validates the request into a subscription with id `id`, created `now`.
+    pub fn into_subscription(
+        self,
+        id: String,
+        now: DateTime<Utc>,
+    ) -> Result<Subscription, FieldError> {
+        let tenant = self
+            .tenant
+            .ok_or_else(|| FieldError::new("tenant", "is required"))?;
+        validate_name(&tenant).map_err(|m| FieldError::new("tenant", m))?;
+        let url = validate_url(
+            self.url
+                .as_deref()
+                .ok_or_else(|| FieldError::new("url", "is required"))?,
+        )?;
+        let event_types = validate_patterns(
+            self.event_types
+                .ok_or_else(|| FieldError::new("event_types", "is required"))?,
+        )?;
+        let secret = match self.secret {
+            Some(text) => {
+                WebhookSecret::parse(&text).map_err(|e| FieldError::new("secret", e.to_string()))?
+            }
+            None => WebhookSecret::generate(),
+        };
+        Ok(Subscription {
+            id,
+            tenant,
+            url,
+            event_types,
+            enabled: self.enabled.unwrap_or(true),
+            description: validate_description(self.description)?,
+            secret,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+}
+
+impl SubscriptionPatch {
+    /// Applies the patch to `current`, validating every changed field.
+    pub fn apply(
+        self,
+        current: &Subscription,
+        now: DateTime<Utc>,
+    ) -> Result<Subscription, FieldError> {
+        let mut next = current.clone();
+        if let Some(url) = self.url {
+            next.url = validate_url(&url)?;
+        }
+        if let Some(patterns) = self.event_types {
+            next.event_types = validate_patterns(patterns)?;
+        }
+        if let Some(enabled) = self.enabled {
+            next.enabled = enabled;
+        }
+        if self.description.is_some() {
+            next.description = validate_description(self.description)?;
+        }
+        next.updated_at = now;
+        Ok(next)
+    }
+}
+
+fn validate_url(text: &str) -> Result<String, FieldError> {
+    let url =
+        url::Url::parse(text).map_err(|e| FieldError::new("url", format!("invalid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FieldError::new("url", "scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(FieldError::new("url", "must have a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(FieldError::new("url", "must not carry credentials"));
+    }
+    Ok(url.to_string())
+}
+
+fn validate_patterns(patterns: Vec<String>) -> Result<Vec<EventTypePattern>, FieldError> {
+    if patterns.is_empty() {
+        return Err(FieldError::new(
+            "event_types",
+            "must hold at least one pattern",
+        ));
+    }
+    if patterns.len() > MAX_PATTERNS {
+        return Err(FieldError::new(
+            "event_types",
+            format!("at most {MAX_PATTERNS} patterns"),
+        ));
+    }
+    let mut parsed: Vec<EventTypePattern> = Vec::with_capacity(patterns.len());
+    for (i, text) in patterns.iter().enumerate() {
+        let pattern = EventTypePattern::parse(text)
+            .map_err(|m| FieldError::new(format!("event_types[{i}]"), m))?;
+        if !parsed.contains(&pattern) {
+            parsed.push(pattern);
+        }
+    }
+    Ok(parsed)
+}
+
+fn validate_description(description: Option<String>) -> Result<Option<String>, FieldError> {
+    match description {
+        Some(text) if text.len() > MAX_DESCRIPTION_LEN => Err(FieldError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_LEN} bytes"),
+        )),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn new_sub(value: serde_json::Value) -> Result<Subscription, FieldError> {
+        serde_json::from_value::<NewSubscription>(value)
+            .unwrap()
+            .into_subscription("sub_1".into(), Utc::now())
+    }
+
+    #[test]
+    fn patterns_match_exact_prefix_and_all() {
+        let p = |t| EventTypePattern::parse(t).unwrap();
+        assert!(p("invoice.paid").matches("invoice.paid"));
+        assert!(!p("invoice.paid").matches("invoice.paid.late"));
+        assert!(p("invoice.*").matches("invoice.paid"));
+        assert!(p("invoice.*").matches("invoice.payment.failed"));
+        assert!(!p("invoice.*").matches("invoice"));
+        assert!(!p("invoice.*").matches("invoices.paid"));
+        assert!(p("*").matches("anything.at.all"));
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected() {
+        for bad in ["", "inv*", "*.paid", "a.*.b", "a.**", "a b"] {
+            assert!(EventTypePattern::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(EventTypePattern::parse("a.*").unwrap().to_string(), "a.*");
+    }
+
+    #[test]
+    fn creates_a_subscription_with_a_generated_secret() {
+        let sub = new_sub(json!({"tenant": "acme", "url": "https://erp.example/hooks",
+            "event_types": ["invoice.*", "payment.succeeded", "invoice.*"]}))
+        .unwrap();
+        assert_eq!(sub.event_types.len(), 2, "duplicate patterns collapse");
+        assert!(sub.enabled);
+        assert!(sub.secret.expose().starts_with("whsec_"));
+        assert!(sub.wants("acme", "invoice.paid"));
+        assert!(!sub.wants("other", "invoice.paid"));
+        assert!(!sub.wants("acme", "expense.created"));
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let cases = [
+            (
+                json!({"url": "https://x.example", "event_types": ["*"]}),
+                "tenant",
+            ),
+            (json!({"tenant": "a", "event_types": ["*"]}), "url"),
+            (
+                json!({"tenant": "a", "url": "not a url", "event_types": ["*"]}),
+                "url",
+            ),
+            (
+                json!({"tenant": "a", "url": "ftp://x.example", "event_types": ["*"]}),
+                "url",
+            ),
+            (
+                json!({"tenant": "a", "url": "https://x.example"}),
+                "event_types",
+            ),
+            (
+                json!({"tenant": "a", "url": "https://x.example", "event_types": []}),
+                "event_types",
+            ),
+            (
+                json!({"tenant": "a", "url": "https://x.example", "event_types": ["ok", "b*d"]}),
+                "event_types[1]",
+            ),
+            (
+                json!({"tenant": "a", "url": "https://x.example", "event_types": ["*"], "secret": "nope"}),
+                "secret",
+            ),
+        ];
+        for (value, field) in cases {
+            assert_eq!(new_sub(value.clone()).unwrap_err().field, field, "{value}");
+        }
+    }
+
+    #[test]
+    fn patch_changes_only_given_fields() {
+        let sub = new_sub(
+            json!({"tenant": "acme", "url": "https://erp.example/hooks", "event_types": ["*"]}),
+        )
+        .unwrap();
+        let patch: SubscriptionPatch = serde_json::from_value(json!({"enabled": false})).unwrap();
+        let next = patch.apply(&sub, Utc::now()).unwrap();
+        assert!(!next.enabled);
+        assert_eq!(next.url, sub.url);
+        assert_eq!(next.secret, sub.secret);
+        assert!(!next.wants("acme", "a.b"));
+        let bad: SubscriptionPatch = serde_json::from_value(json!({"event_types": []})).unwrap();
+        assert_eq!(
+            bad.apply(&sub, Utc::now()).unwrap_err().field,
+            "event_types"
+        );
+    }
+
+    #[test]
+    fn stored_form_round_trips_with_secret() {
+        let sub = new_sub(json!({"tenant": "acme", "url": "https://erp.example/hooks", "event_types": ["invoice.*"]})).unwrap();
+        let stored = serde_json::to_vec(&sub).unwrap();
+        let back: Subscription = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(back, sub);
+    }
+}

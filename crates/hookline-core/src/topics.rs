@@ -1,0 +1,60 @@
+//! Topic names, all derived from one prefix (`HOOKLINE_TOPIC_PREFIX`).
+
+/// The topics of one Hookline deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    /// Topics named `<prefix><name>`, e.g. `hookline.events`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// Incoming finance events (written by ingest and by producers directly).
+    pub fn events(&self) -> String {
+        self.name("events")
+    }
+
+    /// Event records the router could not read, with the reason in headers.
+    pub fn events_dlq(&self) -> String {
+        self.name("events.dlq")
+    }
+
+    /// Subscriptions, compacted, keyed by subscription id.
+    pub fn subscriptions(&self) -> String {
+        self.name("subscriptions")
+    }
+
+    /// Delivery tasks: one per (event, matching subscription), keyed by subscription.
+    pub fn deliveries(&self) -> String {
+        self.name("deliveries")
+    }
+
+    /// Delivery tasks that could not be delivered, with the last error.
+    pub fn deliveries_dlq(&self) -> String {
+        self.name("deliveries.dlq")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let t = Topics::new("test-1.");
+        assert_eq!(t.events(), "test-1.events");
+        assert_eq!(t.events_dlq(), "test-1.events.dlq");
+        assert_eq!(t.subscriptions(), "test-1.subscriptions");
+        assert_eq!(t.deliveries(), "test-1.deliveries");
+        assert_eq!(t.deliveries_dlq(), "test-1.deliveries.dlq");
+    }
+}
