@@ -7,14 +7,18 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod event;
+pub mod http;
 pub mod ids;
 pub mod kafka;
 pub mod matching;
+pub mod routing;
 pub mod signing;
 pub mod subscription;
 pub mod task;
 pub mod telemetry;
 pub mod topics;
+pub mod tracker;
 pub mod view;

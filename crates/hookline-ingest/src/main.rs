@@ -1,1 +1,83 @@
-fn main() {}
+//! `hookline-ingest`: the HTTP front door. Accepts finance events and writes them to
+//! the events topic; serves the control plane (subscriptions) over the compacted
+//! subscriptions topic.
+
+mod api;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use hookline_core::config::{ApiArgs, KafkaArgs, LogArgs};
+use hookline_core::kafka::{self, TopicSpec};
+use hookline_core::telemetry::{self, Readiness};
+use hookline_core::view::SubscriptionView;
+
+/// Command line and environment settings.
+#[derive(Debug, Parser)]
+#[command(name = "hookline-ingest", version, about)]
+struct Cli {
+    /// Address of the API and operations endpoints.
+    #[arg(long, env = "HOOKLINE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "HOOKLINE_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    max_body_bytes: usize,
+
+    /// Most events in one `POST /v1/events` array.
+    #[arg(long, env = "HOOKLINE_MAX_BATCH_EVENTS", default_value_t = 1000)]
+    max_batch_events: usize,
+
+    #[command(flatten)]
+    kafka: KafkaArgs,
+
+    #[command(flatten)]
+    api: ApiArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_logging(&cli.log);
+    let topics = cli.kafka.topics();
+    kafka::ensure_topics(
+        &cli.kafka,
+        &[
+            TopicSpec::plain(topics.events(), &cli.kafka),
+            TopicSpec::compacted(topics.subscriptions()),
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    let registry = telemetry::registry("ingest");
+    let readiness = Readiness::default();
+    let view = SubscriptionView::start(&cli.kafka, "hookline-ingest-view", &registry)?;
+    let state = api::AppState {
+        producer: kafka::producer(&cli.kafka, "hookline-ingest")?,
+        view: Arc::clone(&view),
+        topics,
+        max_batch_events: cli.max_batch_events,
+        metrics: api::Metrics::register(&registry)?,
+    };
+    let app = api::routes(state, cli.max_body_bytes, cli.api.admin_token.clone())
+        .merge(telemetry::ops_routes(registry, readiness.clone()));
+
+    let ready = readiness.clone();
+    tokio::spawn(async move {
+        loop {
+            match view.catch_up(Duration::from_secs(10)).await {
+                Ok(()) => break,
+                Err(err) => tracing::warn!(%err, "waiting for the subscriptions view"),
+            }
+        }
+        ready.set(true);
+        tracing::info!("ready");
+    });
+    telemetry::serve(cli.http_addr, app, telemetry::shutdown_signal()).await
+}

@@ -1,0 +1,272 @@
+//! The `/v1` API: events in, subscriptions managed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use chrono::Utc;
+use futures::future::join_all;
+use hookline_core::error::ApiError;
+use hookline_core::event::{parse_batch, Event};
+use hookline_core::http::{body_bytes, json_body, require_bearer};
+use hookline_core::ids;
+use hookline_core::subscription::{NewSubscription, Subscription, SubscriptionPatch};
+use hookline_core::topics::Topics;
+use hookline_core::view::SubscriptionView;
+use prometheus::{IntCounterVec, Opts, Registry};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// How long a write waits for Kafka's acknowledgement before answering 503.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a subscription write waits to be visible in this process's view.
+const VIEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ingest's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    events: IntCounterVec,
+    requests: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers ingest's metrics.
+    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
+        let events = IntCounterVec::new(
+            Opts::new(
+                "hookline_ingest_events_total",
+                "Events received over HTTP, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "hookline_ingest_requests_total",
+                "API requests, by route and status.",
+            ),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        Ok(Self { events, requests })
+    }
+
+    fn request(&self, route: &str, status: StatusCode) {
+        self.requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+    }
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Idempotent, `acks=all` producer.
+    pub producer: FutureProducer,
+    /// This process's view of the subscriptions topic.
+    pub view: Arc<SubscriptionView>,
+    /// Topic names.
+    pub topics: Topics,
+    /// Most events in one request.
+    pub max_batch_events: usize,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// The `/v1` routes, behind the bearer-token guard and the body limit.
+pub fn routes(state: AppState, max_body_bytes: usize, admin_token: Option<String>) -> Router {
+    let token: Option<Arc<str>> = admin_token.map(Arc::from);
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route(
+            "/v1/subscriptions",
+            post(create_subscription).get(list_subscriptions),
+        )
+        .route(
+            "/v1/subscriptions/{id}",
+            get(get_subscription)
+                .patch(patch_subscription)
+                .delete(delete_subscription),
+        )
+        .route("/v1/subscriptions/{id}/secret", get(get_secret))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(token, require_bearer))
+        .with_state(state)
+}
+
+/// Answers `202 {"ids": [...]}` once Kafka acknowledged every event of the request.
+async fn post_events(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let outcome = accept_events(&state, body).await;
+    let status = outcome
+        .as_ref()
+        .map_or_else(|e| e.status, |_| StatusCode::ACCEPTED);
+    state.metrics.request("events", status);
+    outcome.map(|ids| (StatusCode::ACCEPTED, Json(json!({ "ids": ids }))))
+}
+
+async fn accept_events(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<String>, ApiError> {
+    let bytes = body_bytes(body)?;
+    let events = parse_batch(&bytes, state.max_batch_events).inspect_err(|_| {
+        state.metrics.events.with_label_values(&["invalid"]).inc();
+    })?;
+    let topic = state.topics.events();
+    let payloads: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|event| Ok((event.id.clone(), serde_json::to_vec(event)?)))
+        .collect::<Result<_, serde_json::Error>>()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let sends = payloads.iter().map(|(id, payload)| {
+        state.producer.send(
+            FutureRecord::to(&topic).key(id).payload(payload),
+            PRODUCE_TIMEOUT,
+        )
+    });
+    let results = join_all(sends).await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    state
+        .metrics
+        .events
+        .with_label_values(&["accepted"])
+        .inc_by((results.len() - failed) as u64);
+    if let Some(Err((err, _))) = results.iter().find(|r| r.is_err()) {
+        state
+            .metrics
+            .events
+            .with_label_values(&["failed"])
+            .inc_by(failed as u64);
+        tracing::error!(%err, failed, "events not acknowledged by Kafka");
+        return Err(ApiError::unavailable(format!(
+            "{failed} of {} events were not acknowledged by Kafka ({err}); retry the request with the same event ids",
+            results.len()
+        )));
+    }
+    Ok(events.into_iter().map(|e: Event| e.id).collect())
+}
+
+/// Writes a subscription record (or a tombstone) and waits until this process's view
+/// shows it, so that a read right after the write sees it.
+async fn write_subscription(
+    state: &AppState,
+    id: &str,
+    subscription: Option<&Subscription>,
+) -> Result<(), ApiError> {
+    let topic = state.topics.subscriptions();
+    let payload = subscription
+        .map(serde_json::to_vec)
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut record = FutureRecord::<str, Vec<u8>>::to(&topic).key(id);
+    if let Some(payload) = payload.as_ref() {
+        record = record.payload(payload);
+    }
+    let delivery = state
+        .producer
+        .send(record, PRODUCE_TIMEOUT)
+        .await
+        .map_err(|(err, _)| ApiError::unavailable(format!("subscription not stored: {err}")))?;
+    state
+        .view
+        .wait_for_offset(delivery.offset, VIEW_TIMEOUT)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+/// A subscription as the API shows it: everything but the secret.
+fn public(subscription: &Subscription) -> Value {
+    let mut value = serde_json::to_value(subscription).unwrap_or_else(|_| json!({}));
+    if let Some(object) = value.as_object_mut() {
+        object.remove("secret");
+    }
+    value
+}
+
+async fn create_subscription(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: NewSubscription = json_body(body)?;
+    let subscription = request.into_subscription(ids::new_subscription_id(), Utc::now())?;
+    write_subscription(&state, &subscription.id, Some(&subscription)).await?;
+    tracing::info!(id = %subscription.id, tenant = %subscription.tenant, "subscription created");
+    let mut shown = public(&subscription);
+    shown["secret"] = json!(subscription.secret.expose());
+    Ok((StatusCode::CREATED, Json(shown)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    tenant: Option<String>,
+}
+
+async fn list_subscriptions(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Json<Value> {
+    let mut found: Vec<Arc<Subscription>> = state
+        .view
+        .read()
+        .iter()
+        .filter(|s| query.tenant.as_ref().is_none_or(|t| &s.tenant == t))
+        .cloned()
+        .collect();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Json(json!({ "data": found.iter().map(|s| public(s)).collect::<Vec<_>>() }))
+}
+
+fn find(state: &AppState, id: &str) -> Result<Arc<Subscription>, ApiError> {
+    state
+        .view
+        .get(id)
+        .ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+async fn get_subscription(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(public(find(&state, &id)?.as_ref())))
+}
+
+async fn get_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({ "secret": find(&state, &id)?.secret.expose() }),
+    ))
+}
+
+async fn patch_subscription(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let patch: SubscriptionPatch = json_body(body)?;
+    let current = find(&state, &id)?;
+    let next = patch.apply(&current, Utc::now())?;
+    write_subscription(&state, &id, Some(&next)).await?;
+    tracing::info!(%id, "subscription updated");
+    Ok(Json(public(&next)))
+}
+
+async fn delete_subscription(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    find(&state, &id)?;
+    write_subscription(&state, &id, None).await?;
+    tracing::info!(%id, "subscription deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
