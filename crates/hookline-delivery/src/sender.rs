@@ -1,0 +1,195 @@
+//! One HTTP attempt: sign, POST, classify the answer. Connections go only to
+//! addresses the egress policy permits; the resolver hands reqwest the checked
+//! addresses, so the address checked is the address connected to.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hookline_core::egress::EgressPolicy;
+use hookline_core::subscription::Subscription;
+use hookline_core::task::DeliveryTask;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+
+/// Resolves names, keeping only the addresses the policy permits.
+struct PolicyResolver {
+    policy: Arc<EgressPolicy>,
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = Arc::clone(&self.policy);
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let permitted: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| policy.permits(a.ip()))
+                .collect();
+            if permitted.is_empty() {
+                return Err(format!("{host} resolves to no permitted address").into());
+            }
+            Ok(Box::new(permitted.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A 2xx answer.
+    Delivered {
+        /// HTTP status.
+        status: u16,
+    },
+    /// Anything else.
+    Failed {
+        /// Short class for metrics: `http_4xx`, `http_5xx`, `http_3xx`, `timeout`,
+        /// `connect`, `blocked`, `error`.
+        class: &'static str,
+        /// HTTP status, when there was an answer.
+        status: Option<u16>,
+        /// Human-readable detail (no secrets).
+        detail: String,
+        /// `Retry-After` in seconds, when given (429/503).
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Sends webhook requests.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    policy: Arc<EgressPolicy>,
+}
+
+impl Sender {
+    /// A sender with pooled keep-alive connections, no redirects, and `timeout` per request.
+    pub fn new(policy: EgressPolicy, timeout: Duration) -> anyhow::Result<Self> {
+        let policy = Arc::new(policy);
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .dns_resolver(Arc::new(PolicyResolver {
+                policy: Arc::clone(&policy),
+            }))
+            .build()?;
+        Ok(Self { client, policy })
+    }
+
+    /// Signs and POSTs `task` to `subscription`'s URL.
+    pub async fn attempt(
+        &self,
+        subscription: &Subscription,
+        task: &DeliveryTask,
+    ) -> (Outcome, Duration) {
+        let started = Instant::now();
+        let outcome = self.send(subscription, task).await;
+        (outcome, started.elapsed())
+    }
+
+    async fn send(&self, subscription: &Subscription, task: &DeliveryTask) -> Outcome {
+        let url = match reqwest::Url::parse(&subscription.url) {
+            Ok(url) => url,
+            Err(err) => return failed("error", None, format!("invalid URL: {err}")),
+        };
+        // Literal addresses never reach the resolver: check them here.
+        let literal: Option<IpAddr> = match url.host() {
+            Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+            _ => None,
+        };
+        if let Some(ip) = literal.filter(|ip| !self.policy.permits(*ip)) {
+            return failed("blocked", None, format!("address {ip} is not permitted"));
+        }
+        let body = match serde_json::to_vec(&task.event.webhook_body()) {
+            Ok(body) => body,
+            Err(err) => return failed("error", None, err.to_string()),
+        };
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = subscription.secret.sign(&task.message_id, timestamp, &body);
+        let mut headers = HeaderMap::new();
+        let mut put = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        };
+        put("webhook-id", &task.message_id);
+        put("webhook-timestamp", &timestamp.to_string());
+        put("webhook-signature", &signature);
+        put("idempotency-key", &task.message_id);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("Hookline/", env!("CARGO_PKG_VERSION"))),
+        );
+
+        match self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(response) => classify(response),
+            Err(err) if err.is_timeout() => failed("timeout", None, "request timed out".into()),
+            Err(err) if err.is_connect() => failed("connect", None, error_chain(&err)),
+            Err(err) => failed("error", None, error_chain(&err)),
+        }
+    }
+}
+
+fn failed(class: &'static str, status: Option<u16>, detail: String) -> Outcome {
+    Outcome::Failed {
+        class,
+        status,
+        detail,
+        retry_after: None,
+    }
+}
+
+fn classify(response: reqwest::Response) -> Outcome {
+    let status = response.status();
+    if status.is_success() {
+        return Outcome::Delivered {
+            status: status.as_u16(),
+        };
+    }
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let class = match status.as_u16() {
+        300..=399 => "http_3xx",
+        400..=499 => "http_4xx",
+        500..=599 => "http_5xx",
+        _ => "http_other",
+    };
+    Outcome::Failed {
+        class,
+        status: Some(status.as_u16()),
+        detail: format!("HTTP {status}"),
+        retry_after,
+    }
+}
+
+/// The error and its causes on one line (reqwest hides the useful part in sources).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
