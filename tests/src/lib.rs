@@ -1,1 +1,479 @@
-//! End-to-end test crate: see `tests/`.
+//! Harness for Hookline's end-to-end tests: the real binaries as child processes, a
+//! real Kafka broker (started by `deploy/local/kafka.sh`), and real HTTP receivers.
+//!
+//! The broker address comes from `HOOKLINE_TEST_KAFKA_BROKERS` (default
+//! `127.0.0.1:19092`, the port `scripts/test.sh` starts). Every test gets its own topic
+//! prefix and consumer groups, so tests run side by side on one broker.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+
+/// The broker the tests use.
+pub fn brokers() -> String {
+    std::env::var("HOOKLINE_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// A free TCP port on loopback.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address")
+}
+
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("HOOKLINE_BIN_DIR") {
+        return dir.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug")
+}
+
+/// One test's deployment: a topic prefix and the environment every binary shares.
+#[derive(Clone)]
+pub struct Deployment {
+    /// Topic prefix, unique to the test.
+    pub prefix: String,
+    /// Environment passed to every binary.
+    pub env: HashMap<String, String>,
+}
+
+impl Deployment {
+    /// A fresh prefix (`t<ulid>.`) and groups on the test broker; 4 partitions per topic.
+    pub fn new() -> Self {
+        let prefix = format!("t{}.", ulid::Ulid::new().to_string().to_lowercase());
+        let env = [
+            ("HOOKLINE_KAFKA_BROKERS", brokers()),
+            ("HOOKLINE_TOPIC_PREFIX", prefix.clone()),
+            ("HOOKLINE_TOPIC_PARTITIONS", "4".into()),
+            ("HOOKLINE_ROUTER_GROUP", format!("{prefix}router")),
+            ("HOOKLINE_DELIVERY_GROUP", format!("{prefix}delivery")),
+            ("HOOKLINE_DELIVERY_ALLOW_CIDRS", "127.0.0.0/8".into()),
+            ("RUST_LOG", "info,rdkafka=warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Self { prefix, env }
+    }
+
+    /// Sets one more environment variable for binaries started after this.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.env.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Full name of a topic, e.g. `topic("events")`.
+    pub fn topic(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// Starts `binary` on a free port and waits until its `/readyz` answers 200.
+    pub async fn start(&self, binary: &str) -> anyhow::Result<Proc> {
+        self.start_with(binary, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables.
+    pub async fn start_with(&self, binary: &str, extra: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        let addr = free_addr();
+        let path = bin_dir().join(binary);
+        if !path.exists() {
+            bail!("{} missing: run `cargo build --workspace --bins` first", path.display());
+        }
+        let log_path = std::env::temp_dir().join(format!("{}{binary}-{}.log", self.prefix, addr.port()));
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(&path)
+            .envs(&self.env)
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .env("HOOKLINE_HTTP_ADDR", addr.to_string())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {}", path.display()))?;
+        let mut proc = Proc {
+            child,
+            addr,
+            log_path,
+            name: binary.to_owned(),
+        };
+        proc.wait_ready(Duration::from_secs(60)).await?;
+        Ok(proc)
+    }
+}
+
+impl Default for Deployment {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running binary; killed when dropped.
+pub struct Proc {
+    child: Child,
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+    /// Where its logs go.
+    pub log_path: PathBuf,
+    name: String,
+}
+
+impl Proc {
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited with {status} during start; log:\n{}", self.name, self.log_tail());
+            }
+            if let Ok(response) = client.get(format!("{}/readyz", self.url())).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} not ready after {patience:?}; log:\n{}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of the process's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL, no chance to commit anything.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+/// One webhook request as a receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Path segment after `/hooks/`.
+    pub path: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Raw body.
+    pub body: Bytes,
+    /// The body parsed.
+    pub json: Value,
+}
+
+impl Received {
+    /// A header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// How a receiver answers requests on one path.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// 204 at once.
+    Ok,
+    /// This status for the first `n` requests, then 204.
+    FailFirst(u16, usize),
+    /// Always this status.
+    Always(u16),
+    /// Hold the request this long, then 204.
+    Hang(Duration),
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    behaviour: Mutex<HashMap<String, Behaviour>>,
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// A real HTTP receiver on loopback that records every request to `/hooks/{path}`.
+#[derive(Clone)]
+pub struct Receiver {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    /// Starts a receiver; every path answers 204 unless told otherwise.
+    pub async fn start() -> anyhow::Result<Self> {
+        let state = Arc::new(ReceiverState::default());
+        let app = axum::Router::new()
+            .route("/hooks/{path}", post(on_request))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { base, state })
+    }
+
+    /// The URL of one path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/hooks/{path}", self.base)
+    }
+
+    /// Sets how `path` answers.
+    pub fn behave(&self, path: &str, behaviour: Behaviour) {
+        if let Ok(mut map) = self.state.behaviour.lock() {
+            map.insert(path.to_owned(), behaviour);
+        }
+    }
+
+    /// Everything received so far (successful or not), in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `done(received)` holds or `patience` passes; returns whether it held.
+    pub async fn wait_until(&self, patience: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if done(&self.received()) {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn on_request(
+    State(state): State<Arc<ReceiverState>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let behaviour = state
+        .behaviour
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&path).copied())
+        .unwrap_or(Behaviour::Ok);
+    let seen = state
+        .counts
+        .lock()
+        .map(|mut c| {
+            let n = c.entry(path.clone()).or_default();
+            *n += 1;
+            *n
+        })
+        .unwrap_or(1);
+    if let Behaviour::Hang(duration) = behaviour {
+        tokio::time::sleep(duration).await;
+    }
+    if let Ok(mut received) = state.received.lock() {
+        received.push(Received {
+            path,
+            headers,
+            body,
+            json,
+        });
+    }
+    let status = match behaviour {
+        Behaviour::Ok | Behaviour::Hang(_) => 204,
+        Behaviour::FailFirst(status, n) if seen <= n => status,
+        Behaviour::FailFirst(..) => 204,
+        Behaviour::Always(status) => status,
+    };
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A JSON API client for ingest.
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    /// A client of the ingest at `base`.
+    pub fn new(base: String) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base,
+            token: None,
+        }
+    }
+
+    /// Sends a bearer token from now on.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// Any request; returns status and JSON body (Null when empty).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// A raw-body POST.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
+        let response = self.http.post(format!("{}{path}", self.base)).body(body).send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// Creates a subscription; returns (id, secret).
+    pub async fn subscribe(&self, body: Value) -> anyhow::Result<(String, String)> {
+        let (status, created) = self.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await?;
+        anyhow::ensure!(status == 201, "create subscription: {status} {created}");
+        Ok((
+            created["id"].as_str().unwrap_or_default().to_owned(),
+            created["secret"].as_str().unwrap_or_default().to_owned(),
+        ))
+    }
+
+    /// Posts events; returns their ids.
+    pub async fn send_events(&self, events: Value) -> anyhow::Result<Vec<String>> {
+        let (status, body) = self.call(reqwest::Method::POST, "/v1/events", Some(events)).await?;
+        anyhow::ensure!(status == 202, "post events: {status} {body}");
+        Ok(body["ids"]
+            .as_array()
+            .map(|ids| ids.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default())
+    }
+}
+
+/// An independent producer (acks=all) to write records straight to a topic.
+pub fn producer() -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .create()?)
+}
+
+/// Produces one record and waits for its acknowledgement.
+pub async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, value: &[u8]) -> anyhow::Result<()> {
+    let mut record = FutureRecord::<str, [u8]>::to(topic).payload(value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))?;
+    Ok(())
+}
+
+/// Total records on a topic (sum of high watermarks; 0 when it does not exist).
+pub fn record_count(topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "hookline-test-inspector")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut total = 0;
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            total += high - low;
+        }
+    }
+    Ok(total)
+}
+
+/// Reads every record currently on `topic` (read_committed): (key, value, headers).
+pub fn read_all(topic: &str) -> anyhow::Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>, HashMap<String, String>)>> {
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("hookline-test-reader-{}", ulid::Ulid::new()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut list = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            if high > low {
+                list.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                remaining += 1;
+            }
+        }
+    }
+    let mut records = Vec::new();
+    if remaining == 0 {
+        return Ok(records);
+    }
+    consumer.assign(&list)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while remaining > 0 && std::time::Instant::now() < deadline {
+        let message = match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            // Each partition reports its end once: everything before it has been read.
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {
+                remaining -= 1;
+                continue;
+            }
+            Some(Err(err)) => return Err(err.into()),
+            Some(Ok(message)) => message,
+        };
+        let mut headers = HashMap::new();
+        if let Some(h) = message.headers() {
+            for header in h.iter() {
+                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                headers.insert(header.key.to_owned(), value);
+            }
+        }
+        records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec), headers));
+    }
+    Ok(records)
+}
