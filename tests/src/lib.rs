@@ -426,8 +426,19 @@ pub fn record_count(topic: &str) -> anyhow::Result<i64> {
     Ok(total)
 }
 
-/// Reads every record currently on `topic` (read_committed): (key, value, headers).
-pub fn read_all(topic: &str) -> anyhow::Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>, HashMap<String, String>)>> {
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers, as text.
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads every record currently on `topic` (read_committed).
+pub fn read_all(topic: &str) -> anyhow::Result<Vec<Record>> {
     use rdkafka::message::{Headers, Message};
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
@@ -473,7 +484,11 @@ pub fn read_all(topic: &str) -> anyhow::Result<Vec<(Option<Vec<u8>>, Option<Vec<
                 headers.insert(header.key.to_owned(), value);
             }
         }
-        records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec), headers));
+        records.push(Record {
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+        });
     }
     Ok(records)
 }

@@ -218,7 +218,8 @@ async fn events_reach_exactly_the_matching_subscriptions() {
     // The garbage went to the events DLQ with a reason and its source position.
     let dead = read_all(&deployment.topic("events.dlq")).unwrap();
     assert_eq!(dead.len(), 3, "three garbage records dead-lettered");
-    for (_, _, headers) in &dead {
+    for record in &dead {
+        let headers = &record.headers;
         assert!(!headers["hookline-dlq-reason"].is_empty());
         assert_eq!(headers["hookline-source-topic"], deployment.topic("events"));
         assert!(headers["hookline-source-offset"].parse::<i64>().is_ok());
