@@ -92,9 +92,13 @@ impl Deployment {
         let addr = free_addr();
         let path = bin_dir().join(binary);
         if !path.exists() {
-            bail!("{} missing: run `cargo build --workspace --bins` first", path.display());
+            bail!(
+                "{} missing: run `cargo build --workspace --bins` first",
+                path.display()
+            );
         }
-        let log_path = std::env::temp_dir().join(format!("{}{binary}-{}.log", self.prefix, addr.port()));
+        let log_path =
+            std::env::temp_dir().join(format!("{}{binary}-{}.log", self.prefix, addr.port()));
         let log = std::fs::File::create(&log_path)?;
         let child = Command::new(&path)
             .envs(&self.env)
@@ -143,7 +147,11 @@ impl Proc {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited with {status} during start; log:\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} exited with {status} during start; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             if let Ok(response) = client.get(format!("{}/readyz", self.url())).send().await {
                 if response.status().is_success() {
@@ -151,7 +159,11 @@ impl Proc {
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{} not ready after {patience:?}; log:\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} not ready after {patience:?}; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -200,7 +212,10 @@ pub struct Received {
 impl Received {
     /// A header as text ("" when absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -261,7 +276,11 @@ impl Receiver {
 
     /// Everything received so far (successful or not), in arrival order.
     pub fn received(&self) -> Vec<Received> {
-        self.state.received.lock().map(|r| r.clone()).unwrap_or_default()
+        self.state
+            .received
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Waits until `done(received)` holds or `patience` passes; returns whether it held.
@@ -345,7 +364,12 @@ impl Api {
     }
 
     /// Any request; returns status and JSON body (Null when empty).
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -356,20 +380,33 @@ impl Api {
         let response = request.send().await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     /// A raw-body POST.
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
-        let response = self.http.post(format!("{}{path}", self.base)).body(body).send().await?;
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .body(body)
+            .send()
+            .await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     /// Creates a subscription; returns (id, secret).
     pub async fn subscribe(&self, body: Value) -> anyhow::Result<(String, String)> {
-        let (status, created) = self.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await?;
+        let (status, created) = self
+            .call(reqwest::Method::POST, "/v1/subscriptions", Some(body))
+            .await?;
         anyhow::ensure!(status == 201, "create subscription: {status} {created}");
         Ok((
             created["id"].as_str().unwrap_or_default().to_owned(),
@@ -379,11 +416,17 @@ impl Api {
 
     /// Posts events; returns their ids.
     pub async fn send_events(&self, events: Value) -> anyhow::Result<Vec<String>> {
-        let (status, body) = self.call(reqwest::Method::POST, "/v1/events", Some(events)).await?;
+        let (status, body) = self
+            .call(reqwest::Method::POST, "/v1/events", Some(events))
+            .await?;
         anyhow::ensure!(status == 202, "post events: {status} {body}");
         Ok(body["ids"]
             .as_array()
-            .map(|ids| ids.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }
@@ -397,7 +440,12 @@ pub fn producer() -> anyhow::Result<FutureProducer> {
 }
 
 /// Produces one record and waits for its acknowledgement.
-pub async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, value: &[u8]) -> anyhow::Result<()> {
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    value: &[u8],
+) -> anyhow::Result<()> {
     let mut record = FutureRecord::<str, [u8]>::to(topic).payload(value);
     if let Some(key) = key {
         record = record.key(key);
@@ -443,7 +491,10 @@ pub fn read_all(topic: &str) -> anyhow::Result<Vec<Record>> {
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set("group.id", format!("hookline-test-reader-{}", ulid::Ulid::new()))
+        .set(
+            "group.id",
+            format!("hookline-test-reader-{}", ulid::Ulid::new()),
+        )
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -480,7 +531,10 @@ pub fn read_all(topic: &str) -> anyhow::Result<Vec<Record>> {
         let mut headers = HashMap::new();
         if let Some(h) = message.headers() {
             for header in h.iter() {
-                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
                 headers.insert(header.key.to_owned(), value);
             }
         }

@@ -65,25 +65,55 @@ fn received_pairs(received: &[Received], subs: &[Sub]) -> BTreeSet<(u64, &'stati
     let mut first_ids: HashMap<(u64, &str), String> = HashMap::new();
     let mut pairs = BTreeSet::new();
     for r in received {
-        let sub = by_id.get(r.path.as_str()).unwrap_or_else(|| panic!("request on unknown path {}", r.path));
+        let sub = by_id
+            .get(r.path.as_str())
+            .unwrap_or_else(|| panic!("request on unknown path {}", r.path));
         let webhook_id = r.header("webhook-id");
-        let timestamp: i64 = r.header("webhook-timestamp").parse().expect("numeric webhook-timestamp");
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let timestamp: i64 = r
+            .header("webhook-timestamp")
+            .parse()
+            .expect("numeric webhook-timestamp");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         sub.secret
-            .verify(webhook_id, timestamp, &r.body, r.header("webhook-signature"), now, 300)
+            .verify(
+                webhook_id,
+                timestamp,
+                &r.body,
+                r.header("webhook-signature"),
+                now,
+                300,
+            )
             .unwrap_or_else(|e| panic!("signature of {webhook_id} to {}: {e}", sub.name));
         assert_eq!(r.header("idempotency-key"), webhook_id);
         assert_eq!(r.header("content-type"), "application/json");
         let body = &r.json;
         let event_id = body["id"].as_str().expect("body.id");
-        assert_eq!(webhook_id, message_id(event_id, &sub.id), "webhook-id is derived from event and subscription");
+        assert_eq!(
+            webhook_id,
+            message_id(event_id, &sub.id),
+            "webhook-id is derived from event and subscription"
+        );
         assert_eq!(body["tenant"], sub.tenant);
-        assert!(body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "timestamp: {body}");
+        assert!(
+            body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "timestamp: {body}"
+        );
         let seq = body["data"]["seq"].as_u64().expect("data.seq");
         let (_, event_type, tenant) = event(seq);
-        assert_eq!((body["type"].as_str().unwrap(), body["tenant"].as_str().unwrap()), (event_type, tenant));
+        assert_eq!(
+            (
+                body["type"].as_str().unwrap(),
+                body["tenant"].as_str().unwrap()
+            ),
+            (event_type, tenant)
+        );
         // Duplicates (at-least-once) must carry the same webhook-id.
-        let first = first_ids.entry((seq, sub.name)).or_insert_with(|| webhook_id.to_owned());
+        let first = first_ids
+            .entry((seq, sub.name))
+            .or_insert_with(|| webhook_id.to_owned());
         assert_eq!(first, webhook_id, "a duplicate carries the same webhook-id");
         pairs.insert((seq, sub.name));
     }
@@ -114,7 +144,9 @@ async fn send(api: &Api, deployment: &Deployment, seqs: std::ops::Range<u64>) {
         if seq % 2 == 0 {
             value["id"] = json!(format!("ext_{id}"));
         }
-        produce(&kafka, &topic, Some(tenant), value.to_string().as_bytes()).await.unwrap();
+        produce(&kafka, &topic, Some(tenant), value.to_string().as_bytes())
+            .await
+            .unwrap();
     }
 }
 
@@ -128,12 +160,22 @@ async fn events_reach_exactly_the_matching_subscriptions() {
     let api = Api::new(ingest.url());
 
     let plan: [(&str, &str, &[&str], bool); 7] = [
-        ("acme-erp", "acme", &["invoice.*", "payment.succeeded"], true),
+        (
+            "acme-erp",
+            "acme",
+            &["invoice.*", "payment.succeeded"],
+            true,
+        ),
         ("acme-all", "acme", &["*"], true),
         ("acme-paid", "acme", &["invoice.paid"], true),
         ("acme-exp", "acme", &["expense.*"], true),
         ("globex-pay", "globex", &["payment.*"], true),
-        ("globex-mix", "globex", &["expense.created", "invoice.*", "payment.failed"], true),
+        (
+            "globex-mix",
+            "globex",
+            &["expense.created", "invoice.*", "payment.failed"],
+            true,
+        ),
         ("initech-off", "initech", &["*"], false),
     ];
     let mut subs = Vec::new();
@@ -145,7 +187,11 @@ async fn events_reach_exactly_the_matching_subscriptions() {
             .unwrap();
         // Point the subscription at a path named by its id.
         let (status, _) = api
-            .call(reqwest::Method::PATCH, &format!("/v1/subscriptions/{id}"), Some(json!({"url": receiver.url(&id)})))
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/subscriptions/{id}"),
+                Some(json!({"url": receiver.url(&id)})),
+            )
             .await
             .unwrap();
         assert_eq!(status, 200);
@@ -162,25 +208,46 @@ async fn events_reach_exactly_the_matching_subscriptions() {
     // Phase A: 1,000 events, plus garbage records the router must step over.
     let kafka = producer().unwrap();
     for garbage in [&b"not json"[..], br#"{"tenant":"acme"}"#, br#"[1,2]"#] {
-        produce(&kafka, &deployment.topic("events"), None, garbage).await.unwrap();
+        produce(&kafka, &deployment.topic("events"), None, garbage)
+            .await
+            .unwrap();
     }
     send(&api, &deployment, 0..1000).await;
     let want_a = expected(0..1000, &subs);
-    assert!(want_a.len() > 600, "the plan fans out: {} pairs", want_a.len());
+    assert!(
+        want_a.len() > 600,
+        "the plan fans out: {} pairs",
+        want_a.len()
+    );
     let arrived = receiver
-        .wait_until(Duration::from_secs(180), |r| received_pairs(r, &subs).len() >= want_a.len())
+        .wait_until(Duration::from_secs(180), |r| {
+            received_pairs(r, &subs).len() >= want_a.len()
+        })
         .await;
-    assert!(arrived, "phase A: {} of {} pairs arrived", received_pairs(&receiver.received(), &subs).len(), want_a.len());
-    assert_eq!(received_pairs(&receiver.received(), &subs), want_a, "phase A: exactly the expected pairs");
+    assert!(
+        arrived,
+        "phase A: {} of {} pairs arrived",
+        received_pairs(&receiver.received(), &subs).len(),
+        want_a.len()
+    );
+    assert_eq!(
+        received_pairs(&receiver.received(), &subs),
+        want_a,
+        "phase A: exactly the expected pairs"
+    );
 
     // Mid-run changes, no restart: a new subscription, one deleted, one disabled.
     let (id, secret) = api
         .subscribe(json!({"tenant": "globex", "url": receiver.url("x"), "event_types": ["customer.changed"]}))
         .await
         .unwrap();
-    api.call(reqwest::Method::PATCH, &format!("/v1/subscriptions/{id}"), Some(json!({"url": receiver.url(&id)})))
-        .await
-        .unwrap();
+    api.call(
+        reqwest::Method::PATCH,
+        &format!("/v1/subscriptions/{id}"),
+        Some(json!({"url": receiver.url(&id)})),
+    )
+    .await
+    .unwrap();
     subs.push(Sub {
         id,
         name: "globex-new",
@@ -191,15 +258,23 @@ async fn events_reach_exactly_the_matching_subscriptions() {
     });
     let all = subs.iter().position(|s| s.name == "acme-all").unwrap();
     let (status, _) = api
-        .call(reqwest::Method::DELETE, &format!("/v1/subscriptions/{}", subs[all].id), None)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/subscriptions/{}", subs[all].id),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status, 204);
     subs[all].enabled = false;
     let paid = subs.iter().position(|s| s.name == "acme-paid").unwrap();
-    api.call(reqwest::Method::PATCH, &format!("/v1/subscriptions/{}", subs[paid].id), Some(json!({"enabled": false})))
-        .await
-        .unwrap();
+    api.call(
+        reqwest::Method::PATCH,
+        &format!("/v1/subscriptions/{}", subs[paid].id),
+        Some(json!({"enabled": false})),
+    )
+    .await
+    .unwrap();
     subs[paid].enabled = false;
 
     // Phase B: 300 more events under the new subscription set.
@@ -208,12 +283,23 @@ async fn events_reach_exactly_the_matching_subscriptions() {
     assert!(want_b.iter().any(|(_, name)| *name == "globex-new"));
     let want_all: BTreeSet<_> = want_a.union(&want_b).copied().collect();
     let arrived = receiver
-        .wait_until(Duration::from_secs(120), |r| received_pairs(r, &subs).len() >= want_all.len())
+        .wait_until(Duration::from_secs(120), |r| {
+            received_pairs(r, &subs).len() >= want_all.len()
+        })
         .await;
-    assert!(arrived, "phase B: {} of {} pairs", received_pairs(&receiver.received(), &subs).len(), want_all.len());
+    assert!(
+        arrived,
+        "phase B: {} of {} pairs",
+        received_pairs(&receiver.received(), &subs).len(),
+        want_all.len()
+    );
     // Give stragglers (unexpected pairs) a moment to show up before the exact check.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(received_pairs(&receiver.received(), &subs), want_all, "phase B: exactly the expected pairs");
+    assert_eq!(
+        received_pairs(&receiver.received(), &subs),
+        want_all,
+        "phase B: exactly the expected pairs"
+    );
 
     // The garbage went to the events DLQ with a reason and its source position.
     let dead = read_all(&deployment.topic("events.dlq")).unwrap();
