@@ -6,6 +6,8 @@
 //! thin: they talk to each other only through the Kafka topics named in [`topics`].
 #![warn(missing_docs)]
 
+pub mod attempt;
+pub mod breaker;
 pub mod config;
 pub mod egress;
 pub mod error;
@@ -14,6 +16,7 @@ pub mod http;
 pub mod ids;
 pub mod kafka;
 pub mod matching;
+pub mod retry;
 pub mod routing;
 pub mod signing;
 pub mod subscription;

@@ -134,6 +134,10 @@ mod tests {
             enabled,
             description: None,
             secret: WebhookSecret::generate(),
+            max_in_flight: None,
+            rate_limit: None,
+            failing_since: None,
+            disabled_reason: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

@@ -63,6 +63,10 @@ mod tests {
                 enabled: true,
                 description: None,
                 secret: WebhookSecret::generate(),
+                max_in_flight: None,
+                rate_limit: None,
+                failing_since: None,
+                disabled_reason: None,
                 created_at: Utc::now(),
                 updated_at: Utc::now(),
             });

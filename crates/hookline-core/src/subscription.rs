@@ -115,6 +115,19 @@ pub struct Subscription {
         deserialize_with = "deserialize_secret"
     )]
     pub secret: WebhookSecret,
+    /// Most requests in flight to this subscription at once (worker default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Most requests per second to this subscription (unlimited when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// Since when its endpoint has failed without a success in between (set and
+    /// cleared by delivery workers; drives automatic disabling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Why the pipeline disabled it, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -146,6 +159,10 @@ pub struct NewSubscription {
     pub description: Option<String>,
     /// A client-chosen secret (`whsec_…`); generated when absent.
     pub secret: Option<String>,
+    /// Most concurrent requests.
+    pub max_in_flight: Option<u32>,
+    /// Most requests per second.
+    pub rate_limit: Option<u32>,
 }
 
 /// The fields a client may change; absent fields keep their value.
@@ -160,6 +177,10 @@ pub struct SubscriptionPatch {
     pub enabled: Option<bool>,
     /// New description.
     pub description: Option<String>,
+    /// New concurrency limit.
+    pub max_in_flight: Option<u32>,
+    /// New rate limit.
+    pub rate_limit: Option<u32>,
 }
 
 impl NewSubscription {
@@ -196,6 +217,10 @@ impl NewSubscription {
             enabled: self.enabled.unwrap_or(true),
             description: validate_description(self.description)?,
             secret,
+            max_in_flight: validate_limit("max_in_flight", self.max_in_flight)?,
+            rate_limit: validate_limit("rate_limit", self.rate_limit)?,
+            failing_since: None,
+            disabled_reason: None,
             created_at: now,
             updated_at: now,
         })
@@ -218,6 +243,17 @@ impl SubscriptionPatch {
         }
         if let Some(enabled) = self.enabled {
             next.enabled = enabled;
+            if enabled {
+                // Re-enabling starts the failure clock afresh.
+                next.disabled_reason = None;
+                next.failing_since = None;
+            }
+        }
+        if self.max_in_flight.is_some() {
+            next.max_in_flight = validate_limit("max_in_flight", self.max_in_flight)?;
+        }
+        if self.rate_limit.is_some() {
+            next.rate_limit = validate_limit("rate_limit", self.rate_limit)?;
         }
         if self.description.is_some() {
             next.description = validate_description(self.description)?;
@@ -264,6 +300,14 @@ fn validate_patterns(patterns: Vec<String>) -> Result<Vec<EventTypePattern>, Fie
         }
     }
     Ok(parsed)
+}
+
+fn validate_limit(field: &str, limit: Option<u32>) -> Result<Option<u32>, FieldError> {
+    match limit {
+        Some(0) => Err(FieldError::new(field, "must be at least 1")),
+        Some(n) if n > 100_000 => Err(FieldError::new(field, "must be at most 100000")),
+        other => Ok(other),
+    }
 }
 
 fn validate_description(description: Option<String>) -> Result<Option<String>, FieldError> {

@@ -22,6 +22,12 @@ pub struct DeliveryTask {
     pub attempts: u32,
     /// When the router wrote the task.
     pub routed_at: DateTime<Utc>,
+    /// Not to be attempted before this time (set on tasks waiting in a retry tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// The previous attempt's error, for operators reading retry topics and the DLQ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl DeliveryTask {
@@ -33,6 +39,8 @@ impl DeliveryTask {
             event,
             attempts: 0,
             routed_at,
+            not_before: None,
+            last_error: None,
         }
     }
 }

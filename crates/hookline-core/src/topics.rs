@@ -42,6 +42,17 @@ impl Topics {
     pub fn deliveries_dlq(&self) -> String {
         self.name("deliveries.dlq")
     }
+
+    /// Delivery tasks waiting for their next attempt, one topic per delay tier
+    /// (`deliveries.retry.5m`).
+    pub fn deliveries_retry(&self, tier: std::time::Duration) -> String {
+        self.name(&format!("deliveries.retry.{}", crate::retry::tier_name(tier)))
+    }
+
+    /// One record per delivery attempt.
+    pub fn attempts(&self) -> String {
+        self.name("attempts")
+    }
 }
 
 #[cfg(test)]
@@ -56,5 +67,7 @@ mod tests {
         assert_eq!(t.subscriptions(), "test-1.subscriptions");
         assert_eq!(t.deliveries(), "test-1.deliveries");
         assert_eq!(t.deliveries_dlq(), "test-1.deliveries.dlq");
+        assert_eq!(t.deliveries_retry(std::time::Duration::from_secs(300)), "test-1.deliveries.retry.5m");
+        assert_eq!(t.attempts(), "test-1.attempts");
     }
 }
