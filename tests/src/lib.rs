@@ -176,6 +176,30 @@ impl Proc {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The sum of every series of metric `name` on the process's `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Ok(response) = reqwest::get(format!("{}/metrics", self.url())).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until metric `name` reaches `at_least`; returns whether it did.
+    pub async fn wait_metric(&self, name: &str, at_least: f64, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        while tokio::time::Instant::now() < deadline {
+            if self.metric(name).await >= at_least {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// SIGKILL, no chance to commit anything.
     pub fn kill_hard(&mut self) {
         let _ = self.child.kill();
@@ -545,4 +569,20 @@ pub fn read_all(topic: &str) -> anyhow::Result<Vec<Record>> {
         });
     }
     Ok(records)
+}
+
+/// Asserts two sets are equal, showing only what differs (at most 20 of each side).
+pub fn assert_same<T: Ord + std::fmt::Debug>(
+    got: &std::collections::BTreeSet<T>,
+    want: &std::collections::BTreeSet<T>,
+    what: &str,
+) {
+    let missing: Vec<&T> = want.difference(got).take(20).collect();
+    let unexpected: Vec<&T> = got.difference(want).take(20).collect();
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "{what}: {} expected, {} got; missing (first 20): {missing:?}; unexpected (first 20): {unexpected:?}",
+        want.len(),
+        got.len()
+    );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hookline_core::ids::message_id;
 use hookline_core::signing::WebhookSecret;
 use hookline_core::subscription::EventTypePattern;
-use hookline_e2e::{produce, producer, read_all, Api, Deployment, Received, Receiver};
+use hookline_e2e::{assert_same, produce, producer, read_all, Api, Deployment, Received, Receiver};
 use serde_json::{json, Value};
 
 const TYPES: [&str; 6] = [
@@ -154,7 +154,7 @@ async fn send(api: &Api, deployment: &Deployment, seqs: std::ops::Range<u64>) {
 async fn events_reach_exactly_the_matching_subscriptions() {
     let deployment = Deployment::new();
     let ingest = deployment.start("hookline-ingest").await.unwrap();
-    let _router = deployment.start("hookline-router").await.unwrap();
+    let router = deployment.start("hookline-router").await.unwrap();
     let _delivery = deployment.start("hookline-delivery").await.unwrap();
     let receiver = Receiver::start().await.unwrap();
     let api = Api::new(ingest.url());

@@ -57,6 +57,11 @@ impl CircuitBreaker {
         }
     }
 
+    /// When the open circuit lets a probe through, if it is open.
+    pub fn open_until(&self) -> Option<Instant> {
+        self.open_until
+    }
+
     /// Whether a request may go out at `now`.
     pub fn admit(&mut self, now: Instant) -> Admission {
         match self.state(now) {
@@ -103,7 +108,11 @@ mod tests {
         let later = t0 + Duration::from_secs(11);
         assert_eq!(b.admit(later), Admission::Probe);
         assert_eq!(b.admit(later), Admission::Reject, "one probe at a time");
-        assert_eq!(b.record(false, later), BreakerState::Open, "failed probe reopens");
+        assert_eq!(
+            b.record(false, later),
+            BreakerState::Open,
+            "failed probe reopens"
+        );
         let much_later = later + Duration::from_secs(11);
         assert_eq!(b.admit(much_later), Admission::Probe);
         assert_eq!(b.record(true, much_later), BreakerState::Closed);

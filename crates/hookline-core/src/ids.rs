@@ -42,6 +42,16 @@ pub fn message_id(event_id: &str, subscription_id: &str) -> String {
     )
 }
 
+/// The id of an event Hookline itself publishes (`kind`, e.g. `subscription.disabled`)
+/// about `subject` (e.g. one version of a subscription): two processes publishing the
+/// same fact derive the same id.
+pub fn operational_event_id(kind: &str, subject: &str) -> String {
+    format!(
+        "{EVENT_ID_PREFIX}{}",
+        short_hash(&[kind.as_bytes(), subject.as_bytes()])
+    )
+}
+
 /// First 128 bits of SHA-256 over length-prefixed parts, as lowercase hex.
 /// Length prefixes keep ("ab","c") and ("a","bc") apart.
 fn short_hash(parts: &[&[u8]]) -> String {

@@ -75,13 +75,10 @@ pub fn producer(args: &KafkaArgs, client_id: &str) -> Result<FutureProducer, Kaf
     .create()
 }
 
-/// A group consumer that never commits an offset on its own: offsets are stored
-/// explicitly once the work they stand for is durable, and the stored ones are
-/// committed in the background (`enable.auto.offset.store=false`).
-pub fn group_consumer<C>(args: &KafkaArgs, client_id: &str, group: &str) -> Result<C, KafkaError>
-where
-    C: FromClientConfig,
-{
+/// Settings of a group consumer that never commits an offset on its own: offsets are
+/// stored explicitly once the work they stand for is durable, and the stored ones are
+/// committed in the background and on revocation (`enable.auto.offset.store=false`).
+pub fn group_consumer_config(args: &KafkaArgs, client_id: &str, group: &str) -> ClientConfig {
     client_config(
         args,
         client_id,
@@ -95,7 +92,14 @@ where
             ("partition.assignment.strategy", "cooperative-sticky"),
         ],
     )
-    .create()
+}
+
+/// A group consumer built from [`group_consumer_config`].
+pub fn group_consumer<C>(args: &KafkaArgs, client_id: &str, group: &str) -> Result<C, KafkaError>
+where
+    C: FromClientConfig,
+{
+    group_consumer_config(args, client_id, group).create()
 }
 
 /// A consumer that reads a whole topic with manual assignment and never commits

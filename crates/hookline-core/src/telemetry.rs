@@ -118,6 +118,29 @@ pub async fn serve(
     Ok(())
 }
 
+/// A stop flag that turns true on SIGINT or SIGTERM.
+pub fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+/// Serves `router` on `addr` until `stop` turns true.
+pub async fn serve_until(
+    addr: std::net::SocketAddr,
+    router: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    serve(addr, router, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await
+}
+
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

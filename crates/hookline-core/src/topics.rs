@@ -46,7 +46,10 @@ impl Topics {
     /// Delivery tasks waiting for their next attempt, one topic per delay tier
     /// (`deliveries.retry.5m`).
     pub fn deliveries_retry(&self, tier: std::time::Duration) -> String {
-        self.name(&format!("deliveries.retry.{}", crate::retry::tier_name(tier)))
+        self.name(&format!(
+            "deliveries.retry.{}",
+            crate::retry::tier_name(tier)
+        ))
     }
 
     /// One record per delivery attempt.
@@ -67,7 +70,10 @@ mod tests {
         assert_eq!(t.subscriptions(), "test-1.subscriptions");
         assert_eq!(t.deliveries(), "test-1.deliveries");
         assert_eq!(t.deliveries_dlq(), "test-1.deliveries.dlq");
-        assert_eq!(t.deliveries_retry(std::time::Duration::from_secs(300)), "test-1.deliveries.retry.5m");
+        assert_eq!(
+            t.deliveries_retry(std::time::Duration::from_secs(300)),
+            "test-1.deliveries.retry.5m"
+        );
         assert_eq!(t.attempts(), "test-1.attempts");
     }
 }

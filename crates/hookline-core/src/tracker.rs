@@ -63,6 +63,11 @@ impl OffsetTracker {
         self.in_flight.len()
     }
 
+    /// The current generation (see [`begin`](Self::begin)).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The last offset reported as committable, if any.
     pub fn committable(&self) -> Option<i64> {
         self.reported

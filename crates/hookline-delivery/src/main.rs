@@ -1,6 +1,10 @@
 //! `hookline-delivery`: consumes delivery tasks and POSTs signed webhooks to the
-//! subscribers' endpoints. Scale out by starting more workers in the same group.
+//! subscribers' endpoints, with non-blocking retries through delay-tier topics.
+//! Scale out by starting more workers in the same consumer group.
 
+mod control;
+mod limits;
+mod pipeline;
 mod sender;
 mod worker;
 
@@ -11,6 +15,7 @@ use clap::Parser;
 use hookline_core::config::{parse_duration, KafkaArgs, LogArgs};
 use hookline_core::egress::EgressPolicy;
 use hookline_core::kafka::{self, TopicSpec};
+use hookline_core::retry::RetrySchedule;
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
 
@@ -30,25 +35,51 @@ struct Cli {
     )]
     group: String,
 
-    /// Most deliveries in flight in this process.
-    #[arg(long, env = "HOOKLINE_DELIVERY_CONCURRENCY", default_value_t = 512)]
+    /// Most tasks in flight in this process.
+    #[arg(long, env = "HOOKLINE_DELIVERY_CONCURRENCY", default_value_t = 4096)]
     concurrency: usize,
+
+    /// Most tasks in flight per partition (a full partition is paused).
+    #[arg(
+        long,
+        env = "HOOKLINE_DELIVERY_PARTITION_WINDOW",
+        default_value_t = 512
+    )]
+    partition_window: usize,
+
+    /// Default most concurrent requests per subscription (a subscription may set its own).
+    #[arg(
+        long,
+        env = "HOOKLINE_DELIVERY_SUBSCRIPTION_CONCURRENCY",
+        default_value_t = 8
+    )]
+    subscription_concurrency: u32,
 
     /// Timeout of one HTTP attempt.
     #[arg(long, env = "HOOKLINE_DELIVERY_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     timeout: Duration,
 
-    /// Attempts before a task goes to the dead-letter topic.
-    #[arg(long, env = "HOOKLINE_DELIVERY_MAX_ATTEMPTS", default_value_t = 5)]
-    max_attempts: u32,
+    /// Delays between attempts after the immediate first one (Standard Webhooks'
+    /// recommendation by default); one retry topic per distinct delay.
+    #[arg(
+        long,
+        env = "HOOKLINE_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,14h,20h,24h",
+        value_parser = RetrySchedule::parse
+    )]
+    retry_schedule: RetrySchedule,
 
-    /// Delay before the second attempt (doubling after that).
-    #[arg(long, env = "HOOKLINE_DELIVERY_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
-    retry_base: Duration,
+    /// Consecutive failures that open an endpoint's circuit breaker.
+    #[arg(long, env = "HOOKLINE_BREAKER_THRESHOLD", default_value_t = 10)]
+    breaker_threshold: u32,
 
-    /// Longest delay between attempts.
-    #[arg(long, env = "HOOKLINE_DELIVERY_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
-    retry_max: Duration,
+    /// How long an open circuit skips requests before a probe.
+    #[arg(long, env = "HOOKLINE_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
+    breaker_cooldown: Duration,
+
+    /// A subscription whose endpoint fails this long without a success is disabled.
+    #[arg(long, env = "HOOKLINE_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
+    disable_after: Duration,
 
     /// Non-public address ranges deliveries may reach anyway (CIDRs, comma separated),
     /// e.g. `127.0.0.0/8` for a local demo. Empty: public addresses only.
@@ -72,53 +103,47 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_logging(&cli.log);
     let allow = EgressPolicy::parse_allow_list(&cli.allow_cidrs).map_err(anyhow::Error::msg)?;
     let topics = cli.kafka.topics();
-    kafka::ensure_topics(
-        &cli.kafka,
-        &[
-            TopicSpec::plain(topics.deliveries(), &cli.kafka),
-            TopicSpec::plain(topics.deliveries_dlq(), &cli.kafka),
-            TopicSpec::compacted(topics.subscriptions()),
-        ],
-        Duration::from_secs(60),
-    )
-    .await?;
+    let mut specs = vec![
+        TopicSpec::plain(topics.deliveries(), &cli.kafka),
+        TopicSpec::plain(topics.deliveries_dlq(), &cli.kafka),
+        TopicSpec::plain(topics.attempts(), &cli.kafka),
+        TopicSpec::plain(topics.events(), &cli.kafka),
+        TopicSpec::compacted(topics.subscriptions()),
+    ];
+    specs.extend(
+        cli.retry_schedule
+            .tiers()
+            .into_iter()
+            .map(|tier| TopicSpec::plain(topics.deliveries_retry(tier), &cli.kafka)),
+    );
+    kafka::ensure_topics(&cli.kafka, &specs, Duration::from_secs(60)).await?;
 
     let registry = telemetry::registry("delivery");
     let readiness = Readiness::default();
-    let context = worker::Context {
+    let context = pipeline::Context {
         producer: kafka::producer(&cli.kafka, "hookline-delivery")?,
         view: SubscriptionView::start(&cli.kafka, "hookline-delivery-view", &registry)?,
         sender: sender::Sender::new(EgressPolicy::new(allow), cli.timeout)?,
         topics,
-        retry: worker::RetryPolicy {
-            max_attempts: cli.max_attempts.max(1),
-            base_delay: cli.retry_base,
-            max_delay: cli.retry_max,
-        },
-        metrics: worker::Metrics::register(&registry)?,
+        schedule: cli.retry_schedule.clone(),
+        disable_after: cli.disable_after,
+        limits: limits::Limits::new(cli.subscription_concurrency),
+        breakers: limits::Breakers::new(cli.breaker_threshold, cli.breaker_cooldown, &registry)?,
+        metrics: pipeline::Metrics::register(&registry)?,
     };
-    let worker = worker::Worker::new(
-        &cli.kafka,
-        &cli.group,
-        cli.concurrency,
-        cli.shutdown_grace,
-        context,
-    )?;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let ops = telemetry::ops_routes(registry, readiness.clone());
-    let server = tokio::spawn(telemetry::serve(cli.http_addr, ops, {
-        let mut stop = stop_rx.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    }));
-    tokio::spawn(async move {
-        telemetry::shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-    });
-    worker.run(readiness, stop_rx).await?;
+    let sizing = worker::WorkerLimits {
+        concurrency: cli.concurrency.max(1),
+        partition_window: cli.partition_window.max(1),
+        grace: cli.shutdown_grace,
+    };
+    let worker = worker::Worker::new(&cli.kafka, &cli.group, sizing, context)?;
+    let stop = telemetry::stop_on_signal();
+    let server = tokio::spawn(telemetry::serve_until(
+        cli.http_addr,
+        telemetry::ops_routes(registry, readiness.clone()),
+        stop.clone(),
+    ));
+    worker.run(readiness, stop).await?;
     server.await??;
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hookline_core::attempt::{truncate_body, MAX_RESPONSE_BODY};
 use hookline_core::egress::EgressPolicy;
 use hookline_core::subscription::Subscription;
 use hookline_core::task::DeliveryTask;
@@ -43,6 +44,8 @@ pub enum Outcome {
     Delivered {
         /// HTTP status.
         status: u16,
+        /// Start of the response body.
+        body: String,
     },
     /// Anything else.
     Failed {
@@ -55,7 +58,19 @@ pub enum Outcome {
         detail: String,
         /// `Retry-After` in seconds, when given (429/503).
         retry_after: Option<Duration>,
+        /// Start of the response body, when there was one.
+        body: Option<String>,
     },
+}
+
+impl Outcome {
+    /// The metrics class: `success` or the failure class.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Delivered { .. } => "success",
+            Self::Failed { class, .. } => class,
+        }
+    }
 }
 
 /// Sends webhook requests.
@@ -138,7 +153,7 @@ impl Sender {
             .send()
             .await
         {
-            Ok(response) => classify(response),
+            Ok(response) => classify(response).await,
             Err(err) if err.is_timeout() => failed("timeout", None, "request timed out".into()),
             Err(err) if err.is_connect() => failed("connect", None, error_chain(&err)),
             Err(err) => failed("error", None, error_chain(&err)),
@@ -146,20 +161,35 @@ impl Sender {
     }
 }
 
+/// A failure without an HTTP answer.
 fn failed(class: &'static str, status: Option<u16>, detail: String) -> Outcome {
     Outcome::Failed {
         class,
         status,
         detail,
         retry_after: None,
+        body: None,
     }
 }
 
-fn classify(response: reqwest::Response) -> Outcome {
+/// Reads at most [`MAX_RESPONSE_BODY`] bytes of the answer; the rest is discarded.
+async fn body_start(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    while kept.len() < MAX_RESPONSE_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    truncate_body(&kept)
+}
+
+async fn classify(response: reqwest::Response) -> Outcome {
     let status = response.status();
     if status.is_success() {
         return Outcome::Delivered {
             status: status.as_u16(),
+            body: body_start(response).await,
         };
     }
     let retry_after = response
@@ -179,6 +209,7 @@ fn classify(response: reqwest::Response) -> Outcome {
         status: Some(status.as_u16()),
         detail: format!("HTTP {status}"),
         retry_after,
+        body: Some(body_start(response).await),
     }
 }
 

@@ -58,20 +58,13 @@ async fn main() -> anyhow::Result<()> {
     let view = SubscriptionView::start(&cli.kafka, "hookline-router-view", &registry)?;
     let router = router::Router::new(&cli.kafka, &cli.group, cli.batch_size, view, &registry)?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let ops = telemetry::ops_routes(registry, readiness.clone());
-    let server = tokio::spawn(telemetry::serve(cli.http_addr, ops, {
-        let mut stop = stop_rx.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    }));
-    tokio::spawn(async move {
-        telemetry::shutdown_signal().await;
-        tracing::info!("shutting down: finishing the current batch");
-        let _ = stop_tx.send(true);
-    });
-    router.run(readiness, stop_rx).await?;
+    let stop = telemetry::stop_on_signal();
+    let server = tokio::spawn(telemetry::serve_until(
+        cli.http_addr,
+        telemetry::ops_routes(registry, readiness.clone()),
+        stop.clone(),
+    ));
+    router.run(readiness, stop).await?;
     server.await??;
     Ok(())
 }

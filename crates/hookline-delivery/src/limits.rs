@@ -1,0 +1,175 @@
+//! Per-subscription concurrency and rate limits, and per-endpoint circuit breakers.
+//!
+//! Tasks are keyed by subscription, so all of one subscription's tasks reach one worker
+//! at a time: these in-process limits are the subscription's limits cluster-wide.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use hookline_core::breaker::{Admission, BreakerState, CircuitBreaker};
+use hookline_core::subscription::Subscription;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One subscription's limiters, rebuilt when its configured limits change.
+struct SubscriptionLimits {
+    configured: (u32, Option<u32>),
+    in_flight: Arc<Semaphore>,
+    rate: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+/// Limits of every subscription this worker has seen.
+pub struct Limits {
+    default_in_flight: u32,
+    by_subscription: Mutex<HashMap<String, Arc<SubscriptionLimits>>>,
+}
+
+impl Limits {
+    /// Limits with `default_in_flight` concurrent requests per subscription unless the
+    /// subscription sets its own.
+    pub fn new(default_in_flight: u32) -> Self {
+        Self {
+            default_in_flight: default_in_flight.max(1),
+            by_subscription: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for a concurrency slot and a rate token of `subscription`; the slot is
+    /// held until the returned permit drops.
+    pub async fn acquire(&self, subscription: &Subscription) -> OwnedSemaphorePermit {
+        let limits = self.of(subscription);
+        let permit = match Arc::clone(&limits.in_flight).acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("subscription semaphores are never closed"),
+        };
+        if let Some(rate) = &limits.rate {
+            rate.until_ready().await;
+        }
+        permit
+    }
+
+    fn of(&self, subscription: &Subscription) -> Arc<SubscriptionLimits> {
+        let configured = (
+            subscription
+                .max_in_flight
+                .unwrap_or(self.default_in_flight)
+                .max(1),
+            subscription.rate_limit,
+        );
+        let mut map = self
+            .by_subscription
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = map
+            .get(&subscription.id)
+            .filter(|l| l.configured == configured)
+        {
+            return Arc::clone(existing);
+        }
+        let limits = Arc::new(SubscriptionLimits {
+            configured,
+            in_flight: Arc::new(Semaphore::new(configured.0 as usize)),
+            rate: configured
+                .1
+                .and_then(NonZeroU32::new)
+                .map(|per_second| Arc::new(RateLimiter::direct(Quota::per_second(per_second)))),
+        });
+        map.insert(subscription.id.clone(), Arc::clone(&limits));
+        limits
+    }
+}
+
+/// Circuit breakers by endpoint (scheme, host and port of the URL).
+pub struct Breakers {
+    threshold: u32,
+    cooldown: Duration,
+    by_endpoint: Mutex<HashMap<String, CircuitBreaker>>,
+    open: IntGauge,
+    transitions: IntCounterVec,
+}
+
+impl Breakers {
+    /// Breakers opening after `threshold` consecutive failures for `cooldown`.
+    pub fn new(threshold: u32, cooldown: Duration, registry: &Registry) -> anyhow::Result<Self> {
+        let open = IntGauge::new(
+            "hookline_delivery_circuit_open",
+            "Endpoints whose circuit breaker is open or half-open.",
+        )?;
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "hookline_delivery_circuit_transitions_total",
+                "Circuit breaker state changes, by new state.",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(transitions.clone()))?;
+        Ok(Self {
+            threshold,
+            cooldown,
+            by_endpoint: Mutex::new(HashMap::new()),
+            open,
+            transitions,
+        })
+    }
+
+    /// The endpoint key of a URL.
+    pub fn endpoint(url: &str) -> String {
+        url::Url::parse(url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| url.to_owned())
+    }
+
+    /// Whether a request to `endpoint` may go out now.
+    pub fn admit(&self, endpoint: &str) -> Admission {
+        let mut map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(endpoint) {
+            Some(breaker) => breaker.admit(Instant::now()),
+            None => Admission::Allow,
+        }
+    }
+
+    /// How long until `endpoint`'s circuit lets a probe through (zero when closed).
+    pub fn remaining_cooldown(&self, endpoint: &str) -> Duration {
+        let map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(endpoint)
+            .and_then(|b| b.open_until())
+            .map_or(Duration::ZERO, |until| {
+                until.saturating_duration_since(Instant::now())
+            })
+    }
+
+    /// Records a request's result.
+    pub fn record(&self, endpoint: &str, success: bool) {
+        let now = Instant::now();
+        let mut map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        if success && !map.contains_key(endpoint) {
+            return;
+        }
+        let breaker = map
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| CircuitBreaker::new(self.threshold, self.cooldown));
+        let before = breaker.state(now);
+        let after = breaker.record(success, now);
+        if before != after {
+            let name = match after {
+                BreakerState::Closed => "closed",
+                BreakerState::Open => "open",
+                BreakerState::HalfOpen => "half_open",
+            };
+            self.transitions.with_label_values(&[name]).inc();
+            tracing::info!(endpoint, state = name, "circuit breaker");
+        }
+        if after == BreakerState::Closed {
+            map.remove(endpoint);
+        }
+        let open = map
+            .values()
+            .filter(|b| b.state(now) != BreakerState::Closed)
+            .count();
+        self.open.set(open as i64);
+    }
+}
