@@ -176,14 +176,18 @@ impl Proc {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// The sum of every series of metric `name` on the process's `/metrics`.
+    /// The sum of every series of metric `name` on the process's `/metrics`. `name` may
+    /// carry the start of a label set to select series, e.g. `x_total{outcome="ok"`.
     pub async fn metric(&self, name: &str) -> f64 {
         let Ok(response) = reqwest::get(format!("{}/metrics", self.url())).await else {
             return 0.0;
         };
         let text = response.text().await.unwrap_or_default();
         text.lines()
-            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+            .filter(|line| {
+                line.starts_with(name)
+                    && (name.contains('{') || line[name.len()..].starts_with(['{', ' ']))
+            })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -231,6 +235,8 @@ pub struct Received {
     pub body: Bytes,
     /// The body parsed.
     pub json: Value,
+    /// The status the receiver answered.
+    pub status: u16,
 }
 
 impl Received {
@@ -298,6 +304,14 @@ impl Receiver {
         }
     }
 
+    /// Requests received so far on `path`.
+    pub fn on(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
     /// Everything received so far (successful or not), in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.state
@@ -347,21 +361,92 @@ async fn on_request(
     if let Behaviour::Hang(duration) = behaviour {
         tokio::time::sleep(duration).await;
     }
-    if let Ok(mut received) = state.received.lock() {
-        received.push(Received {
-            path,
-            headers,
-            body,
-            json,
-        });
-    }
     let status = match behaviour {
         Behaviour::Ok | Behaviour::Hang(_) => 204,
         Behaviour::FailFirst(status, n) if seen <= n => status,
         Behaviour::FailFirst(..) => 204,
         Behaviour::Always(status) => status,
     };
+    if let Ok(mut received) = state.received.lock() {
+        received.push(Received {
+            path,
+            headers,
+            body,
+            json,
+            status,
+        });
+    }
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// The three binaries on one deployment, a receiver, and an API client.
+pub struct Pipeline {
+    /// The deployment (prefix, environment).
+    pub deployment: Deployment,
+    /// hookline-ingest.
+    pub ingest: Proc,
+    /// hookline-router.
+    pub router: Proc,
+    /// hookline-delivery workers.
+    pub workers: Vec<Proc>,
+    /// The receiver all test subscriptions point at.
+    pub receiver: Receiver,
+    /// Client of the ingest API.
+    pub api: Api,
+}
+
+impl Pipeline {
+    /// Starts ingest, router and one delivery worker.
+    pub async fn start(deployment: Deployment) -> anyhow::Result<Self> {
+        let ingest = deployment.start("hookline-ingest").await?;
+        let router = deployment.start("hookline-router").await?;
+        let workers = vec![deployment.start("hookline-delivery").await?];
+        let receiver = Receiver::start().await?;
+        let api = Api::new(ingest.url());
+        Ok(Self {
+            deployment,
+            ingest,
+            router,
+            workers,
+            receiver,
+            api,
+        })
+    }
+
+    /// Creates a subscription of `tenant` to `patterns` at the receiver's `path`;
+    /// `extra` fields are merged into the request. Returns (id, secret).
+    pub async fn subscribe(
+        &self,
+        tenant: &str,
+        patterns: &[&str],
+        path: &str,
+        extra: Value,
+    ) -> anyhow::Result<(String, String)> {
+        let mut body = serde_json::json!({"tenant": tenant, "url": self.receiver.url(path), "event_types": patterns});
+        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            body.extend(extra);
+        }
+        self.api.subscribe(body).await
+    }
+
+    /// Sends `count` events of `event_type` for `tenant`, with `data.seq` 0..count.
+    pub async fn send(
+        &self,
+        tenant: &str,
+        event_type: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let all: Vec<usize> = (0..count).collect();
+        for chunk in all.chunks(500) {
+            let events: Vec<Value> = chunk
+                .iter()
+                .map(|seq| serde_json::json!({"type": event_type, "tenant": tenant, "data": {"seq": seq}}))
+                .collect();
+            ids.extend(self.api.send_events(Value::Array(events)).await?);
+        }
+        Ok(ids)
+    }
 }
 
 /// A JSON API client for ingest.

@@ -18,6 +18,7 @@ pub mod kafka;
 pub mod matching;
 pub mod retry;
 pub mod routing;
+pub mod scan;
 pub mod signing;
 pub mod subscription;
 pub mod task;

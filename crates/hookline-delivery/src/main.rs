@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         partition_window: cli.partition_window.max(1),
         grace: cli.shutdown_grace,
     };
-    let worker = worker::Worker::new(&cli.kafka, &cli.group, sizing, context)?;
+    let worker = worker::Worker::new(&cli.kafka, &cli.group, sizing, context, &registry)?;
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(
         cli.http_addr,

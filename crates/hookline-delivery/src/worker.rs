@@ -36,10 +36,26 @@ type Done = (Tp, i64, u64);
 /// A retry record read before it is due: the record, when it is due, its generation.
 type Held = (OwnedMessage, Instant, u64);
 
-/// Remembers partitions revoked by rebalances, for the loop to forget their state.
-#[derive(Default)]
+/// Remembers partitions revoked by rebalances, for the loop to forget their state, and
+/// exports how many partitions this worker holds.
 pub struct RebalanceLog {
     revoked: Mutex<Vec<(String, i32)>>,
+    assigned: prometheus::IntGauge,
+}
+
+impl RebalanceLog {
+    /// A log exporting `hookline_delivery_assigned_partitions`.
+    pub fn new(registry: &prometheus::Registry) -> anyhow::Result<Self> {
+        let assigned = prometheus::IntGauge::new(
+            "hookline_delivery_assigned_partitions",
+            "Partitions (deliveries and retry tiers) assigned to this worker.",
+        )?;
+        registry.register(Box::new(assigned.clone()))?;
+        Ok(Self {
+            revoked: Mutex::new(Vec::new()),
+            assigned,
+        })
+    }
 }
 
 impl ClientContext for RebalanceLog {}
@@ -52,6 +68,12 @@ impl ConsumerContext for RebalanceLog {
                 revoked.push((element.topic().to_owned(), element.partition()));
             }
             tracing::info!(partitions = list.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        if let Ok(assignment) = consumer.assignment() {
+            self.assigned.set(assignment.count() as i64);
         }
     }
 }
@@ -88,10 +110,21 @@ impl Worker {
         group: &str,
         limits: WorkerLimits,
         context: Context,
+        registry: &prometheus::Registry,
     ) -> anyhow::Result<Self> {
+        let mut config = kafka::group_consumer_config(args, "hookline-delivery", group);
+        // The worker reads several topics (deliveries and retry tiers); the range
+        // assignor spreads each topic's partitions over the workers, where a sticky one
+        // balances only the total and may leave one worker all of `deliveries`.
+        if !args
+            .properties
+            .iter()
+            .any(|(key, _)| key == "partition.assignment.strategy")
+        {
+            config.set("partition.assignment.strategy", "range");
+        }
         let consumer: StreamConsumer<RebalanceLog> =
-            kafka::group_consumer_config(args, "hookline-delivery", group)
-                .create_with_context(RebalanceLog::default())?;
+            config.create_with_context(RebalanceLog::new(registry)?)?;
         let retry_topics: HashSet<String> = context
             .schedule
             .tiers()

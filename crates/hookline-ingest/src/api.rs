@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use chrono::Utc;
 use futures::future::join_all;
+use hookline_core::config::KafkaArgs;
 use hookline_core::error::ApiError;
 use hookline_core::event::{parse_batch, Event};
 use hookline_core::http::{body_bytes, json_body, require_bearer};
@@ -75,6 +76,10 @@ pub struct AppState {
     pub topics: Topics,
     /// Most events in one request.
     pub max_batch_events: usize,
+    /// Kafka settings, for scans (replay, redrive).
+    pub kafka: KafkaArgs,
+    /// Recent delivery attempts.
+    pub attempts: Arc<crate::attempts::AttemptLog>,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -95,6 +100,9 @@ pub fn routes(state: AppState, max_body_bytes: usize, admin_token: Option<String
                 .delete(delete_subscription),
         )
         .route("/v1/subscriptions/{id}/secret", get(get_secret))
+        .route("/v1/subscriptions/{id}/attempts", get(list_attempts))
+        .route("/v1/subscriptions/{id}/replay", post(replay_subscription))
+        .route("/v1/dlq/redrive", post(redrive_dlq))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(token, require_bearer))
         .with_state(state)
@@ -269,4 +277,66 @@ async fn delete_subscription(
     write_subscription(&state, &id, None).await?;
     tracing::info!(%id, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AttemptsQuery {
+    limit: Option<usize>,
+}
+
+async fn list_attempts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<AttemptsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    find(&state, &id)?;
+    let limit = query
+        .limit
+        .unwrap_or(50)
+        .min(crate::attempts::KEPT_PER_SUBSCRIPTION);
+    Ok(Json(json!({ "data": state.attempts.recent(&id, limit) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    since: chrono::DateTime<Utc>,
+}
+
+async fn replay_subscription(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let request: ReplayRequest = json_body(body)?;
+    let subscription = find(&state, &id)?;
+    let report = crate::replay::replay(
+        &state.kafka,
+        &state.topics,
+        &state.producer,
+        &subscription,
+        request.since,
+    )
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    tracing::info!(%id, since = %request.since, requeued = report.requeued, "subscription replayed");
+    Ok(Json(json!(report)))
+}
+
+async fn redrive_dlq(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let request: crate::replay::RedriveRequest = json_body(body)?;
+    if request.subscription_id.is_none() && request.since.is_none() {
+        return Err(ApiError::invalid(hookline_core::event::FieldError::new(
+            "subscription_id",
+            "give a subscription_id, a since, or both",
+        )));
+    }
+    let report = crate::replay::redrive(&state.kafka, &state.topics, &state.producer, request)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    tracing::info!(requeued = report.requeued, "dead letters redriven");
+    Ok(Json(json!(report)))
 }

@@ -1,14 +1,17 @@
 //! `hookline-ingest`: the HTTP front door. Accepts finance events and writes them to
-//! the events topic; serves the control plane (subscriptions) over the compacted
-//! subscriptions topic.
+//! the events topic; serves the control plane (subscriptions, attempts, replay,
+//! dead-letter redrive) over Kafka topics.
 
 mod api;
+mod attempts;
+mod replay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
 use hookline_core::config::{ApiArgs, KafkaArgs, LogArgs};
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::telemetry::{self, Readiness};
@@ -38,6 +41,26 @@ struct Cli {
 
     #[command(flatten)]
     log: LogArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// One-off operations; without one, the server runs.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Put dead-lettered deliveries back into the pipeline, then exit.
+    Redrive {
+        /// Only this subscription's dead letters.
+        #[arg(long)]
+        subscription_id: Option<String>,
+        /// Only dead letters written at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// Only dead letters written at or before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 #[tokio::main]
@@ -49,20 +72,42 @@ async fn main() -> anyhow::Result<()> {
         &cli.kafka,
         &[
             TopicSpec::plain(topics.events(), &cli.kafka),
+            TopicSpec::plain(topics.deliveries(), &cli.kafka),
+            TopicSpec::plain(topics.deliveries_dlq(), &cli.kafka),
+            TopicSpec::plain(topics.attempts(), &cli.kafka),
             TopicSpec::compacted(topics.subscriptions()),
         ],
         Duration::from_secs(60),
     )
     .await?;
+    let producer = kafka::producer(&cli.kafka, "hookline-ingest")?;
+
+    if let Some(Command::Redrive {
+        subscription_id,
+        since,
+        until,
+    }) = cli.command
+    {
+        let request = replay::RedriveRequest {
+            subscription_id,
+            since,
+            until,
+        };
+        let report = replay::redrive(&cli.kafka, &topics, &producer, request).await?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
 
     let registry = telemetry::registry("ingest");
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-ingest-view", &registry)?;
     let state = api::AppState {
-        producer: kafka::producer(&cli.kafka, "hookline-ingest")?,
+        producer,
         view: Arc::clone(&view),
         topics,
         max_batch_events: cli.max_batch_events,
+        kafka: cli.kafka.clone(),
+        attempts: attempts::AttemptLog::start(&cli.kafka)?,
         metrics: api::Metrics::register(&registry)?,
     };
     let app = api::routes(state, cli.max_body_bytes, cli.api.admin_token.clone())
@@ -70,14 +115,11 @@ async fn main() -> anyhow::Result<()> {
 
     let ready = readiness.clone();
     tokio::spawn(async move {
-        loop {
-            match view.catch_up(Duration::from_secs(10)).await {
-                Ok(()) => break,
-                Err(err) => tracing::warn!(%err, "waiting for the subscriptions view"),
-            }
+        while let Err(err) = view.catch_up(Duration::from_secs(10)).await {
+            tracing::warn!(%err, "waiting for the subscriptions view");
         }
         ready.set(true);
         tracing::info!("ready");
     });
-    telemetry::serve(cli.http_addr, app, telemetry::shutdown_signal()).await
+    telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()).await
 }

@@ -1,0 +1,113 @@
+//! Reading a time range of a topic once, for replay and dead-letter redrive: every
+//! partition from the first record at or after `since` (Kafka's offsets-for-times) to
+//! its end as of the start of the scan.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaArgs;
+use crate::kafka::client_config;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Calls `visit` on every record of `topic` written at or after `since` (all when
+/// `None`) and present when the scan starts. Blocking: run it on a blocking thread.
+pub fn scan_topic(
+    args: &KafkaArgs,
+    topic: &str,
+    since: Option<DateTime<Utc>>,
+    mut visit: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, KafkaError> {
+    let group = format!("hookline-scan-{}", ulid::Ulid::new());
+    let consumer: BaseConsumer = client_config(
+        args,
+        "hookline-scan",
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+            ("isolation.level", "read_committed"),
+        ],
+    )
+    .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+
+    // Where each partition ends now, and where the range starts.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut starts = TopicPartitionList::new();
+    for &partition in &partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+        ends.insert(partition, high);
+        let start = match since {
+            Some(at) => Offset::Offset(at.timestamp_millis()),
+            None => Offset::Beginning,
+        };
+        starts.add_partition_offset(topic, partition, start)?;
+    }
+    let starts = if since.is_some() {
+        consumer.offsets_for_times(starts, TIMEOUT)?
+    } else {
+        starts
+    };
+    let mut assignment = TopicPartitionList::new();
+    for element in starts.elements() {
+        let end = ends.get(&element.partition()).copied().unwrap_or(0);
+        let begins_before_end = match element.offset() {
+            Offset::Offset(o) => o < end,
+            Offset::Beginning => end > 0,
+            _ => false, // no record at or after `since`
+        };
+        if begins_before_end {
+            assignment.add_partition_offset(topic, element.partition(), element.offset())?;
+        }
+    }
+    let mut remaining: usize = assignment.count();
+    if remaining == 0 {
+        return Ok(0);
+    }
+    consumer.assign(&assignment)?;
+    let mut visited = 0u64;
+    let mut finished: Vec<i32> = Vec::new();
+    while remaining > 0 {
+        match consumer.poll(TIMEOUT) {
+            None => {
+                return Err(KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+                ))
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if !finished.contains(&partition) {
+                    finished.push(partition);
+                    remaining -= 1;
+                }
+            }
+            Some(Err(err)) => return Err(err),
+            Some(Ok(message)) => {
+                let end = ends.get(&message.partition()).copied().unwrap_or(0);
+                if message.offset() < end {
+                    visit(&message);
+                    visited += 1;
+                }
+                if message.offset() + 1 >= end && !finished.contains(&message.partition()) {
+                    finished.push(message.partition());
+                    remaining -= 1;
+                    let mut done = TopicPartitionList::new();
+                    done.add_partition(topic, message.partition());
+                    consumer.pause(&done)?;
+                }
+            }
+        }
+    }
+    Ok(visited)
+}

@@ -1,0 +1,156 @@
+//! Putting deliveries back into the pipeline: dead-letter redrive and per-subscription
+//! replay of the events topic. Both keep `webhook-id`s (they derive from the event and
+//! subscription ids), so receivers de-duplicate what they already had.
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use hookline_core::config::KafkaArgs;
+use hookline_core::event::{Defaults, Event};
+use hookline_core::scan::scan_topic;
+use hookline_core::subscription::Subscription;
+use hookline_core::task::DeliveryTask;
+use hookline_core::topics::Topics;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+
+/// Which dead letters to redrive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    /// Only this subscription's dead letters.
+    pub subscription_id: Option<String>,
+    /// Only dead letters written at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only dead letters written at or before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// What a redrive or replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Records read.
+    pub scanned: u64,
+    /// Delivery tasks written back to the deliveries topic.
+    pub requeued: u64,
+    /// Records that could not be read as tasks or events.
+    pub unreadable: u64,
+}
+
+/// Re-queues the dead-lettered tasks matching `request` as fresh tasks.
+pub async fn redrive(
+    args: &KafkaArgs,
+    topics: &Topics,
+    producer: &FutureProducer,
+    request: RedriveRequest,
+) -> anyhow::Result<Report> {
+    let scan_args = args.clone();
+    let dlq = topics.deliveries_dlq();
+    let (mut report, tasks) = tokio::task::spawn_blocking(move || {
+        let mut report = Report::default();
+        let mut tasks = Vec::new();
+        report.scanned = scan_topic(&scan_args, &dlq, request.since, |message| {
+            let written = message
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::<Utc>::from_timestamp_millis);
+            if request
+                .until
+                .is_some_and(|until| written.is_some_and(|w| w > until))
+            {
+                return;
+            }
+            match message
+                .payload()
+                .map(serde_json::from_slice::<DeliveryTask>)
+            {
+                Some(Ok(task)) => {
+                    if request
+                        .subscription_id
+                        .as_ref()
+                        .is_none_or(|id| *id == task.subscription_id)
+                    {
+                        tasks.push(task);
+                    }
+                }
+                _ => report.unreadable += 1,
+            }
+        })?;
+        anyhow::Ok((report, tasks))
+    })
+    .await??;
+    let fresh = tasks.into_iter().map(|mut task| {
+        task.attempts = 0;
+        task.not_before = None;
+        task.last_error = None;
+        task
+    });
+    report.requeued = enqueue(producer, &topics.deliveries(), fresh.collect()).await?;
+    Ok(report)
+}
+
+/// Routes `subscription`'s events written since `since` again, to it alone.
+pub async fn replay(
+    args: &KafkaArgs,
+    topics: &Topics,
+    producer: &FutureProducer,
+    subscription: &Subscription,
+    since: DateTime<Utc>,
+) -> anyhow::Result<Report> {
+    let scan_args = args.clone();
+    let events_topic = topics.events();
+    let subscription = subscription.clone();
+    let (report, tasks) = tokio::task::spawn_blocking(move || {
+        let mut report = Report::default();
+        let mut tasks = Vec::new();
+        let now = Utc::now();
+        report.scanned = scan_topic(&scan_args, &events_topic, Some(since), |message| {
+            let defaults = Defaults::Record {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp: message
+                    .timestamp()
+                    .to_millis()
+                    .and_then(DateTime::<Utc>::from_timestamp_millis),
+            };
+            match message
+                .payload()
+                .map(|p| Event::from_record_value(p, defaults))
+            {
+                Some(Ok(event)) if subscription.wants(&event.tenant, &event.event_type) => {
+                    tasks.push(DeliveryTask::new(event, &subscription.id, now));
+                }
+                Some(Ok(_)) => {}
+                _ => report.unreadable += 1,
+            }
+        })?;
+        anyhow::Ok((report, tasks))
+    })
+    .await??;
+    let requeued = enqueue(producer, &topics.deliveries(), tasks).await?;
+    Ok(Report { requeued, ..report })
+}
+
+/// Writes tasks to the deliveries topic, keyed by subscription; all must be acknowledged.
+async fn enqueue(
+    producer: &FutureProducer,
+    topic: &str,
+    tasks: Vec<DeliveryTask>,
+) -> anyhow::Result<u64> {
+    let payloads: Vec<(String, Vec<u8>)> = tasks
+        .iter()
+        .map(|task| Ok((task.subscription_id.clone(), serde_json::to_vec(task)?)))
+        .collect::<Result<_, serde_json::Error>>()?;
+    let results = join_all(payloads.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            std::time::Duration::from_secs(30),
+        )
+    }))
+    .await;
+    if let Some(Err((err, _))) = results.iter().find(|r| r.is_err()) {
+        anyhow::bail!("Kafka did not acknowledge every re-queued task: {err}");
+    }
+    Ok(results.len() as u64)
+}

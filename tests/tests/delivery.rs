@@ -1,0 +1,373 @@
+//! Delivery that never loses a webhook and never lets one endpoint block the others:
+//! retries through tier topics, the DLQ and redrive, 410, a hanging endpoint, a worker
+//! killed mid-run, and two workers in one group. Real broker, binaries as processes,
+//! a short retry schedule.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use hookline_e2e::{read_all, Behaviour, Deployment, Pipeline, Received};
+use reqwest::Method;
+use serde_json::json;
+
+/// A deployment with a retry schedule of seconds instead of hours.
+fn quick(schedule: &str) -> Deployment {
+    let mut deployment = Deployment::new();
+    deployment
+        .set("HOOKLINE_RETRY_SCHEDULE", schedule)
+        .set("HOOKLINE_BREAKER_THRESHOLD", "1000");
+    deployment
+}
+
+fn ids(received: &[Received]) -> BTreeSet<String> {
+    received
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect()
+}
+
+fn successes(received: &[Received]) -> Vec<&Received> {
+    received
+        .iter()
+        .filter(|r| (200..300).contains(&r.status))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_the_delivery_once_it_recovers_with_one_webhook_id() {
+    let p = Pipeline::start(quick("1s,1s,1s")).await.unwrap();
+    let (sub, _) = p
+        .subscribe("acme", &["invoice.paid"], "flaky", json!({}))
+        .await
+        .unwrap();
+    p.receiver.behave("flaky", Behaviour::FailFirst(503, 2));
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+
+    let done = p
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| !successes(r).is_empty())
+        .await;
+    assert!(done, "delivered after retries");
+    let requests = p.receiver.on("flaky");
+    assert_eq!(requests.len(), 3, "two failures, then a success");
+    assert_eq!(
+        requests.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 503, 204]
+    );
+    assert_eq!(
+        ids(&requests).len(),
+        1,
+        "the same webhook-id on every attempt"
+    );
+
+    // The attempts are recorded, newest first.
+    let mut attempts = Vec::new();
+    for _ in 0..100 {
+        let (_, body) = p
+            .api
+            .call(
+                Method::GET,
+                &format!("/v1/subscriptions/{sub}/attempts"),
+                None,
+            )
+            .await
+            .unwrap();
+        attempts = body["data"].as_array().cloned().unwrap_or_default();
+        if attempts.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let summary: Vec<(u64, &str, u64)> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap(),
+                a["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (3, "success", 204),
+            (2, "http_5xx", 503),
+            (1, "http_5xx", 503)
+        ]
+    );
+    let webhook_id = requests[0].header("webhook-id");
+    assert!(attempts.iter().all(|a| a["message_id"] == webhook_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_failing_receiver_ends_in_the_dlq_and_redrive_delivers_it() {
+    let p = Pipeline::start(quick("1s,1s")).await.unwrap();
+    let (sub, _) = p
+        .subscribe("acme", &["payment.*"], "down", json!({}))
+        .await
+        .unwrap();
+    p.receiver.behave("down", Behaviour::Always(500));
+    p.send("acme", "payment.failed", 3).await.unwrap();
+
+    let dlq = p.deployment.topic("deliveries.dlq");
+    let mut dead = Vec::new();
+    for _ in 0..300 {
+        dead = read_all(&dlq).unwrap();
+        if dead.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 3, "all three dead-lettered");
+    for record in &dead {
+        assert!(
+            record.headers["hookline-dlq-reason"].contains("3 attempts failed"),
+            "{:?}",
+            record.headers
+        );
+        assert_eq!(record.headers["hookline-last-status"], "500");
+    }
+    let failed = p.receiver.on("down");
+    assert_eq!(failed.len(), 9, "three attempts each");
+    assert!(successes(&failed).is_empty());
+
+    p.receiver.behave("down", Behaviour::Ok);
+    let (status, report) = p
+        .api
+        .call(
+            Method::POST,
+            "/v1/dlq/redrive",
+            Some(json!({"subscription_id": sub})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["requeued"], 3);
+    let done = p
+        .receiver
+        .wait_until(Duration::from_secs(30), |r| successes(r).len() >= 3)
+        .await;
+    assert!(done, "redriven deliveries arrive");
+    let redelivered = p.receiver.on("down");
+    assert_eq!(
+        ids(&successes(&redelivered)
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()),
+        ids(&failed),
+        "same webhook-ids"
+    );
+
+    // Redrive without a filter is refused rather than replaying every dead letter.
+    let (status, error) = p
+        .api
+        .call(Method::POST, "/v1/dlq/redrive", Some(json!({})))
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_subscription_and_tells_the_tenant() {
+    let p = Pipeline::start(quick("1s")).await.unwrap();
+    let (gone, _) = p
+        .subscribe("acme", &["invoice.*"], "gone", json!({}))
+        .await
+        .unwrap();
+    p.subscribe("acme", &["subscription.*"], "ops", json!({}))
+        .await
+        .unwrap();
+    p.receiver.behave("gone", Behaviour::Always(410));
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+
+    let told = p
+        .receiver
+        .wait_until(Duration::from_secs(30), |r| {
+            r.iter().any(|r| r.path == "ops")
+        })
+        .await;
+    assert!(told, "the tenant got a subscription.disabled event");
+    let notice = &p.receiver.on("ops")[0].json;
+    assert_eq!(notice["type"], "subscription.disabled");
+    assert_eq!(notice["data"]["subscription_id"], gone.as_str());
+
+    let (_, shown) = p
+        .api
+        .call(Method::GET, &format!("/v1/subscriptions/{gone}"), None)
+        .await
+        .unwrap();
+    assert_eq!(shown["enabled"], false, "{shown}");
+    assert!(shown["disabled_reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("410")));
+    assert_eq!(p.receiver.on("gone").len(), 1, "no retry after 410");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_hold_back_fast_ones() {
+    let mut deployment = quick("30s");
+    deployment.set("HOOKLINE_DELIVERY_TIMEOUT", "2s");
+    let p = Pipeline::start(deployment).await.unwrap();
+    for path in ["slow", "fast-1", "fast-2"] {
+        p.subscribe("acme", &["expense.created"], path, json!({}))
+            .await
+            .unwrap();
+    }
+    p.receiver
+        .behave("slow", Behaviour::Hang(Duration::from_secs(20)));
+    let count = 300;
+    p.send("acme", "expense.created", count).await.unwrap();
+
+    let fast_done = p
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| {
+            ["fast-1", "fast-2"]
+                .iter()
+                .all(|path| r.iter().filter(|x| x.path == *path).count() >= count)
+        })
+        .await;
+    assert!(fast_done, "the fast endpoints got every delivery");
+    // Requests are recorded when answered: the slow endpoint has answered none of its
+    // deliveries yet, while both fast ones are complete.
+    let slow_answered = p.receiver.on("slow").len();
+    assert!(
+        slow_answered < count,
+        "slow endpoint still pending ({slow_answered} answered)"
+    );
+    for path in ["fast-1", "fast-2"] {
+        let seqs: BTreeSet<u64> = p
+            .receiver
+            .on(path)
+            .iter()
+            .filter_map(|r| r.json["data"]["seq"].as_u64())
+            .collect();
+        assert_eq!(seqs.len(), count, "{path} got each event");
+    }
+    // The slow endpoint's attempts timed out and wait in their retry tier.
+    let worker = &p.workers[0];
+    let timed_out = worker
+        .wait_metric(
+            "hookline_delivery_attempts_total{outcome=\"timeout\"",
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(timed_out, "the slow endpoint's attempts time out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_nothing() {
+    let mut p = Pipeline::start(quick("1s,2s")).await.unwrap();
+    for path in ["erp", "ledger"] {
+        p.subscribe("acme", &["invoice.*"], path, json!({}))
+            .await
+            .unwrap();
+        p.receiver
+            .behave(path, Behaviour::Hang(Duration::from_millis(20)));
+    }
+    let count = 600;
+    let event_ids = p.send("acme", "invoice.created", count).await.unwrap();
+    let started = p
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| r.len() >= 150)
+        .await;
+    assert!(started);
+    p.workers[0].kill_hard();
+    let before_restart = p.receiver.received().len();
+    assert!(
+        before_restart < 2 * count,
+        "killed mid-run ({before_restart} delivered)"
+    );
+    p.workers[0] = p.deployment.start("hookline-delivery").await.unwrap();
+
+    let complete = |r: &[Received]| {
+        let pairs: BTreeSet<(String, String)> = r
+            .iter()
+            .map(|x| {
+                (
+                    x.json["id"].as_str().unwrap_or("").to_owned(),
+                    x.path.clone(),
+                )
+            })
+            .collect();
+        pairs.len() >= 2 * count
+    };
+    assert!(
+        p.receiver
+            .wait_until(Duration::from_secs(120), complete)
+            .await,
+        "every delivery arrives"
+    );
+    let received = p.receiver.received();
+    let mut webhook_ids: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+    for r in &received {
+        let key = (r.json["id"].as_str().unwrap().to_owned(), r.path.clone());
+        webhook_ids
+            .entry(key)
+            .or_default()
+            .insert(r.header("webhook-id").to_owned());
+    }
+    for id in &event_ids {
+        for path in ["erp", "ledger"] {
+            let seen = webhook_ids.get(&(id.clone(), path.to_owned()));
+            assert_eq!(
+                seen.map(BTreeSet::len),
+                Some(1),
+                "{id} to {path}: once or more, one webhook-id"
+            );
+        }
+    }
+    assert_eq!(webhook_ids.len(), 2 * count, "nothing unexpected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_partitions_and_deliver_everything() {
+    let mut p = Pipeline::start(quick("1s")).await.unwrap();
+    p.workers
+        .push(p.deployment.start("hookline-delivery").await.unwrap());
+    for worker in &p.workers {
+        let assigned = worker
+            .wait_metric(
+                "hookline_delivery_assigned_partitions",
+                1.0,
+                Duration::from_secs(60),
+            )
+            .await;
+        assert!(assigned, "each worker holds partitions");
+    }
+    let paths: Vec<String> = (0..8).map(|i| format!("erp-{i}")).collect();
+    for path in &paths {
+        p.subscribe("globex", &["payment.succeeded"], path, json!({}))
+            .await
+            .unwrap();
+    }
+    let count = 200;
+    p.send("globex", "payment.succeeded", count).await.unwrap();
+    let all = p.receiver.wait_until(Duration::from_secs(90), |r| {
+        r.iter()
+            .map(|x| {
+                (
+                    x.json["id"].as_str().unwrap_or("").to_owned(),
+                    x.path.clone(),
+                )
+            })
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= count * paths.len()
+    });
+    assert!(all.await, "together they deliver everything");
+    let mut per_worker = Vec::new();
+    for worker in &p.workers {
+        per_worker.push(
+            worker
+                .metric("hookline_delivery_tasks_total{outcome=\"delivered\"")
+                .await,
+        );
+    }
+    assert!(
+        per_worker.iter().all(|n| *n > 0.0),
+        "both workers delivered: {per_worker:?}"
+    );
+    assert!(per_worker.iter().sum::<f64>() >= (count * paths.len()) as f64);
+}
