@@ -267,6 +267,26 @@ struct ReceiverState {
     received: Mutex<Vec<Received>>,
     behaviour: Mutex<HashMap<String, Behaviour>>,
     counts: Mutex<HashMap<String, usize>>,
+    /// Requests being handled per path: (now, most ever).
+    concurrency: Mutex<HashMap<String, (usize, usize)>>,
+}
+
+impl ReceiverState {
+    fn enter(&self, path: &str) {
+        if let Ok(mut map) = self.concurrency.lock() {
+            let entry = map.entry(path.to_owned()).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(entry.0);
+        }
+    }
+
+    fn leave(&self, path: &str) {
+        if let Ok(mut map) = self.concurrency.lock() {
+            if let Some(entry) = map.get_mut(path) {
+                entry.0 = entry.0.saturating_sub(1);
+            }
+        }
+    }
 }
 
 /// A real HTTP receiver on loopback that records every request to `/hooks/{path}`.
@@ -302,6 +322,16 @@ impl Receiver {
         if let Ok(mut map) = self.state.behaviour.lock() {
             map.insert(path.to_owned(), behaviour);
         }
+    }
+
+    /// The most requests `path` ever had in flight at once.
+    pub fn max_concurrency(&self, path: &str) -> usize {
+        self.state
+            .concurrency
+            .lock()
+            .ok()
+            .and_then(|m| m.get(path).map(|e| e.1))
+            .unwrap_or(0)
     }
 
     /// Requests received so far on `path`.
@@ -358,9 +388,11 @@ async fn on_request(
             *n
         })
         .unwrap_or(1);
+    state.enter(&path);
     if let Behaviour::Hang(duration) = behaviour {
         tokio::time::sleep(duration).await;
     }
+    state.leave(&path);
     let status = match behaviour {
         Behaviour::Ok | Behaviour::Hang(_) => 204,
         Behaviour::FailFirst(status, n) if seen <= n => status,
@@ -470,6 +502,18 @@ impl Api {
     pub fn with_token(mut self, token: &str) -> Self {
         self.token = Some(token.to_owned());
         self
+    }
+
+    /// The subscription as the API shows it.
+    pub async fn subscription(&self, id: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/subscriptions/{id}"),
+                None,
+            )
+            .await?
+            .1)
     }
 
     /// Any request; returns status and JSON body (Null when empty).

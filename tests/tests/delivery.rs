@@ -371,3 +371,203 @@ async fn two_workers_share_the_partitions_and_deliver_everything() {
     );
     assert!(per_worker.iter().sum::<f64>() >= (count * paths.len()) as f64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_deliveries_and_commits_them() {
+    let mut p = Pipeline::start(quick("1s")).await.unwrap();
+    p.subscribe("acme", &["invoice.paid"], "slowish", json!({}))
+        .await
+        .unwrap();
+    p.receiver
+        .behave("slowish", Behaviour::Hang(Duration::from_millis(1500)));
+    let count = 6;
+    p.send("acme", "invoice.paid", count).await.unwrap();
+    let in_flight = p.workers[0]
+        .wait_metric(
+            "hookline_delivery_in_flight",
+            count as f64,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(in_flight, "all deliveries in flight");
+    let status = p.workers[0].terminate().unwrap();
+    assert!(status.success(), "clean exit: {status}");
+    assert_eq!(
+        p.receiver.on("slowish").len(),
+        count,
+        "in-flight deliveries finished before exit"
+    );
+
+    // What was finished was committed: a new worker delivers nothing again.
+    p.workers[0] = p.deployment.start("hookline-delivery").await.unwrap();
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+    let next = p
+        .receiver
+        .wait_until(Duration::from_secs(30), |r| r.len() > count)
+        .await;
+    assert!(next, "the new worker delivers new work");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        p.receiver.on("slowish").len(),
+        count + 1,
+        "no redelivery of committed work"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_redelivers_a_subscriptions_events_with_their_webhook_ids() {
+    let p = Pipeline::start(quick("1s")).await.unwrap();
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let (sub, _) = p
+        .subscribe("acme", &["payment.*"], "erp", json!({}))
+        .await
+        .unwrap();
+    p.subscribe("acme", &["payment.*"], "other", json!({}))
+        .await
+        .unwrap();
+    p.send("acme", "payment.succeeded", 5).await.unwrap();
+    p.send("globex", "payment.succeeded", 2).await.unwrap();
+    assert!(
+        p.receiver
+            .wait_until(Duration::from_secs(30), |r| r.len() >= 10)
+            .await
+    );
+    let first = ids(&p.receiver.on("erp"));
+    assert_eq!(first.len(), 5);
+
+    let (status, report) = p
+        .api
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{sub}/replay"),
+            Some(json!({"since": before})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["requeued"], 5, "{report}");
+    assert!(
+        p.receiver
+            .wait_until(Duration::from_secs(30), |r| r
+                .iter()
+                .filter(|x| x.path == "erp")
+                .count()
+                >= 10)
+            .await
+    );
+    let erp = p.receiver.on("erp");
+    assert_eq!(erp.len(), 10);
+    assert_eq!(
+        ids(&erp),
+        first,
+        "replayed deliveries keep their webhook-ids"
+    );
+    assert_eq!(
+        p.receiver.on("other").len(),
+        5,
+        "only the replayed subscription gets them again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_limits_and_the_circuit_breaker_hold() {
+    let mut deployment = quick("1s,1s,1s,1s,1s,1s,1s,1s");
+    deployment
+        .set("HOOKLINE_BREAKER_THRESHOLD", "3")
+        .set("HOOKLINE_BREAKER_COOLDOWN", "60s");
+    let p = Pipeline::start(deployment).await.unwrap();
+    p.subscribe(
+        "acme",
+        &["invoice.paid"],
+        "narrow",
+        json!({"max_in_flight": 2}),
+    )
+    .await
+    .unwrap();
+    p.subscribe("acme", &["invoice.paid"], "paced", json!({"rate_limit": 4}))
+        .await
+        .unwrap();
+    p.subscribe("acme", &["invoice.paid"], "broken", json!({}))
+        .await
+        .unwrap();
+    p.receiver
+        .behave("narrow", Behaviour::Hang(Duration::from_millis(200)));
+    p.receiver.behave("broken", Behaviour::Always(500));
+    let count = 16;
+    p.send("acme", "invoice.paid", count).await.unwrap();
+
+    let both = |r: &[Received]| {
+        ["narrow", "paced"]
+            .iter()
+            .all(|path| r.iter().filter(|x| x.path == *path).count() >= count)
+    };
+    assert!(p.receiver.wait_until(Duration::from_secs(60), both).await);
+    assert_eq!(
+        p.receiver.max_concurrency("narrow"),
+        2,
+        "max_in_flight holds"
+    );
+    let paced = p.receiver.on("paced");
+    let times: Vec<i64> = paced
+        .iter()
+        .map(|r| r.header("webhook-timestamp").parse().unwrap())
+        .collect();
+    let span = times.iter().max().unwrap() - times.iter().min().unwrap();
+    assert!(
+        span >= 2,
+        "16 requests at 4/s span at least 2 s of timestamps, got {span}"
+    );
+
+    // After 3 straight failures the breaker opens and further deliveries skip HTTP.
+    let worker = &p.workers[0];
+    let skipped = worker
+        .wait_metric(
+            "hookline_delivery_attempts_total{outcome=\"circuit_open\"",
+            1.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(skipped, "open circuit skips requests");
+    assert_eq!(worker.metric("hookline_delivery_circuit_open").await, 1.0);
+    assert!(
+        p.receiver.on("broken").len() < count,
+        "broken endpoint not hammered with every delivery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_past_the_limit_is_disabled() {
+    let mut deployment = quick("1s,1s,1s,1s,1s,1s");
+    deployment.set("HOOKLINE_DISABLE_AFTER", "2s");
+    let p = Pipeline::start(deployment).await.unwrap();
+    let (sub, _) = p
+        .subscribe("acme", &["invoice.paid"], "dead", json!({}))
+        .await
+        .unwrap();
+    p.subscribe("acme", &["subscription.disabled"], "ops", json!({}))
+        .await
+        .unwrap();
+    p.receiver.behave("dead", Behaviour::Always(502));
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+
+    let told = p
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| {
+            r.iter().any(|x| x.path == "ops")
+        })
+        .await;
+    assert!(told, "subscription.disabled published");
+    let shown = p.api.subscription(&sub).await.unwrap();
+    assert_eq!(shown["enabled"], false);
+    assert!(
+        shown["disabled_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failing")),
+        "{shown}"
+    );
+    let attempts = p.receiver.on("dead").len();
+    assert!(
+        (3..7).contains(&attempts),
+        "disabled after about 2 s of failures, not after the whole schedule: {attempts}"
+    );
+}

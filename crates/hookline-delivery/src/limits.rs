@@ -82,7 +82,7 @@ impl Limits {
     }
 }
 
-/// Circuit breakers by endpoint (scheme, host and port of the URL).
+/// Circuit breakers by endpoint URL.
 pub struct Breakers {
     threshold: u32,
     cooldown: Duration,
@@ -116,11 +116,10 @@ impl Breakers {
         })
     }
 
-    /// The endpoint key of a URL.
+    /// The endpoint key of a URL: the URL itself, so two subscriptions on one host
+    /// with different paths (often different tenants' handlers) trip separately.
     pub fn endpoint(url: &str) -> String {
-        url::Url::parse(url)
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_else(|_| url.to_owned())
+        url.to_owned()
     }
 
     /// Whether a request to `endpoint` may go out now.
@@ -163,7 +162,8 @@ impl Breakers {
             self.transitions.with_label_values(&[name]).inc();
             tracing::info!(endpoint, state = name, "circuit breaker");
         }
-        if after == BreakerState::Closed {
+        if success {
+            // A healthy endpoint needs no breaker state.
             map.remove(endpoint);
         }
         let open = map
