@@ -8,10 +8,12 @@
 
 pub mod attempt;
 pub mod breaker;
+pub mod cloudevents;
 pub mod config;
 pub mod egress;
 pub mod error;
 pub mod event;
+pub mod filter;
 pub mod http;
 pub mod ids;
 pub mod kafka;

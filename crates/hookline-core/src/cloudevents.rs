@@ -1,0 +1,1 @@
+//! CloudEvents over the Kafka protocol binding (work in progress).

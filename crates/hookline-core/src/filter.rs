@@ -1,0 +1,1 @@
+//! Payload filters (work in progress).
