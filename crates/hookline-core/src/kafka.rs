@@ -75,6 +75,29 @@ pub fn producer(args: &KafkaArgs, client_id: &str) -> Result<FutureProducer, Kaf
     .create()
 }
 
+/// A transactional producer (`transactional.id` = `transactional_id`). Transactions
+/// time out after 10 s, bounding how long a crashed producer's open transaction can
+/// hold back `read_committed` readers when no successor fences it sooner.
+pub fn transactional_producer(
+    args: &KafkaArgs,
+    client_id: &str,
+    transactional_id: &str,
+) -> Result<FutureProducer, KafkaError> {
+    client_config(
+        args,
+        client_id,
+        &[
+            ("transactional.id", transactional_id),
+            ("transaction.timeout.ms", "10000"),
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+        ],
+    )
+    .create()
+}
+
 /// Settings of a group consumer that never commits an offset on its own: offsets are
 /// stored explicitly once the work they stand for is durable, and the stored ones are
 /// committed in the background and on revocation (`enable.auto.offset.store=false`).

@@ -1,6 +1,7 @@
 //! `hookline-router`: consumes the events topic, matches each event against the
 //! subscriptions view, and writes one delivery task per match to the deliveries topic.
-//! An event's offset is stored for commit only after all its tasks are acknowledged.
+//! Each batch is one Kafka transaction (tasks and consumer offsets together), so
+//! routing is exactly-once for `read_committed` readers.
 
 mod router;
 
@@ -25,7 +26,14 @@ struct Cli {
     #[arg(long, env = "HOOKLINE_ROUTER_GROUP", default_value = "hookline-router")]
     group: String,
 
-    /// Most events routed in one batch.
+    /// This router's stable name (e.g. a pod name). Its transactional id is
+    /// `<group>-<instance id>` and it joins the group as a static member: a restarted
+    /// router with the same name fences the transaction its predecessor left open and
+    /// takes its partitions back at once. Random (dynamic membership) when unset.
+    #[arg(long, env = "HOOKLINE_ROUTER_INSTANCE_ID")]
+    instance_id: Option<String>,
+
+    /// Most events routed in one batch (one transaction).
     #[arg(long, env = "HOOKLINE_ROUTER_BATCH", default_value_t = 1000)]
     batch_size: usize,
 
@@ -56,7 +64,21 @@ async fn main() -> anyhow::Result<()> {
     let registry = telemetry::registry("router");
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-router-view", &registry)?;
-    let router = router::Router::new(&cli.kafka, &cli.group, cli.batch_size, view, &registry)?;
+    let instance = cli
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| ulid::Ulid::new().to_string().to_lowercase());
+    let transactional_id = format!("{}-{instance}", cli.group);
+    tracing::info!(%transactional_id, "routing with Kafka transactions");
+    let router = router::Router::new(
+        &cli.kafka,
+        &cli.group,
+        cli.instance_id.as_deref(),
+        &transactional_id,
+        cli.batch_size,
+        view,
+        &registry,
+    )?;
 
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(

@@ -1,5 +1,7 @@
-//! The routing loop: batch, catch the subscriptions view up, route, produce, await
-//! acknowledgements, then store offsets.
+//! The routing loop. Each batch of event records becomes one Kafka transaction: its
+//! delivery tasks (and dead letters) and the consumer offsets past it commit together
+//! or not at all, so a router killed at any moment neither duplicates nor loses a task
+//! for `read_committed` readers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +16,10 @@ use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -60,13 +63,16 @@ impl Metrics {
     }
 }
 
-/// A record to produce, owned so that it can be sent again after a failure.
+/// A record to produce within the batch's transaction.
 struct Outgoing {
     topic: String,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
 }
+
+/// How long one transactional call may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The router of one process.
 pub struct Router {
@@ -76,39 +82,52 @@ pub struct Router {
     topics: Topics,
     batch_size: usize,
     metrics: Metrics,
-    /// Highest offset stored per partition of the events topic.
-    stored: HashMap<i32, i64>,
 }
 
 impl Router {
-    /// Builds the consumer (group `group`) and producer.
+    /// Builds the consumer (group `group`, static member `instance_id` when given) and
+    /// the transactional producer
+    /// (`transactional_id`: stable per instance, so a restarted router fences the
+    /// transaction its predecessor left open).
     pub fn new(
         args: &KafkaArgs,
         group: &str,
+        instance_id: Option<&str>,
+        transactional_id: &str,
         batch_size: usize,
         view: Arc<SubscriptionView>,
         registry: &Registry,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = kafka::group_consumer(args, "hookline-router", group)?;
+        let mut consumer_config = kafka::group_consumer_config(args, "hookline-router", group);
+        // Offsets are committed inside each transaction, never on their own.
+        consumer_config.set("enable.auto.commit", "false");
+        if let Some(instance) = instance_id {
+            // Static membership: a restarted instance takes its partitions back without
+            // a rebalance of the whole group.
+            consumer_config.set("group.instance.id", instance);
+        }
+        let consumer: StreamConsumer = consumer_config.create()?;
         let topics = args.topics();
         consumer.subscribe(&[&topics.events()])?;
+        let producer = kafka::transactional_producer(args, "hookline-router", transactional_id)?;
         Ok(Self {
             consumer,
-            producer: kafka::producer(args, "hookline-router")?,
+            producer,
             view,
             topics,
             batch_size: batch_size.max(1),
             metrics: Metrics::register(registry)?,
-            stored: HashMap::new(),
         })
     }
 
-    /// Routes until `stop` turns true, then commits what is done.
+    /// Routes until `stop` turns true; the batch in progress then completes.
     pub async fn run(
-        mut self,
+        self,
         readiness: Readiness,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.init_transactions(TXN_TIMEOUT)).await??;
         while let Err(err) = self.view.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the subscriptions view");
         }
@@ -120,13 +139,12 @@ impl Router {
                 _ = stop.wait_for(|s| *s) => break,
             };
             let timer = self.metrics.batch_seconds.start_timer();
-            self.route_batch(&batch).await;
+            self.route_batch(&batch).await?;
             timer.observe_duration();
             if *stop.borrow() {
                 break;
             }
         }
-        self.commit_stored();
         Ok(())
     }
 
@@ -158,62 +176,86 @@ impl Router {
         batch
     }
 
-    async fn route_batch(&mut self, batch: &[OwnedMessage]) {
+    /// Routes one batch in one transaction. An abortable failure aborts it and rewinds
+    /// the consumer to the batch's start, so the next batch routes the same records.
+    async fn route_batch(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
         // Any subscription change acknowledged before this batch began applies to it.
         if let Err(err) = self.view.catch_up(VIEW_PATIENCE).await {
             tracing::warn!(%err, "routing with a possibly stale subscriptions view");
         }
+        let (outgoing, counts) = self.route(batch);
+        match self.transact(batch, &outgoing).await {
+            Ok(()) => {
+                for (outcome, n) in counts {
+                    self.metrics.events.with_label_values(&[outcome]).inc_by(n);
+                }
+                let tasks = outgoing.iter().filter(|o| o.headers.is_none()).count();
+                self.metrics.tasks.inc_by(tasks as u64);
+                Ok(())
+            }
+            Err(err) if is_abortable(&err) => {
+                tracing::warn!(%err, "transaction aborted; routing the batch again");
+                let producer = self.producer.clone();
+                tokio::task::spawn_blocking(move || producer.abort_transaction(TXN_TIMEOUT))
+                    .await??;
+                self.rewind(batch)?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(())
+            }
+            Err(err) => Err(anyhow::anyhow!("fatal transaction error: {err}")),
+        }
+    }
+
+    /// Matches every record; returns what to produce and the outcome counts.
+    fn route(&self, batch: &[OwnedMessage]) -> (Vec<Outgoing>, HashMap<&'static str, u64>) {
         let now = Utc::now();
         let deliveries = self.topics.deliveries();
         let mut outgoing = Vec::new();
-        {
-            let index = self.view.read();
-            for message in batch {
-                let position = RecordPosition {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    timestamp: message
-                        .timestamp()
-                        .to_millis()
-                        .and_then(DateTime::<Utc>::from_timestamp_millis),
-                };
-                match route_record(position, message.payload(), &index, now) {
-                    Ok((_, tasks)) => {
-                        let outcome = if tasks.is_empty() {
-                            "unmatched"
-                        } else {
-                            "routed"
-                        };
-                        self.metrics.events.with_label_values(&[outcome]).inc();
-                        self.metrics.tasks.inc_by(tasks.len() as u64);
-                        for task in tasks {
-                            match serde_json::to_vec(&task) {
-                                Ok(payload) => outgoing.push(Outgoing {
-                                    topic: deliveries.clone(),
-                                    key: Some(task.subscription_id.into_bytes()),
-                                    payload: Some(payload),
-                                    headers: None,
-                                }),
-                                Err(err) => tracing::error!(%err, "task not serializable"),
-                            }
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
+        let index = self.view.read();
+        for message in batch {
+            let position = RecordPosition {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp: message
+                    .timestamp()
+                    .to_millis()
+                    .and_then(DateTime::<Utc>::from_timestamp_millis),
+            };
+            match route_record(position, message.payload(), &index, now) {
+                Ok((_, tasks)) => {
+                    let outcome = if tasks.is_empty() {
+                        "unmatched"
+                    } else {
+                        "routed"
+                    };
+                    *counts.entry(outcome).or_default() += 1;
+                    for task in tasks {
+                        match serde_json::to_vec(&task) {
+                            Ok(payload) => outgoing.push(Outgoing {
+                                topic: deliveries.clone(),
+                                key: Some(task.subscription_id.into_bytes()),
+                                payload: Some(payload),
+                                headers: None,
+                            }),
+                            Err(err) => tracing::error!(%err, "task not serializable"),
                         }
                     }
-                    Err(err) => {
-                        self.metrics.events.with_label_values(&["invalid"]).inc();
-                        tracing::warn!(
-                            partition = position.partition,
-                            offset = position.offset,
-                            reason = %err,
-                            "invalid event record; sent to the dead-letter topic"
-                        );
-                        outgoing.push(self.dead_letter(message, &err.to_string()));
-                    }
+                }
+                Err(err) => {
+                    *counts.entry("invalid").or_default() += 1;
+                    tracing::warn!(
+                        partition = position.partition,
+                        offset = position.offset,
+                        reason = %err,
+                        "invalid event record; sent to the dead-letter topic"
+                    );
+                    outgoing.push(self.dead_letter(message, &err.to_string()));
                 }
             }
         }
-        self.produce_all(outgoing).await;
-        self.store_offsets(batch);
+        (outgoing, counts)
     }
 
     fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Outgoing {
@@ -244,73 +286,90 @@ impl Router {
         }
     }
 
-    /// Sends every record and waits for all acknowledgements; a failed record is sent
-    /// again until Kafka takes it (the batch's offsets wait for it).
-    async fn produce_all(&self, mut pending: Vec<Outgoing>) {
-        let mut backoff = Duration::from_millis(100);
-        while !pending.is_empty() {
-            let results = join_all(pending.iter().map(|out| {
-                let mut record = FutureRecord::<[u8], [u8]>::to(&out.topic);
-                if let Some(key) = &out.key {
-                    record = record.key(key.as_slice());
-                }
-                if let Some(payload) = &out.payload {
-                    record = record.payload(payload.as_slice());
-                }
-                if let Some(headers) = &out.headers {
-                    record = record.headers(headers.clone());
-                }
-                self.producer
-                    .send(record, Timeout::After(Duration::from_secs(30)))
-            }))
-            .await;
-            let failures: Vec<bool> = results.iter().map(Result::is_err).collect();
-            if let Some(Err((err, _))) = results.into_iter().find(Result::is_err) {
-                tracing::error!(%err, "produce failed; retrying the unacknowledged records");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+    /// Begin, produce everything, add the offsets past the batch, commit.
+    async fn transact(
+        &self,
+        batch: &[OwnedMessage],
+        outgoing: &[Outgoing],
+    ) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        blocking(move || producer.begin_transaction()).await?;
+        let results = join_all(outgoing.iter().map(|out| {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&out.topic);
+            if let Some(key) = &out.key {
+                record = record.key(key.as_slice());
             }
-            let mut failed = failures.into_iter();
-            pending.retain(|_| failed.next().unwrap_or(false));
-        }
-    }
-
-    fn store_offsets(&mut self, batch: &[OwnedMessage]) {
-        let mut highest: HashMap<i32, i64> = HashMap::new();
-        for message in batch {
-            let entry = highest.entry(message.partition()).or_insert(-1);
-            *entry = (*entry).max(message.offset());
-        }
-        for (partition, offset) in highest {
-            // Fails for a partition revoked meanwhile: its new owner routes again from
-            // the last commit (at-least-once).
-            match self
-                .consumer
-                .store_offset(&self.topics.events(), partition, offset)
-            {
-                Ok(()) => {
-                    self.stored.insert(partition, offset);
-                }
-                Err(err) => tracing::debug!(%err, partition, "offset not stored"),
+            if let Some(payload) = &out.payload {
+                record = record.payload(payload.as_slice());
             }
+            if let Some(headers) = &out.headers {
+                record = record.headers(headers.clone());
+            }
+            self.producer.send(record, Timeout::After(TXN_TIMEOUT))
+        }))
+        .await;
+        if let Some(Err((err, _))) = results.into_iter().find(Result::is_err) {
+            return Err(err);
         }
-    }
-
-    /// Commits the stored offsets of the partitions still assigned, before exiting.
-    fn commit_stored(&self) {
-        let assigned = self.consumer.assignment().unwrap_or_default();
         let events = self.topics.events();
-        let mut list = TopicPartitionList::new();
-        for (partition, offset) in &self.stored {
-            if assigned.find_partition(&events, *partition).is_none() {
-                continue;
-            }
-            let _ = list.add_partition_offset(&events, *partition, Offset::Offset(offset + 1));
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next) in next_offsets(batch) {
+            offsets.add_partition_offset(&events, partition, Offset::Offset(next))?;
         }
-        if list.count() > 0 {
-            if let Err(err) = self.consumer.commit(&list, CommitMode::Sync) {
-                tracing::warn!(%err, "final commit failed; uncommitted events will be routed again");
-            }
-        }
+        // Always present for a subscribed group consumer.
+        let metadata = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
+        let producer = self.producer.clone();
+        blocking(move || producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))
+            .await?;
+        let producer = self.producer.clone();
+        blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await
     }
+
+    /// Points the consumer back at the first record of the batch in each partition.
+    fn rewind(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        let mut first: HashMap<i32, i64> = HashMap::new();
+        for message in batch {
+            let entry = first.entry(message.partition()).or_insert(message.offset());
+            *entry = (*entry).min(message.offset());
+        }
+        let events = self.topics.events();
+        for (partition, offset) in first {
+            self.consumer.seek(
+                &events,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The offset after the last record of each partition in the batch.
+fn next_offsets(batch: &[OwnedMessage]) -> HashMap<i32, i64> {
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for message in batch {
+        let entry = next.entry(message.partition()).or_insert(0);
+        *entry = (*entry).max(message.offset() + 1);
+    }
+    next
+}
+
+/// Whether a transactional failure can be handled by aborting and trying again.
+fn is_abortable(err: &KafkaError) -> bool {
+    match err {
+        KafkaError::Transaction(txn) => txn.txn_requires_abort() || txn.is_retriable(),
+        // A produce that failed inside the transaction: abort and route again.
+        _ => !matches!(err, KafkaError::Canceled),
+    }
+}
+
+/// Runs a blocking librdkafka call off the async threads.
+async fn blocking<F>(call: F) -> Result<(), KafkaError>
+where
+    F: FnOnce() -> Result<(), KafkaError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(call)
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
 }
