@@ -8,7 +8,11 @@ use hookline_e2e::{assert_same, produce, producer, read_all, record_count, Api, 
 use serde_json::json;
 
 fn event(n: usize) -> (String, &'static str, &'static str) {
-    let tenant = if n.is_multiple_of(2) { "acme" } else { "globex" };
+    let tenant = if n.is_multiple_of(2) {
+        "acme"
+    } else {
+        "globex"
+    };
     let event_type = ["invoice.paid", "payment.succeeded", "expense.created"][n % 3];
     (format!("e-{n}"), tenant, event_type)
 }

@@ -55,6 +55,28 @@ pub struct ApiArgs {
     pub admin_token: Option<String>,
 }
 
+/// How events published as CloudEvents are read.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CloudEventsArgs {
+    /// The CloudEvents extension attribute (structured mode) or `ce_<name>` header
+    /// (binary mode) that holds the tenant.
+    #[arg(
+        long,
+        env = "HOOKLINE_CLOUDEVENTS_TENANT_ATTRIBUTE",
+        default_value = "tenant"
+    )]
+    pub cloudevents_tenant_attribute: String,
+}
+
+impl CloudEventsArgs {
+    /// The mapping configuration.
+    pub fn config(&self) -> crate::cloudevents::CloudEventsConfig {
+        crate::cloudevents::CloudEventsConfig {
+            tenant_attribute: self.cloudevents_tenant_attribute.clone(),
+        }
+    }
+}
+
 /// Log output settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::cloudevents::{self, CloudEventsConfig};
 use crate::event::{Defaults, Event, FieldError};
 use crate::matching::SubscriptionIndex;
 use crate::task::DeliveryTask;
@@ -20,16 +21,33 @@ pub struct RecordPosition<'a> {
     pub timestamp: Option<DateTime<Utc>>,
 }
 
-/// Parses the record's value as an event and returns it with one task per matching,
-/// enabled subscription of its tenant (possibly none).
-pub fn route_record(
-    position: RecordPosition<'_>,
-    payload: Option<&[u8]>,
-    index: &SubscriptionIndex,
-    now: DateTime<Utc>,
-) -> Result<(Event, Vec<DeliveryTask>), FieldError> {
-    let payload = payload.ok_or_else(|| FieldError::new("$", "record has no value"))?;
-    let event = Event::from_record_value(
+/// A record read from the events topic.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRecord<'a> {
+    /// Where it sits.
+    pub position: RecordPosition<'a>,
+    /// Its headers (name, value).
+    pub headers: &'a [(String, Vec<u8>)],
+    /// Its value.
+    pub payload: Option<&'a [u8]>,
+}
+
+/// Reads a record as an event: a CloudEvent (structured or binary Kafka binding) when
+/// it carries one, the native envelope otherwise.
+pub fn parse_record(
+    record: EventRecord<'_>,
+    cloudevents: &CloudEventsConfig,
+) -> Result<Event, FieldError> {
+    if let Some(parsed) =
+        cloudevents::from_record(record.headers, record.payload, record.position, cloudevents)
+    {
+        return parsed;
+    }
+    let payload = record
+        .payload
+        .ok_or_else(|| FieldError::new("$", "record has no value"))?;
+    let position = record.position;
+    Event::from_record_value(
         payload,
         Defaults::Record {
             topic: position.topic,
@@ -37,7 +55,18 @@ pub fn route_record(
             offset: position.offset,
             timestamp: position.timestamp,
         },
-    )?;
+    )
+}
+
+/// Reads the record as an event and returns it with one task per matching, enabled
+/// subscription of its tenant (possibly none).
+pub fn route_record(
+    record: EventRecord<'_>,
+    cloudevents: &CloudEventsConfig,
+    index: &SubscriptionIndex,
+    now: DateTime<Utc>,
+) -> Result<(Event, Vec<DeliveryTask>), FieldError> {
+    let event = parse_record(record, cloudevents)?;
     let tasks = index
         .matching(&event.tenant, &event.event_type)
         .iter()
@@ -81,10 +110,22 @@ mod tests {
         timestamp: None,
     };
 
+    fn route(
+        payload: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<(Event, Vec<DeliveryTask>), FieldError> {
+        let record = EventRecord {
+            position: AT,
+            headers,
+            payload,
+        };
+        route_record(record, &CloudEventsConfig::default(), &index(), Utc::now())
+    }
+
     #[test]
     fn one_task_per_matching_subscription() {
         let payload = br#"{"id":"evt_1","type":"invoice.paid","tenant":"acme","data":{}}"#;
-        let (event, tasks) = route_record(AT, Some(payload), &index(), Utc::now()).unwrap();
+        let (event, tasks) = route(Some(payload), &[]).unwrap();
         assert_eq!(event.id, "evt_1");
         assert_eq!(tasks.len(), 1);
         assert_eq!(tasks[0].subscription_id, "sub_a");
@@ -93,21 +134,36 @@ mod tests {
             crate::ids::message_id("evt_1", "sub_a")
         );
         let other_tenant = br#"{"type":"invoice.paid","tenant":"globex"}"#;
-        assert!(route_record(AT, Some(other_tenant), &index(), Utc::now())
-            .unwrap()
-            .1
-            .is_empty());
+        assert!(route(Some(other_tenant), &[]).unwrap().1.is_empty());
     }
 
     #[test]
     fn unreadable_records_are_errors() {
-        assert!(route_record(AT, None, &index(), Utc::now()).is_err());
-        assert!(route_record(AT, Some(b"garbage"), &index(), Utc::now()).is_err());
+        assert!(route(None, &[]).is_err());
+        assert!(route(Some(b"garbage"), &[]).is_err());
         assert_eq!(
-            route_record(AT, Some(br#"{"type":"a"}"#), &index(), Utc::now())
-                .unwrap_err()
-                .field,
+            route(Some(br#"{"type":"a"}"#), &[]).unwrap_err().field,
             "tenant"
         );
+    }
+
+    #[test]
+    fn binary_cloudevents_are_routed_like_native_events() {
+        let headers: Vec<(String, Vec<u8>)> = [
+            ("ce_specversion", "1.0"),
+            ("ce_id", "pay-1"),
+            ("ce_source", "/payments/eu-1"),
+            ("ce_type", "payment.succeeded"),
+            ("ce_tenant", "acme"),
+            ("content-type", "application/json"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+        let (event, tasks) = route(Some(br#"{"amount": 100}"#), &headers).unwrap();
+        assert_eq!(event.event_type, "payment.succeeded");
+        assert_eq!(event.data["amount"], 100);
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].subscription_id, "sub_b");
     }
 }

@@ -78,6 +78,8 @@ pub struct AppState {
     pub max_batch_events: usize,
     /// Kafka settings, for scans (replay, redrive).
     pub kafka: KafkaArgs,
+    /// How CloudEvents records are read (replay).
+    pub cloudevents: hookline_core::cloudevents::CloudEventsConfig,
     /// Recent delivery attempts.
     pub attempts: Arc<crate::attempts::AttemptLog>,
     /// Metrics.
@@ -316,6 +318,7 @@ async fn replay_subscription(
         &state.producer,
         &subscription,
         request.since,
+        &state.cloudevents,
     )
     .await
     .map_err(|e| ApiError::unavailable(e.to_string()))?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use hookline_core::config::{ApiArgs, KafkaArgs, LogArgs};
+use hookline_core::config::{ApiArgs, CloudEventsArgs, KafkaArgs, LogArgs};
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
@@ -38,6 +38,9 @@ struct Cli {
 
     #[command(flatten)]
     api: ApiArgs,
+
+    #[command(flatten)]
+    cloudevents: CloudEventsArgs,
 
     #[command(flatten)]
     log: LogArgs,
@@ -107,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         topics,
         max_batch_events: cli.max_batch_events,
         kafka: cli.kafka.clone(),
+        cloudevents: cli.cloudevents.config(),
         attempts: attempts::AttemptLog::start(&cli.kafka)?,
         metrics: api::Metrics::register(&registry)?,
     };

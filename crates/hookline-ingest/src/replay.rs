@@ -4,8 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use hookline_core::cloudevents::CloudEventsConfig;
 use hookline_core::config::KafkaArgs;
-use hookline_core::event::{Defaults, Event};
+use hookline_core::kafka::record_headers;
+use hookline_core::routing::{parse_record, EventRecord, RecordPosition};
 use hookline_core::scan::scan_topic;
 use hookline_core::subscription::Subscription;
 use hookline_core::task::DeliveryTask;
@@ -96,7 +98,9 @@ pub async fn replay(
     producer: &FutureProducer,
     subscription: &Subscription,
     since: DateTime<Utc>,
+    cloudevents: &CloudEventsConfig,
 ) -> anyhow::Result<Report> {
+    let cloudevents = cloudevents.clone();
     let scan_args = args.clone();
     let events_topic = topics.events();
     let subscription = subscription.clone();
@@ -105,24 +109,26 @@ pub async fn replay(
         let mut tasks = Vec::new();
         let now = Utc::now();
         report.scanned = scan_topic(&scan_args, &events_topic, Some(since), |message| {
-            let defaults = Defaults::Record {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-                timestamp: message
-                    .timestamp()
-                    .to_millis()
-                    .and_then(DateTime::<Utc>::from_timestamp_millis),
+            let headers = record_headers(message);
+            let record = EventRecord {
+                position: RecordPosition {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    timestamp: message
+                        .timestamp()
+                        .to_millis()
+                        .and_then(DateTime::<Utc>::from_timestamp_millis),
+                },
+                headers: &headers,
+                payload: message.payload(),
             };
-            match message
-                .payload()
-                .map(|p| Event::from_record_value(p, defaults))
-            {
-                Some(Ok(event)) if subscription.wants(&event.tenant, &event.event_type) => {
+            match parse_record(record, &cloudevents) {
+                Ok(event) if subscription.wants(&event.tenant, &event.event_type) => {
                     tasks.push(DeliveryTask::new(event, &subscription.id, now));
                 }
-                Some(Ok(_)) => {}
-                _ => report.unreadable += 1,
+                Ok(_) => {}
+                Err(_) => report.unreadable += 1,
             }
         })?;
         anyhow::Ok((report, tasks))

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use hookline_core::config::{KafkaArgs, LogArgs};
+use hookline_core::config::{CloudEventsArgs, KafkaArgs, LogArgs};
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
@@ -39,6 +39,9 @@ struct Cli {
 
     #[command(flatten)]
     kafka: KafkaArgs,
+
+    #[command(flatten)]
+    cloudevents: CloudEventsArgs,
 
     #[command(flatten)]
     log: LogArgs,
@@ -76,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         cli.instance_id.as_deref(),
         &transactional_id,
         cli.batch_size,
+        cli.cloudevents.config(),
         view,
         &registry,
     )?;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use hookline_core::cloudevents::CloudEventsConfig;
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
-use hookline_core::routing::{route_record, RecordPosition};
+use hookline_core::routing::{route_record, EventRecord, RecordPosition};
 use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
@@ -81,6 +82,7 @@ pub struct Router {
     view: Arc<SubscriptionView>,
     topics: Topics,
     batch_size: usize,
+    cloudevents: CloudEventsConfig,
     metrics: Metrics,
 }
 
@@ -95,6 +97,7 @@ impl Router {
         instance_id: Option<&str>,
         transactional_id: &str,
         batch_size: usize,
+        cloudevents: CloudEventsConfig,
         view: Arc<SubscriptionView>,
         registry: &Registry,
     ) -> anyhow::Result<Self> {
@@ -116,6 +119,7 @@ impl Router {
             view,
             topics,
             batch_size: batch_size.max(1),
+            cloudevents,
             metrics: Metrics::register(registry)?,
         })
     }
@@ -223,7 +227,13 @@ impl Router {
                     .to_millis()
                     .and_then(DateTime::<Utc>::from_timestamp_millis),
             };
-            match route_record(position, message.payload(), &index, now) {
+            let headers = kafka::record_headers(message);
+            let record = EventRecord {
+                position,
+                headers: &headers,
+                payload: message.payload(),
+            };
+            match route_record(record, &self.cloudevents, &index, now) {
                 Ok((_, tasks)) => {
                     let outcome = if tasks.is_empty() {
                         "unmatched"
