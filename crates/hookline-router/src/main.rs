@@ -73,16 +73,14 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| ulid::Ulid::new().to_string().to_lowercase());
     let transactional_id = format!("{}-{instance}", cli.group);
     tracing::info!(%transactional_id, "routing with Kafka transactions");
-    let router = router::Router::new(
-        &cli.kafka,
-        &cli.group,
-        cli.instance_id.as_deref(),
-        &transactional_id,
-        cli.batch_size,
-        cli.cloudevents.config(),
-        view,
-        &registry,
-    )?;
+    let settings = router::Settings {
+        group: cli.group.clone(),
+        instance_id: cli.instance_id.clone(),
+        transactional_id,
+        batch_size: cli.batch_size,
+        cloudevents: cli.cloudevents.config(),
+    };
+    let router = router::Router::new(&cli.kafka, settings, view, &registry)?;
 
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(

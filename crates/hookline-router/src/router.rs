@@ -86,25 +86,36 @@ pub struct Router {
     metrics: Metrics,
 }
 
+/// How one router joins its group and routes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Consumer group shared by all routers.
+    pub group: String,
+    /// Static member name; a restarted instance with the same name takes its
+    /// partitions back without a group-wide rebalance.
+    pub instance_id: Option<String>,
+    /// Transactional id, stable per instance, so a restarted router fences the
+    /// transaction its predecessor left open.
+    pub transactional_id: String,
+    /// Most records per batch (one transaction).
+    pub batch_size: usize,
+    /// How CloudEvents records are read.
+    pub cloudevents: CloudEventsConfig,
+}
+
 impl Router {
-    /// Builds the consumer (group `group`, static member `instance_id` when given) and
-    /// the transactional producer
-    /// (`transactional_id`: stable per instance, so a restarted router fences the
-    /// transaction its predecessor left open).
+    /// Builds the group consumer and the transactional producer.
     pub fn new(
         args: &KafkaArgs,
-        group: &str,
-        instance_id: Option<&str>,
-        transactional_id: &str,
-        batch_size: usize,
-        cloudevents: CloudEventsConfig,
+        settings: Settings,
         view: Arc<SubscriptionView>,
         registry: &Registry,
     ) -> anyhow::Result<Self> {
-        let mut consumer_config = kafka::group_consumer_config(args, "hookline-router", group);
+        let mut consumer_config =
+            kafka::group_consumer_config(args, "hookline-router", &settings.group);
         // Offsets are committed inside each transaction, never on their own.
         consumer_config.set("enable.auto.commit", "false");
-        if let Some(instance) = instance_id {
+        if let Some(instance) = &settings.instance_id {
             // Static membership: a restarted instance takes its partitions back without
             // a rebalance of the whole group.
             consumer_config.set("group.instance.id", instance);
@@ -112,14 +123,15 @@ impl Router {
         let consumer: StreamConsumer = consumer_config.create()?;
         let topics = args.topics();
         consumer.subscribe(&[&topics.events()])?;
-        let producer = kafka::transactional_producer(args, "hookline-router", transactional_id)?;
+        let producer =
+            kafka::transactional_producer(args, "hookline-router", &settings.transactional_id)?;
         Ok(Self {
             consumer,
             producer,
             view,
             topics,
-            batch_size: batch_size.max(1),
-            cloudevents,
+            batch_size: settings.batch_size.max(1),
+            cloudevents: settings.cloudevents,
             metrics: Metrics::register(registry)?,
         })
     }
