@@ -250,6 +250,7 @@ fn build(
         tenant,
         occurred_at,
         data: data()?,
+        channels: Vec::new(),
     })
 }
 

@@ -24,7 +24,14 @@ pub struct Event {
     pub occurred_at: DateTime<Utc>,
     /// The event's payload.
     pub data: Value,
+    /// Channels the event is published on (subscriptions with channels receive only
+    /// events on one of them). Empty: no channel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
+
+/// Most channels on one event.
+const MAX_CHANNELS: usize = 10;
 
 /// A field of an event that failed validation, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,12 +121,14 @@ impl Event {
             None | Some(Value::Null) => Value::Object(Map::new()),
             Some(data) => data,
         };
+        let channels = parse_names("channels", object.remove("channels"), MAX_CHANNELS)?;
         Ok(Self {
             id,
             event_type,
             tenant,
             occurred_at,
             data,
+            channels,
         })
     }
 
@@ -137,9 +146,51 @@ impl Event {
             "id": self.id,
             "type": self.event_type,
             "tenant": self.tenant,
-            "timestamp": self.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "timestamp": self.timestamp(),
             "data": self.data,
         })
+    }
+
+    /// The thin body, for receivers that must not hold card or bank data:
+    /// `{"id", "type", "tenant", "timestamp", "entity_id"}`; the receiver fetches the
+    /// rest from the source system.
+    pub fn thin_webhook_body(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": self.event_type,
+            "tenant": self.tenant,
+            "timestamp": self.timestamp(),
+            "entity_id": self.entity_id(),
+        })
+    }
+
+    /// The id of the entity the event is about: `data.id`, else `data.<resource>_id`
+    /// where the resource is the type's first segment (`invoice.paid` →
+    /// `data.invoice_id`), else null.
+    pub fn entity_id(&self) -> Value {
+        let resource = self.event_type.split('.').next().unwrap_or_default();
+        [self.data.get("id"), self.data.get(format!("{resource}_id"))]
+            .into_iter()
+            .flatten()
+            .find(|v| v.is_string() || v.is_number())
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The key ingest writes the event under: `<tenant>/<entity id>` when the event
+    /// names its entity, so one entity's events share a partition and keep their order;
+    /// the event id otherwise.
+    pub fn partition_key(&self) -> String {
+        match self.entity_id() {
+            Value::String(entity) => format!("{}/{entity}", self.tenant),
+            Value::Number(entity) => format!("{}/{entity}", self.tenant),
+            _ => self.id.clone(),
+        }
+    }
+
+    fn timestamp(&self) -> String {
+        self.occurred_at
+            .to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 }
 
@@ -159,6 +210,33 @@ fn take_name(
         }
         Some(_) => Err(FieldError::new(key, "must be a string")),
     }
+}
+
+/// Reads an optional array of names (channels), at most `max` of them.
+pub fn parse_names(
+    field: &str,
+    value: Option<Value>,
+    max: usize,
+) -> Result<Vec<String>, FieldError> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(FieldError::new(field, "must be an array of strings")),
+    };
+    if items.len() > max {
+        return Err(FieldError::new(field, format!("at most {max} entries")));
+    }
+    let mut names: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::String(name) = item else {
+            return Err(FieldError::new(format!("{field}[{i}]"), "must be a string"));
+        };
+        validate_name(&name).map_err(|m| FieldError::new(format!("{field}[{i}]"), m))?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// Checks that `text` is usable as a type, tenant or id.
@@ -330,6 +408,57 @@ mod tests {
             json!({"id": "evt_9", "type": "invoice.paid", "tenant": "acme",
                    "timestamp": "2026-11-24T10:00:00.000Z", "data": {"invoice_id": "in_1"}})
         );
+    }
+
+    #[test]
+    fn thin_body_keeps_only_identifiers() {
+        let event = Event::from_json(
+            json!({"id": "evt_9", "type": "payment.succeeded", "tenant": "acme",
+                   "occurred_at": "2026-11-24T10:00:00Z",
+                   "data": {"payment_id": "pay_1", "card": {"last4": "4242"}, "iban": "DE89..."}}),
+            Defaults::Fresh,
+        )
+        .unwrap();
+        assert_eq!(
+            event.thin_webhook_body(),
+            json!({"id": "evt_9", "type": "payment.succeeded", "tenant": "acme",
+                   "timestamp": "2026-11-24T10:00:00.000Z", "entity_id": "pay_1"})
+        );
+        let with_id = Event::from_json(
+            json!({"type": "customer.changed", "tenant": "t", "data": {"id": 77, "customer_id": "c"}}),
+            Defaults::Fresh,
+        )
+        .unwrap();
+        assert_eq!(with_id.entity_id(), json!(77));
+        let none = Event::from_json(
+            json!({"type": "x.y", "tenant": "t", "id": "evt_3"}),
+            Defaults::Fresh,
+        )
+        .unwrap();
+        assert_eq!(none.entity_id(), Value::Null);
+        assert_eq!(event.partition_key(), "acme/pay_1");
+        assert_eq!(with_id.partition_key(), "t/77");
+        assert_eq!(none.partition_key(), "evt_3");
+    }
+
+    #[test]
+    fn channels_are_validated() {
+        let ok = Event::from_json(
+            json!({"type": "a.b", "tenant": "t", "channels": ["eu", "eu", "cards"]}),
+            Defaults::Fresh,
+        )
+        .unwrap();
+        assert_eq!(ok.channels, ["eu", "cards"]);
+        let bad = Event::from_json(
+            json!({"type": "a.b", "tenant": "t", "channels": ["ok", 5]}),
+            Defaults::Fresh,
+        );
+        assert_eq!(bad.unwrap_err().field, "channels[1]");
+        let bad = Event::from_json(
+            json!({"type": "a.b", "tenant": "t", "channels": "eu"}),
+            Defaults::Fresh,
+        );
+        assert_eq!(bad.unwrap_err().field, "channels");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::event::Event;
 use crate::subscription::{EventTypePattern, Subscription};
 
 /// Enabled subscriptions, indexed by tenant then by pattern.
@@ -95,7 +96,16 @@ impl SubscriptionIndex {
         Some(old)
     }
 
-    /// Enabled subscriptions of `tenant` matching `event_type`, each once, ordered by id.
+    /// Enabled subscriptions that receive `event`: the type index narrows them down,
+    /// then channels and payload filters decide. Each once, ordered by id.
+    pub fn matching_event(&self, event: &Event) -> Vec<Arc<Subscription>> {
+        let mut found = self.matching(&event.tenant, &event.event_type);
+        found.retain(|s| s.accepts_content(event));
+        found
+    }
+
+    /// Enabled subscriptions of `tenant` whose type patterns match `event_type`, each
+    /// once, ordered by id.
     pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<Arc<Subscription>> {
         let Some(routes) = self.tenants.get(tenant) else {
             return Vec::new();
@@ -134,6 +144,11 @@ mod tests {
             enabled,
             description: None,
             secret: WebhookSecret::generate(),
+            filter: None,
+            channels: Vec::new(),
+            payload: Default::default(),
+            headers: Default::default(),
+            ordered: false,
             max_in_flight: None,
             rate_limit: None,
             failing_since: None,

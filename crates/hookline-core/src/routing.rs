@@ -68,7 +68,7 @@ pub fn route_record(
 ) -> Result<(Event, Vec<DeliveryTask>), FieldError> {
     let event = parse_record(record, cloudevents)?;
     let tasks = index
-        .matching(&event.tenant, &event.event_type)
+        .matching_event(&event)
         .iter()
         .map(|sub| DeliveryTask::new(event.clone(), &sub.id, now))
         .collect();
@@ -92,6 +92,11 @@ mod tests {
                 enabled: true,
                 description: None,
                 secret: WebhookSecret::generate(),
+                filter: None,
+                channels: Vec::new(),
+                payload: Default::default(),
+                headers: Default::default(),
+                ordered: false,
                 max_in_flight: None,
                 rate_limit: None,
                 failing_since: None,

@@ -3,16 +3,53 @@
 //! They live as JSON records on the compacted subscriptions topic, keyed by id; a
 //! tombstone (null value) deletes one.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 
-use crate::event::{validate_name, FieldError};
+use crate::event::{parse_names, validate_name, Event, FieldError};
+use crate::filter::Filter;
 use crate::signing::WebhookSecret;
 
 /// Longest accepted description.
 const MAX_DESCRIPTION_LEN: usize = 1024;
 /// Most patterns one subscription may hold.
 const MAX_PATTERNS: usize = 64;
+/// Most channels one subscription may name.
+const MAX_CHANNELS: usize = 32;
+/// Most custom headers, and their total size.
+const MAX_HEADERS: usize = 20;
+const MAX_HEADER_BYTES: usize = 4096;
+/// Headers a subscription may not set: Hookline's own and the transport's.
+const RESERVED_HEADERS: [&str; 9] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "idempotency-key",
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+];
+
+/// What a delivery's body holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadMode {
+    /// The whole event.
+    #[default]
+    Full,
+    /// Identifiers only (`id`, `type`, `tenant`, `timestamp`, `entity_id`), for
+    /// receivers that must not hold card or bank data.
+    Thin,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
 
 /// Which event types a subscription receives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -115,6 +152,21 @@ pub struct Subscription {
         deserialize_with = "deserialize_secret"
     )]
     pub secret: WebhookSecret,
+    /// Only events whose `data` satisfies this filter (see `docs/filters.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+    /// Only events published on one of these channels (all events when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// Full event or identifiers only.
+    #[serde(default)]
+    pub payload: PayloadMode,
+    /// Extra headers sent with every delivery.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Deliver one at a time, in routing order, retrying in place (see the docs).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ordered: bool,
     /// Most requests in flight to this subscription at once (worker default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
@@ -135,11 +187,25 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Whether this subscription receives an event of `tenant` and `event_type`.
+    /// Whether this subscription receives an event of `tenant` and `event_type`
+    /// (its type patterns only; see [`accepts`](Self::accepts)).
     pub fn wants(&self, tenant: &str, event_type: &str) -> bool {
         self.enabled
             && self.tenant == tenant
             && self.event_types.iter().any(|p| p.matches(event_type))
+    }
+
+    /// Whether the event's content passes this subscription's channels and filter.
+    pub fn accepts_content(&self, event: &Event) -> bool {
+        let on_channel =
+            self.channels.is_empty() || event.channels.iter().any(|c| self.channels.contains(c));
+        on_channel && self.filter.as_ref().is_none_or(|f| f.matches(&event.data))
+    }
+
+    /// Whether this subscription receives `event`: enabled, same tenant, a matching
+    /// type pattern, one of its channels, and its filter.
+    pub fn accepts(&self, event: &Event) -> bool {
+        self.wants(&event.tenant, &event.event_type) && self.accepts_content(event)
     }
 }
 
@@ -163,6 +229,16 @@ pub struct NewSubscription {
     pub max_in_flight: Option<u32>,
     /// Most requests per second.
     pub rate_limit: Option<u32>,
+    /// Payload filter.
+    pub filter: Option<Value>,
+    /// Channels.
+    pub channels: Option<Value>,
+    /// `full` (default) or `thin`.
+    pub payload: Option<PayloadMode>,
+    /// Custom headers.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Ordered delivery.
+    pub ordered: Option<bool>,
 }
 
 /// The fields a client may change; absent fields keep their value.
@@ -181,6 +257,22 @@ pub struct SubscriptionPatch {
     pub max_in_flight: Option<u32>,
     /// New rate limit.
     pub rate_limit: Option<u32>,
+    /// New filter; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    pub filter: Option<Value>,
+    /// New channels.
+    pub channels: Option<Value>,
+    /// New payload mode.
+    pub payload: Option<PayloadMode>,
+    /// New custom headers (replacing all).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Ordered delivery on or off.
+    pub ordered: Option<bool>,
+}
+
+/// Keeps an explicit `null` as `Some(Value::Null)`, so a patch can remove a field.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 impl NewSubscription {
@@ -217,6 +309,11 @@ impl NewSubscription {
             enabled: self.enabled.unwrap_or(true),
             description: validate_description(self.description)?,
             secret,
+            filter: parse_filter(self.filter)?,
+            channels: parse_names("channels", self.channels, MAX_CHANNELS)?,
+            payload: self.payload.unwrap_or_default(),
+            headers: validate_headers(self.headers.unwrap_or_default())?,
+            ordered: self.ordered.unwrap_or(false),
             max_in_flight: validate_limit("max_in_flight", self.max_in_flight)?,
             rate_limit: validate_limit("rate_limit", self.rate_limit)?,
             failing_since: None,
@@ -254,6 +351,21 @@ impl SubscriptionPatch {
         }
         if self.rate_limit.is_some() {
             next.rate_limit = validate_limit("rate_limit", self.rate_limit)?;
+        }
+        if let Some(filter) = self.filter {
+            next.filter = parse_filter(Some(filter))?;
+        }
+        if let Some(channels) = self.channels {
+            next.channels = parse_names("channels", Some(channels), MAX_CHANNELS)?;
+        }
+        if let Some(payload) = self.payload {
+            next.payload = payload;
+        }
+        if let Some(headers) = self.headers {
+            next.headers = validate_headers(headers)?;
+        }
+        if let Some(ordered) = self.ordered {
+            next.ordered = ordered;
         }
         if self.description.is_some() {
             next.description = validate_description(self.description)?;
@@ -300,6 +412,47 @@ fn validate_patterns(patterns: Vec<String>) -> Result<Vec<EventTypePattern>, Fie
         }
     }
     Ok(parsed)
+}
+
+fn parse_filter(value: Option<Value>) -> Result<Option<Filter>, FieldError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => Filter::parse(&value).map(Some),
+    }
+}
+
+fn validate_headers(
+    headers: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, FieldError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(FieldError::new(
+            "headers",
+            format!("at most {MAX_HEADERS} headers"),
+        ));
+    }
+    let total: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_HEADER_BYTES {
+        return Err(FieldError::new(
+            "headers",
+            format!("at most {MAX_HEADER_BYTES} bytes in all"),
+        ));
+    }
+    let mut normalized = BTreeMap::new();
+    for (name, value) in headers {
+        let field = format!("headers.{name}");
+        let header = axum::http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| FieldError::new(&field, "not a valid header name"))?;
+        if RESERVED_HEADERS.contains(&header.as_str()) || header.as_str().starts_with("webhook-") {
+            return Err(FieldError::new(
+                &field,
+                "is set by Hookline and cannot be overridden",
+            ));
+        }
+        axum::http::HeaderValue::from_str(&value)
+            .map_err(|_| FieldError::new(&field, "not a valid header value"))?;
+        normalized.insert(header.as_str().to_owned(), value);
+    }
+    Ok(normalized)
 }
 
 fn validate_limit(field: &str, limit: Option<u32>) -> Result<Option<u32>, FieldError> {
@@ -400,6 +553,74 @@ mod tests {
         for (value, field) in cases {
             assert_eq!(new_sub(value.clone()).unwrap_err().field, field, "{value}");
         }
+    }
+
+    #[test]
+    fn rich_fields_are_validated_and_applied() {
+        let sub = new_sub(json!({"tenant": "acme", "url": "https://erp.example/hooks",
+            "event_types": ["payment.*"], "payload": "thin", "ordered": true,
+            "channels": ["eu"], "headers": {"X-Erp-Tenant": "42"},
+            "filter": {"all": [{"field": "amount", "op": "gte", "value": 10000},
+                               {"field": "currency", "op": "in", "value": ["EUR", "USD"]}]}}))
+        .unwrap();
+        assert_eq!(sub.payload, PayloadMode::Thin);
+        assert!(sub.ordered);
+        assert_eq!(
+            sub.headers.get("x-erp-tenant").map(String::as_str),
+            Some("42")
+        );
+        let event = |data: serde_json::Value, channels: &[&str]| {
+            let mut e = Event::from_json(
+                json!({"type": "payment.succeeded", "tenant": "acme", "data": data}),
+                crate::event::Defaults::Fresh,
+            )
+            .unwrap();
+            e.channels = channels.iter().map(|c| c.to_string()).collect();
+            e
+        };
+        assert!(sub.accepts(&event(json!({"amount": 12000, "currency": "EUR"}), &["eu"])));
+        assert!(!sub.accepts(&event(json!({"amount": 12000, "currency": "GBP"}), &["eu"])));
+        assert!(!sub.accepts(&event(json!({"amount": 900, "currency": "EUR"}), &["eu"])));
+        assert!(!sub.accepts(&event(json!({"amount": 12000, "currency": "EUR"}), &["us"])));
+        assert!(!sub.accepts(&event(json!({"amount": 12000, "currency": "EUR"}), &[])));
+        let stored = serde_json::to_vec(&sub).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Subscription>(&stored).unwrap(),
+            sub
+        );
+
+        let bad = [
+            (
+                json!({"filter": {"all": [{"field": "amount", "op": "between", "value": 1}]}}),
+                "filter.all[0].op",
+            ),
+            (
+                json!({"headers": {"webhook-id": "x"}}),
+                "headers.webhook-id",
+            ),
+            (
+                json!({"headers": {"Content-Type": "text/plain"}}),
+                "headers.Content-Type",
+            ),
+            (
+                json!({"headers": {"bad header": "x"}}),
+                "headers.bad header",
+            ),
+            (json!({"channels": ["ok", ""]}), "channels[1]"),
+        ];
+        for (extra, field) in bad {
+            let mut body = json!({"tenant": "a", "url": "https://x.example", "event_types": ["*"]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            assert_eq!(new_sub(body.clone()).unwrap_err().field, field, "{body}");
+        }
+        let patch: SubscriptionPatch =
+            serde_json::from_value(json!({"filter": null, "payload": "full"})).unwrap();
+        let cleared = patch.apply(&sub, Utc::now()).unwrap();
+        assert!(cleared.filter.is_none());
+        assert_eq!(cleared.payload, PayloadMode::Full);
+        assert!(cleared.ordered, "untouched fields stay");
     }
 
     #[test]

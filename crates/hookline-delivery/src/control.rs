@@ -110,6 +110,7 @@ pub async fn disable(context: &Context, subscription: &Subscription, reason: &st
         tenant: subscription.tenant.clone(),
         occurred_at: now,
         data: json!({"subscription_id": subscription.id, "url": subscription.url, "reason": reason}),
+        channels: Vec::new(),
     };
     match serde_json::to_vec(&event) {
         Ok(payload) => {

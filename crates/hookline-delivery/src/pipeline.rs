@@ -129,8 +129,24 @@ impl Context {
     }
 }
 
+/// How a failed attempt waits for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPath {
+    /// Hand the task to its retry tier and finish (the default: never blocks).
+    Tier,
+    /// Wait and retry here, holding the subscription's lane (ordered subscriptions:
+    /// nothing behind the task is delivered before it).
+    InPlace,
+}
+
+/// What one attempt (or skipped attempt) leads to.
+enum Next {
+    Done,
+    RetryAfter(Duration, String),
+}
+
 /// Works one record to a durable end.
-pub async fn process(context: &Context, message: OwnedMessage) {
+pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath) {
     let task: DeliveryTask = match message.payload().map(serde_json::from_slice) {
         Some(Ok(task)) => task,
         Some(Err(err)) => {
@@ -161,37 +177,56 @@ pub async fn process(context: &Context, message: OwnedMessage) {
         .await;
         return;
     }
-    if !subscription.enabled {
-        context.metrics.task("dead_lettered");
-        dead_letter(context, &message, "subscription disabled", None).await;
-        return;
+    let mut task = task;
+    loop {
+        // Re-read each round: an in-place retry may outlive a subscription change.
+        let subscription = context
+            .view
+            .get(&subscription.id)
+            .unwrap_or_else(|| Arc::clone(&subscription));
+        if !subscription.enabled {
+            context.metrics.task("dead_lettered");
+            dead_letter(context, &message, "subscription disabled", None).await;
+            return;
+        }
+        let next = attempt_once(context, &message, &subscription, &mut task).await;
+        let Next::RetryAfter(delay, error) = next else {
+            return;
+        };
+        match path {
+            RetryPath::Tier => {
+                reschedule(context, &subscription, task, delay, error).await;
+                return;
+            }
+            RetryPath::InPlace => tokio::time::sleep(delay).await,
+        }
     }
+}
 
-    let _slot = context.limits.acquire(&subscription).await;
+/// One attempt at `task` (or its skip while the endpoint's circuit is open), with
+/// everything that follows from its outcome except the wait before a retry.
+async fn attempt_once(
+    context: &Context,
+    message: &OwnedMessage,
+    subscription: &Subscription,
+    task: &mut DeliveryTask,
+) -> Next {
+    let _slot = context.limits.acquire(subscription).await;
     let endpoint = Breakers::endpoint(&subscription.url);
     let started_at = Utc::now();
     let (outcome, elapsed) = match context.breakers.admit(&endpoint) {
         Admission::Reject => {
             // Skipped, not attempted: the task keeps its attempt count.
-            let wait = context.breakers.remaining_cooldown(&endpoint);
             context
                 .metrics
                 .attempts
                 .with_label_values(&["circuit_open"])
                 .inc();
-            reschedule(
-                context,
-                &subscription,
-                task,
-                wait,
-                "circuit open".into(),
-                false,
-            )
-            .await;
-            return;
+            let wait = context.breakers.remaining_cooldown(&endpoint);
+            return Next::RetryAfter(wait.max(Duration::from_millis(100)), "circuit open".into());
         }
         Admission::Allow | Admission::Probe => {
-            let (outcome, elapsed) = context.sender.attempt(&subscription, &task).await;
+            let (outcome, elapsed) = context.sender.attempt(subscription, task).await;
             context
                 .breakers
                 .record(&endpoint, matches!(outcome, Outcome::Delivered { .. }));
@@ -206,7 +241,7 @@ pub async fn process(context: &Context, message: OwnedMessage) {
         .attempt_seconds
         .with_label_values(&[class])
         .observe(elapsed.as_secs_f64());
-    record_attempt(context, &task, attempt, &outcome, elapsed, started_at).await;
+    record_attempt(context, task, attempt, &outcome, elapsed, started_at).await;
 
     match outcome {
         Outcome::Delivered { status, .. } => {
@@ -219,20 +254,22 @@ pub async fn process(context: &Context, message: OwnedMessage) {
                 .routed_to_delivered
                 .observe(since_routed as f64 / 1e6);
             tracing::debug!(message_id = %task.message_id, status, attempt, "delivered");
-            control::mark_healthy(context, &subscription).await;
+            control::mark_healthy(context, subscription).await;
+            Next::Done
         }
         Outcome::Failed {
             status: Some(410), ..
         } => {
-            control::disable(context, &subscription, "endpoint answered 410 Gone").await;
+            control::disable(context, subscription, "endpoint answered 410 Gone").await;
             context.metrics.task("dead_lettered");
             dead_letter(
                 context,
-                &message,
+                message,
                 "subscription disabled: endpoint answered 410 Gone",
                 Some(410),
             )
             .await;
+            Next::Done
         }
         Outcome::Failed {
             status,
@@ -250,49 +287,47 @@ pub async fn process(context: &Context, message: OwnedMessage) {
                     "endpoint failing for {}s without a success",
                     failing_for.as_secs()
                 );
-                control::disable(context, &subscription, &reason).await;
+                control::disable(context, subscription, &reason).await;
                 context.metrics.task("dead_lettered");
                 dead_letter(
                     context,
-                    &message,
+                    message,
                     &format!("subscription disabled: {reason}; last: {detail}"),
                     status,
                 )
                 .await;
-                return;
+                return Next::Done;
             }
-            control::mark_failing(context, &subscription, now).await;
-            let mut task = task;
+            control::mark_failing(context, subscription, now).await;
             task.attempts = attempt;
             match context.schedule.delay_after(attempt) {
                 Some(delay) => {
                     // 429 and 503 may say when to come back; the schedule bounds it.
                     let delay = match (status, retry_after) {
                         (Some(429 | 503), Some(hint)) => context.schedule.clamp(hint),
-                        _ => delay,
+                        _ => jittered(delay),
                     };
-                    reschedule(context, &subscription, task, delay, detail, true).await;
+                    Next::RetryAfter(delay, detail)
                 }
                 None => {
                     context.metrics.task("dead_lettered");
                     let reason = format!("{attempt} attempts failed; last: {detail}");
-                    dead_letter(context, &message, &reason, status).await;
+                    dead_letter(context, message, &reason, status).await;
+                    Next::Done
                 }
             }
         }
     }
 }
 
-/// Hands the task to the retry tier for `delay`, due after `delay` (with jitter).
+/// Hands the task to the retry tier for `delay`, due after `delay`.
 async fn reschedule(
     context: &Context,
     subscription: &Subscription,
     mut task: DeliveryTask,
     delay: Duration,
     error: String,
-    jitter: bool,
 ) {
-    let delay = if jitter { jittered(delay) } else { delay };
     let tier = context.schedule.tier_for(delay);
     task.not_before = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
     task.last_error = Some(error);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hookline_core::attempt::{truncate_body, MAX_RESPONSE_BODY};
 use hookline_core::egress::EgressPolicy;
-use hookline_core::subscription::Subscription;
+use hookline_core::subscription::{PayloadMode, Subscription};
 use hookline_core::task::DeliveryTask;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
@@ -123,13 +123,27 @@ impl Sender {
         if let Some(ip) = literal.filter(|ip| !self.policy.permits(*ip)) {
             return failed("blocked", None, format!("address {ip} is not permitted"));
         }
-        let body = match serde_json::to_vec(&task.event.webhook_body()) {
+        let body_json = match subscription.payload {
+            PayloadMode::Full => task.event.webhook_body(),
+            PayloadMode::Thin => task.event.thin_webhook_body(),
+        };
+        let body = match serde_json::to_vec(&body_json) {
             Ok(body) => body,
             Err(err) => return failed("error", None, err.to_string()),
         };
         let timestamp = chrono::Utc::now().timestamp();
         let signature = subscription.secret.sign(&task.message_id, timestamp, &body);
         let mut headers = HeaderMap::new();
+        // The subscription's own headers first: Hookline's below always win (names that
+        // collide with them are refused when the subscription is saved).
+        for (name, value) in &subscription.headers {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
         let mut put = |name: &'static str, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);

@@ -25,7 +25,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::pipeline::{due_in, process, Context};
+use crate::pipeline::{due_in, process, Context, RetryPath};
 
 /// A topic partition.
 type Tp = (Arc<str>, i32);
@@ -100,6 +100,8 @@ pub struct Worker {
     held: HashMap<Tp, VecDeque<Held>>,
     /// Partitions paused because their window is full.
     full: HashSet<Tp>,
+    /// One sequential lane per ordered subscription, fed in offset order.
+    lanes: HashMap<String, mpsc::UnboundedSender<(Tp, OwnedMessage, u64)>>,
     in_flight: usize,
 }
 
@@ -143,6 +145,7 @@ impl Worker {
             trackers: HashMap::new(),
             held: HashMap::new(),
             full: HashSet::new(),
+            lanes: HashMap::new(),
             in_flight: 0,
         })
     }
@@ -230,8 +233,25 @@ impl Worker {
         if window_full && !self.held.contains_key(&tp) && self.full.insert(tp.clone()) {
             self.pause(&tp);
         }
+        // Ordered subscriptions go through their lane, one task at a time, in the order
+        // this loop reads them; everything else runs at once.
+        let ordered = message
+            .key()
+            .and_then(|key| std::str::from_utf8(key).ok())
+            .and_then(|id| self.context.view.get(id))
+            .filter(|subscription| subscription.ordered);
+        if let Some(subscription) = ordered {
+            let lane = self
+                .lanes
+                .entry(subscription.id.clone())
+                .or_insert_with(|| spawn_lane(Arc::clone(&context), done_tx));
+            if let Err(mpsc::error::SendError((tp, _, _))) = lane.send((tp, message, generation)) {
+                tracing::error!(topic = %tp.0, partition = tp.1, "ordered lane stopped");
+            }
+            return;
+        }
         tokio::spawn(async move {
-            process(&context, message).await;
+            process(&context, message, RetryPath::Tier).await;
             context.metrics.in_flight.dec();
             let _ = done_tx.send((tp, offset, generation));
         });
@@ -357,6 +377,23 @@ impl Worker {
             );
         }
     }
+}
+
+/// A task that works an ordered subscription's records one after the other.
+fn spawn_lane(
+    context: Arc<Context>,
+    done_tx: mpsc::UnboundedSender<Done>,
+) -> mpsc::UnboundedSender<(Tp, OwnedMessage, u64)> {
+    let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<(Tp, OwnedMessage, u64)>();
+    tokio::spawn(async move {
+        while let Some((tp, message, generation)) = lane_rx.recv().await {
+            let offset = message.offset();
+            process(&context, message, RetryPath::InPlace).await;
+            context.metrics.in_flight.dec();
+            let _ = done_tx.send((tp, offset, generation));
+        }
+    });
+    lane_tx
 }
 
 async fn sleep_until(due: Option<Instant>) {

@@ -134,12 +134,12 @@ async fn accept_events(
     let topic = state.topics.events();
     let payloads: Vec<(String, Vec<u8>)> = events
         .iter()
-        .map(|event| Ok((event.id.clone(), serde_json::to_vec(event)?)))
+        .map(|event| Ok((event.partition_key(), serde_json::to_vec(event)?)))
         .collect::<Result<_, serde_json::Error>>()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let sends = payloads.iter().map(|(id, payload)| {
+    let sends = payloads.iter().map(|(key, payload)| {
         state.producer.send(
-            FutureRecord::to(&topic).key(id).payload(payload),
+            FutureRecord::to(&topic).key(key).payload(payload),
             PRODUCE_TIMEOUT,
         )
     });

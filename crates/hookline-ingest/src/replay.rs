@@ -124,7 +124,7 @@ pub async fn replay(
                 payload: message.payload(),
             };
             match parse_record(record, &cloudevents) {
-                Ok(event) if subscription.wants(&event.tenant, &event.event_type) => {
+                Ok(event) if subscription.accepts(&event) => {
                     tasks.push(DeliveryTask::new(event, &subscription.id, now));
                 }
                 Ok(_) => {}
