@@ -12,11 +12,30 @@ async fn filters_channels_thin_payloads_and_headers_shape_what_arrives() {
     let p = Pipeline::start(Deployment::new()).await.unwrap();
     let big_eur_usd = json!({"all": [{"field": "amount", "op": "gte", "value": 10000},
                                      {"field": "currency", "op": "in", "value": ["EUR", "USD"]}]});
-    p.subscribe("acme", &["payment.succeeded"], "big", json!({"filter": big_eur_usd})).await.unwrap();
-    p.subscribe("acme", &["payment.*"], "eu-only", json!({"channels": ["eu"]})).await.unwrap();
-    p.subscribe("acme", &["payment.*"], "thin", json!({"payload": "thin", "headers": {"X-Erp-Company": "1000"}}))
-        .await
-        .unwrap();
+    p.subscribe(
+        "acme",
+        &["payment.succeeded"],
+        "big",
+        json!({"filter": big_eur_usd}),
+    )
+    .await
+    .unwrap();
+    p.subscribe(
+        "acme",
+        &["payment.*"],
+        "eu-only",
+        json!({"channels": ["eu"]}),
+    )
+    .await
+    .unwrap();
+    p.subscribe(
+        "acme",
+        &["payment.*"],
+        "thin",
+        json!({"payload": "thin", "headers": {"X-Erp-Company": "1000"}}),
+    )
+    .await
+    .unwrap();
 
     let payments = [
         (12000, "EUR", vec!["eu"]),
@@ -35,7 +54,10 @@ async fn filters_channels_thin_payloads_and_headers_shape_what_arrives() {
         .collect();
     p.api.send_events(Value::Array(events)).await.unwrap();
 
-    let arrived = p.receiver.wait_until(Duration::from_secs(30), |r| r.len() >= 8).await;
+    let arrived = p
+        .receiver
+        .wait_until(Duration::from_secs(30), |r| r.len() >= 8)
+        .await;
     assert!(arrived, "{} arrived", p.receiver.received().len());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ids = |path: &str| -> Vec<String> {
@@ -45,18 +67,40 @@ async fn filters_channels_thin_payloads_and_headers_shape_what_arrives() {
             .iter()
             .map(|r| {
                 let data = &r.json["data"];
-                data["payment_id"].as_str().or(r.json["entity_id"].as_str()).unwrap_or("?").to_owned()
+                data["payment_id"]
+                    .as_str()
+                    .or(r.json["entity_id"].as_str())
+                    .unwrap_or("?")
+                    .to_owned()
             })
             .collect();
         ids.sort();
         ids
     };
-    assert_eq!(ids("big"), ["pay_0", "pay_3"], "amount >= 10000 in EUR or USD");
-    assert_eq!(ids("eu-only"), ["pay_0", "pay_1"], "events on the eu channel");
+    assert_eq!(
+        ids("big"),
+        ["pay_0", "pay_3"],
+        "amount >= 10000 in EUR or USD"
+    );
+    assert_eq!(
+        ids("eu-only"),
+        ["pay_0", "pay_1"],
+        "events on the eu channel"
+    );
     assert_eq!(ids("thin"), ["pay_0", "pay_1", "pay_2", "pay_3"]);
     for r in p.receiver.on("thin") {
-        assert!(r.json.get("data").is_none(), "thin bodies hold no data: {}", r.json);
-        let keys: Vec<&str> = r.json.as_object().unwrap().keys().map(String::as_str).collect();
+        assert!(
+            r.json.get("data").is_none(),
+            "thin bodies hold no data: {}",
+            r.json
+        );
+        let keys: Vec<&str> = r
+            .json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, ["entity_id", "id", "tenant", "timestamp", "type"]);
         assert_eq!(r.header("x-erp-company"), "1000");
         assert!(r.header("webhook-signature").starts_with("v1,"));
@@ -82,33 +126,60 @@ async fn an_ordered_subscription_gets_one_entitys_events_in_order_despite_failur
     let mut deployment = Deployment::new();
     deployment.set("HOOKLINE_RETRY_SCHEDULE", "1s,1s,1s,1s");
     let p = Pipeline::start(deployment).await.unwrap();
-    p.subscribe("acme", &["invoice.*"], "ordered", json!({"ordered": true})).await.unwrap();
+    p.subscribe("acme", &["invoice.*"], "ordered", json!({"ordered": true}))
+        .await
+        .unwrap();
     // The first three requests fail: the first event is retried in place, and nothing
     // behind it may overtake it.
     p.receiver.behave("ordered", Behaviour::FailFirst(503, 3));
 
     let kafka = producer().unwrap();
     let topic = p.deployment.topic("events");
-    let steps = ["invoice.created", "invoice.finalized", "invoice.sent", "invoice.paid"];
+    let steps = [
+        "invoice.created",
+        "invoice.finalized",
+        "invoice.sent",
+        "invoice.paid",
+    ];
     let count = 40;
     for seq in 0..count {
         let value = json!({"id": format!("inv-evt-{seq}"), "type": steps[seq % 4], "tenant": "acme",
                            "data": {"invoice_id": "in_1", "seq": seq}});
-        produce(&kafka, &topic, Some("acme/in_1"), value.to_string().as_bytes()).await.unwrap();
+        produce(
+            &kafka,
+            &topic,
+            Some("acme/in_1"),
+            value.to_string().as_bytes(),
+        )
+        .await
+        .unwrap();
     }
     let done = p
         .receiver
-        .wait_until(Duration::from_secs(60), |r| r.iter().filter(|x| x.status == 204).count() >= count)
+        .wait_until(Duration::from_secs(60), |r| {
+            r.iter().filter(|x| x.status == 204).count() >= count
+        })
         .await;
     assert!(done, "all delivered");
     let requests = p.receiver.on("ordered");
-    let seqs: Vec<u64> = requests.iter().filter_map(|r| r.json["data"]["seq"].as_u64()).collect();
-    assert_eq!(&seqs[..4], [0, 0, 0, 0], "the first event is retried before anything else goes out");
+    let seqs: Vec<u64> = requests
+        .iter()
+        .filter_map(|r| r.json["data"]["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        &seqs[..4],
+        [0, 0, 0, 0],
+        "the first event is retried before anything else goes out"
+    );
     let delivered: Vec<u64> = requests
         .iter()
         .filter(|r| r.status == 204)
         .filter_map(|r| r.json["data"]["seq"].as_u64())
         .collect();
-    assert_eq!(delivered, (0..count as u64).collect::<Vec<_>>(), "delivered in order, once each");
+    assert_eq!(
+        delivered,
+        (0..count as u64).collect::<Vec<_>>(),
+        "delivered in order, once each"
+    );
     assert_eq!(p.receiver.max_concurrency("ordered"), 1);
 }

@@ -32,11 +32,14 @@ const TYPES: [&str; 8] = [
 fn subscription(i: usize) -> Subscription {
     let pattern = match i % 4 {
         0 => TYPES[i % TYPES.len()].to_owned(),
-        1 => format!("{}.*", TYPES[i % TYPES.len()].split('.').next().unwrap_or("x")),
+        1 => format!(
+            "{}.*",
+            TYPES[i % TYPES.len()].split('.').next().unwrap_or("x")
+        ),
         2 => "*".to_owned(),
         _ => TYPES[(i / 4) % TYPES.len()].to_owned(),
     };
-    let filter = (i % 10 == 0).then(|| {
+    let filter = i.is_multiple_of(10).then(|| {
         hookline_core::filter::Filter::parse(&serde_json::json!(
             {"field": "amount", "op": "gte", "value": 5000}
         ))
@@ -98,7 +101,12 @@ fn main() {
     // Floor: parsing alone.
     let t = Instant::now();
     for (n, record) in records.iter().enumerate() {
-        let defaults = Defaults::Record { topic: "hookline.events", partition: 0, offset: n as i64, timestamp: None };
+        let defaults = Defaults::Record {
+            topic: "hookline.events",
+            partition: 0,
+            offset: n as i64,
+            timestamp: None,
+        };
         black_box(Event::from_record_value(record, defaults).ok());
     }
     let parse_rate = EVENTS as f64 / t.elapsed().as_secs_f64();
@@ -109,7 +117,11 @@ fn main() {
     let t = Instant::now();
     let mut tasks = 0usize;
     for (n, record) in records.iter().enumerate() {
-        let record = EventRecord { position: position(n), headers: &[], payload: Some(record) };
+        let record = EventRecord {
+            position: position(n),
+            headers: &[],
+            payload: Some(record),
+        };
         if let Ok((_, routed)) = route_record(record, &config, &index, now) {
             tasks += routed.len();
         }
@@ -121,7 +133,12 @@ fn main() {
         .iter()
         .enumerate()
         .filter_map(|(n, r)| {
-            let defaults = Defaults::Record { topic: "hookline.events", partition: 0, offset: n as i64, timestamp: None };
+            let defaults = Defaults::Record {
+                topic: "hookline.events",
+                partition: 0,
+                offset: n as i64,
+                timestamp: None,
+            };
             Event::from_record_value(r, defaults).ok()
         })
         .collect();
@@ -132,7 +149,10 @@ fn main() {
     }
     let match_rate = EVENTS as f64 / t.elapsed().as_secs_f64();
 
-    println!("events: {EVENTS}, tasks: {tasks} ({:.1} per event), matches: {matched}", tasks as f64 / EVENTS as f64);
+    println!(
+        "events: {EVENTS}, tasks: {tasks} ({:.1} per event), matches: {matched}",
+        tasks as f64 / EVENTS as f64
+    );
     println!("parse only (floor)        {parse_rate:>12.0} events/s");
     println!(
         "route (parse+match+tasks) {route_rate:>12.0} events/s  ({:.0} tasks/s)",

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
@@ -128,7 +128,7 @@ where
 
 /// A consumer that reads a whole topic with manual assignment and never commits
 /// (used to materialize compacted topics).
-pub fn reader(args: &KafkaArgs, client_id: &str) -> Result<StreamConsumer, KafkaError> {
+pub fn reader<C: FromClientConfig>(args: &KafkaArgs, client_id: &str) -> Result<C, KafkaError> {
     client_config(
         args,
         client_id,
@@ -192,9 +192,11 @@ pub async fn ensure_topics(
     }
 }
 
-/// Fetches the high watermark (next offset) of each partition of `topic`.
-pub async fn high_watermarks(
-    consumer: std::sync::Arc<StreamConsumer>,
+/// Fetches the high watermark (next offset) of each partition of `topic`. Use a client
+/// that is not also fetching records: a query queues behind a long-polling fetch on the
+/// same broker connection (up to `fetch.wait.max.ms`).
+pub async fn high_watermarks<C: Consumer + Send + Sync + 'static>(
+    consumer: std::sync::Arc<C>,
     topic: String,
     timeout: Duration,
 ) -> Result<Vec<(i32, i64)>, KafkaError> {

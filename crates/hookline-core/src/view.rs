@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -19,7 +19,10 @@ pub struct SubscriptionView {
     index: RwLock<SubscriptionIndex>,
     /// Next offset of the (single) subscriptions partition not yet applied.
     position: watch::Sender<i64>,
-    consumer: Arc<StreamConsumer>,
+    consumer: StreamConsumer,
+    /// A second client for watermark queries, idle otherwise, so that a query never
+    /// waits behind the reader's long-polling fetch.
+    probe: Arc<BaseConsumer>,
     topic: String,
     loaded: prometheus::IntGauge,
 }
@@ -37,6 +40,7 @@ impl SubscriptionView {
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Arc<Self>> {
         let consumer: StreamConsumer = kafka::reader(args, client_id)?;
+        let probe: BaseConsumer = kafka::reader(args, &format!("{client_id}-probe"))?;
         let topic = args.topics().subscriptions();
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, 0, Offset::Beginning)?;
@@ -49,7 +53,8 @@ impl SubscriptionView {
         let view = Arc::new(Self {
             index: RwLock::new(SubscriptionIndex::new()),
             position: watch::Sender::new(0),
-            consumer: Arc::new(consumer),
+            consumer,
+            probe: Arc::new(probe),
             topic,
             loaded,
         });
@@ -118,7 +123,7 @@ impl SubscriptionView {
     /// Waits until every record written to the topic before this call is applied:
     /// afterwards, any subscription change acknowledged before the call is visible.
     pub async fn catch_up(&self, timeout: Duration) -> Result<(), NotCaughtUp> {
-        let marks = kafka::high_watermarks(Arc::clone(&self.consumer), self.topic.clone(), timeout)
+        let marks = kafka::high_watermarks(Arc::clone(&self.probe), self.topic.clone(), timeout)
             .await
             .map_err(|e| NotCaughtUp(e.to_string()))?;
         let high = marks.iter().find(|(p, _)| *p == 0).map_or(0, |(_, h)| *h);

@@ -88,7 +88,6 @@ impl Sender {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(64)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .dns_resolver(Arc::new(PolicyResolver {

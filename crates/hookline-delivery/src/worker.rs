@@ -98,8 +98,11 @@ pub struct Worker {
     trackers: HashMap<Tp, OffsetTracker>,
     /// Retry records read but not yet due, per paused partition, oldest first.
     held: HashMap<Tp, VecDeque<Held>>,
-    /// Partitions paused because their window is full.
-    full: HashSet<Tp>,
+    /// Tasks running per partition (at most the window).
+    running: HashMap<Tp, usize>,
+    /// Records waiting for their partition's window, oldest first. Waiting in memory
+    /// instead of pausing the partition: a resumed partition restarts fetching slowly.
+    backlog: HashMap<Tp, VecDeque<(OwnedMessage, u64)>>,
     /// One sequential lane per ordered subscription, fed in offset order.
     lanes: HashMap<String, mpsc::UnboundedSender<(Tp, OwnedMessage, u64)>>,
     in_flight: usize,
@@ -144,7 +147,8 @@ impl Worker {
             retry_topics,
             trackers: HashMap::new(),
             held: HashMap::new(),
-            full: HashSet::new(),
+            running: HashMap::new(),
+            backlog: HashMap::new(),
             lanes: HashMap::new(),
             in_flight: 0,
         })
@@ -166,7 +170,7 @@ impl Worker {
             let next_due = self.next_due();
             tokio::select! {
                 biased;
-                Some(done) = done_rx.recv() => self.on_done(done),
+                Some(done) = done_rx.recv() => self.on_done(done, &done_tx),
                 _ = stop.wait_for(|s| *s) => break,
                 () = sleep_until(next_due) => self.release_due(&done_tx),
                 received = self.consumer.recv(), if self.in_flight < self.limits.concurrency => {
@@ -184,7 +188,7 @@ impl Worker {
                 }
             }
         }
-        self.drain(&mut done_rx).await;
+        self.drain(&mut done_rx, &done_tx).await;
         Ok(())
     }
 
@@ -214,6 +218,7 @@ impl Worker {
         self.spawn(tp, message, generation, done_tx);
     }
 
+    /// Admits a record: it starts at once, or waits for its partition's window.
     fn spawn(
         &mut self,
         tp: Tp,
@@ -221,18 +226,30 @@ impl Worker {
         generation: u64,
         done_tx: &mpsc::UnboundedSender<Done>,
     ) {
+        self.in_flight += 1;
+        self.context.metrics.in_flight.inc();
+        let running = self.running.get(&tp).copied().unwrap_or(0);
+        if running >= self.limits.partition_window {
+            self.backlog
+                .entry(tp)
+                .or_default()
+                .push_back((message, generation));
+            return;
+        }
+        self.start(tp, message, generation, done_tx);
+    }
+
+    fn start(
+        &mut self,
+        tp: Tp,
+        message: OwnedMessage,
+        generation: u64,
+        done_tx: &mpsc::UnboundedSender<Done>,
+    ) {
+        *self.running.entry(tp.clone()).or_default() += 1;
         let offset = message.offset();
         let context = Arc::clone(&self.context);
         let done_tx = done_tx.clone();
-        self.in_flight += 1;
-        context.metrics.in_flight.inc();
-        let window_full = self
-            .trackers
-            .get(&tp)
-            .is_some_and(|t| t.in_flight() >= self.limits.partition_window);
-        if window_full && !self.held.contains_key(&tp) && self.full.insert(tp.clone()) {
-            self.pause(&tp);
-        }
         // Ordered subscriptions go through their lane, one task at a time, in the order
         // this loop reads them; everything else runs at once.
         let ordered = message
@@ -252,25 +269,36 @@ impl Worker {
         }
         tokio::spawn(async move {
             process(&context, message, RetryPath::Tier).await;
-            context.metrics.in_flight.dec();
             let _ = done_tx.send((tp, offset, generation));
         });
     }
 
-    fn on_done(&mut self, (tp, offset, generation): Done) {
+    fn on_done(&mut self, (tp, offset, generation): Done, done_tx: &mpsc::UnboundedSender<Done>) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let Some(tracker) = self.trackers.get_mut(&tp) else {
-            return;
-        };
-        if let Some(committable) = tracker.complete(offset, generation) {
-            if let Err(err) = self.consumer.store_offset(&tp.0, tp.1, committable) {
-                // Revoked meanwhile: its new owner redelivers from the last commit.
-                tracing::debug!(%err, topic = %tp.0, partition = tp.1, "offset not stored");
+        self.context.metrics.in_flight.dec();
+        if let Some(running) = self.running.get_mut(&tp) {
+            *running = running.saturating_sub(1);
+        }
+        if let Some(tracker) = self.trackers.get_mut(&tp) {
+            if let Some(committable) = tracker.complete(offset, generation) {
+                if let Err(err) = self.consumer.store_offset(&tp.0, tp.1, committable) {
+                    // Revoked meanwhile: its new owner redelivers from the last commit.
+                    tracing::debug!(%err, topic = %tp.0, partition = tp.1, "offset not stored");
+                }
             }
         }
-        let below_window = tracker.in_flight() < self.limits.partition_window;
-        if below_window && self.full.remove(&tp) && !self.held.contains_key(&tp) {
-            self.resume(&tp);
+        if let Some((message, generation)) = self.backlog.get_mut(&tp).and_then(VecDeque::pop_front)
+        {
+            self.start(tp, message, generation, done_tx);
+        }
+    }
+
+    /// Forgets records that have not started (shutdown, revocation); they are not
+    /// committed, so they are delivered again later.
+    fn drop_backlog(&mut self, tp: &Tp) {
+        if let Some(waiting) = self.backlog.remove(tp) {
+            self.in_flight = self.in_flight.saturating_sub(waiting.len());
+            self.context.metrics.in_flight.sub(waiting.len() as i64);
         }
     }
 
@@ -336,12 +364,21 @@ impl Worker {
         for (topic, partition) in revoked {
             let tp: Tp = (Arc::from(topic.as_str()), partition);
             self.held.remove(&tp);
-            self.full.remove(&tp);
+            self.drop_backlog(&tp);
+            self.running.remove(&tp);
             self.trackers.remove(&tp);
         }
     }
 
-    async fn drain(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+    async fn drain(
+        &mut self,
+        done_rx: &mut mpsc::UnboundedReceiver<Done>,
+        done_tx: &mpsc::UnboundedSender<Done>,
+    ) {
+        let waiting: Vec<Tp> = self.backlog.keys().cloned().collect();
+        for tp in &waiting {
+            self.drop_backlog(tp);
+        }
         tracing::info!(
             in_flight = self.in_flight,
             "shutting down: draining in-flight deliveries"
@@ -349,7 +386,7 @@ impl Worker {
         let deadline = Instant::now() + self.limits.grace;
         while self.in_flight > 0 {
             match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-                Ok(Some(done)) => self.on_done(done),
+                Ok(Some(done)) => self.on_done(done, done_tx),
                 _ => break,
             }
         }
@@ -389,7 +426,6 @@ fn spawn_lane(
         while let Some((tp, message, generation)) = lane_rx.recv().await {
             let offset = message.offset();
             process(&context, message, RetryPath::InPlace).await;
-            context.metrics.in_flight.dec();
             let _ = done_tx.send((tp, offset, generation));
         }
     });

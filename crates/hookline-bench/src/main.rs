@@ -1,0 +1,295 @@
+//! `hookline-bench`: measures the pipeline end to end (deliveries/s, latency
+//! percentiles) and, in the same run, the raw limits it sits on: HTTP POSTs/s from one
+//! reqwest client to one axum server, and Kafka produce/consume records/s.
+//!
+//! Run through `scripts/bench.sh`, which starts the broker and the three binaries.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use clap::Parser;
+use futures::future::join_all;
+use hookline_core::config::KafkaArgs;
+use hookline_core::kafka::{self, TopicSpec};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "hookline-bench", about)]
+struct Cli {
+    /// Base URL of hookline-ingest (subscriptions are created there).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    ingest: String,
+    /// Events produced for the end-to-end run.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Subscriptions each event fans out to.
+    #[arg(long, default_value_t = 4)]
+    subscriptions: usize,
+    /// Seconds of the raw HTTP measurement.
+    #[arg(long, default_value_t = 5)]
+    http_seconds: u64,
+    /// Concurrent requests of the raw HTTP measurement.
+    #[arg(long, default_value_t = 64)]
+    http_concurrency: usize,
+    /// Records of the raw Kafka measurement.
+    #[arg(long, default_value_t = 200_000)]
+    kafka_records: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[derive(Default)]
+struct Sink {
+    count: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+async fn receive(State(sink): State<Arc<Sink>>, body: Bytes) -> StatusCode {
+    let received = now_us();
+    if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+        if let Some(sent) = value["data"]["sent_at_us"].as_u64() {
+            if let Ok(mut l) = sink.latencies_us.lock() {
+                l.push(received.saturating_sub(sent));
+            }
+        }
+    }
+    sink.count.fetch_add(1, Ordering::Relaxed);
+    StatusCode::NO_CONTENT
+}
+
+/// Starts a receiver on a free loopback port; returns its base URL and counters.
+async fn start_receiver() -> anyhow::Result<(String, Arc<Sink>)> {
+    let sink = Arc::new(Sink::default());
+    let app = axum::Router::new()
+        .route("/hooks", post(receive))
+        .with_state(Arc::clone(&sink));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((base, sink))
+}
+
+fn body(seq: usize) -> Value {
+    json!({"type": "payment.succeeded", "tenant": "bench", "data": {
+        "seq": seq, "sent_at_us": now_us(), "payment_id": format!("pay_{seq}"),
+        "amount": 125_000, "currency": "EUR", "customer_id": "cus_77",
+        "description": "Invoice in_2001 for services rendered, November 2026"}})
+}
+
+/// Raw HTTP: POSTs/s from one reqwest client to one axum server, keep-alive.
+async fn raw_http(seconds: u64, concurrency: usize) -> anyhow::Result<f64> {
+    let (base, sink) = start_receiver().await?;
+    let client = reqwest::Client::new();
+    let payload = serde_json::to_vec(&body(0))?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (client, url, payload) = (client.clone(), format!("{base}/hooks"), payload.clone());
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let _ = client.post(&url).body(payload.clone()).send().await;
+            }
+        })
+    });
+    join_all(workers).await;
+    Ok(sink.count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Raw Kafka: produce `records` task-sized records (acks=all), then consume them.
+async fn raw_kafka(args: &KafkaArgs, records: usize) -> anyhow::Result<(f64, f64)> {
+    let topic = format!(
+        "{}bench.raw.{}",
+        args.topic_prefix,
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    kafka::ensure_topics(
+        args,
+        &[TopicSpec::plain(topic.clone(), args)],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let producer = kafka::producer(args, "hookline-bench")?;
+    let payload = serde_json::to_vec(&json!({"message_id": "msg_0", "subscription_id": "sub_0",
+        "event": body(0), "attempts": 0, "routed_at": "2026-11-24T12:00:00Z"}))?;
+    let started = Instant::now();
+    for chunk in (0..records).collect::<Vec<_>>().chunks(10_000) {
+        let sends = chunk.iter().map(|n| {
+            let key = format!("k{}", n % 64);
+            let producer = producer.clone();
+            let (topic, payload) = (topic.clone(), payload.clone());
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(&topic).key(&key).payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for result in join_all(sends).await {
+            result?;
+        }
+    }
+    let produce_rate = records as f64 / started.elapsed().as_secs_f64();
+
+    let consumer: StreamConsumer =
+        kafka::group_consumer(args, "hookline-bench", &format!("{topic}-reader"))?;
+    consumer.subscribe(&[&topic])?;
+    let started = Instant::now();
+    let mut read = 0;
+    while read < records {
+        tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await??;
+        read += 1;
+    }
+    Ok((
+        produce_rate,
+        records as f64 / started.elapsed().as_secs_f64(),
+    ))
+}
+
+struct EndToEnd {
+    deliveries_per_s: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    delivered: u64,
+}
+
+/// End to end: events straight to the events topic, fanned out to `subscriptions`
+/// subscriptions at the local receiver, until every delivery arrived.
+async fn end_to_end(cli: &Cli) -> anyhow::Result<EndToEnd> {
+    let (base, sink) = start_receiver().await?;
+    let http = reqwest::Client::new();
+    for _ in 0..cli.subscriptions {
+        let response = http
+            .post(format!("{}/v1/subscriptions", cli.ingest))
+            .json(
+                &json!({"tenant": "bench", "url": format!("{base}/hooks"), "event_types": ["*"],
+                          "max_in_flight": 256}),
+            )
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "subscription: HTTP {}",
+            response.status()
+        );
+    }
+    let producer = kafka::producer(&cli.kafka, "hookline-bench")?;
+    let topic = cli.kafka.topics().events();
+    let expected = (cli.events * cli.subscriptions) as u64;
+    let started = Instant::now();
+    for chunk in (0..cli.events).collect::<Vec<_>>().chunks(2_000) {
+        let sends = chunk.iter().map(|&seq| {
+            let producer = producer.clone();
+            let topic = topic.clone();
+            async move {
+                let payload = serde_json::to_vec(&body(seq)).unwrap_or_default();
+                let key = format!("pay_{seq}");
+                producer
+                    .send(
+                        FutureRecord::to(&topic).key(&key).payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for result in join_all(sends).await {
+            result?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while sink.count.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let delivered = sink.count.load(Ordering::Relaxed);
+    let mut latencies = sink
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    Ok(EndToEnd {
+        deliveries_per_s: delivered as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p95_ms: pct(0.95),
+        p99_ms: pct(0.99),
+        delivered,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let e2e = end_to_end(&cli).await?;
+    let http = raw_http(cli.http_seconds, cli.http_concurrency).await?;
+    let (produce, consume) = raw_kafka(&cli.kafka, cli.kafka_records).await?;
+    let expected = cli.events * cli.subscriptions;
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "events": cli.events, "subscriptions": cli.subscriptions,
+                "deliveries_expected": expected, "deliveries_received": e2e.delivered,
+                "end_to_end": {"deliveries_per_s": e2e.deliveries_per_s.round(),
+                               "latency_ms": {"p50": e2e.p50_ms, "p95": e2e.p95_ms, "p99": e2e.p99_ms}},
+                "raw": {"http_posts_per_s": http.round(), "kafka_produce_records_per_s": produce.round(),
+                        "kafka_consume_records_per_s": consume.round()},
+                "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            })
+        );
+    } else {
+        println!(
+            "end to end: {} events x {} subscriptions = {expected} deliveries ({} received)",
+            cli.events, cli.subscriptions, e2e.delivered
+        );
+        println!("  deliveries/s              {:>10.0}", e2e.deliveries_per_s);
+        println!("  latency p50 / p95 / p99   {:.1} / {:.1} / {:.1} ms (event produced -> webhook received)", e2e.p50_ms, e2e.p95_ms, e2e.p99_ms);
+        println!("raw limits, same machine, same run:");
+        println!(
+            "  HTTP POSTs/s (reqwest -> axum, {} in flight) {:>10.0}",
+            cli.http_concurrency, http
+        );
+        println!(
+            "  Kafka produce records/s (acks=all)        {:>10.0}",
+            produce
+        );
+        println!(
+            "  Kafka consume records/s                   {:>10.0}",
+            consume
+        );
+    }
+    anyhow::ensure!(
+        e2e.delivered >= expected as u64,
+        "only {} of {expected} deliveries arrived",
+        e2e.delivered
+    );
+    Ok(())
+}

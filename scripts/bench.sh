@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: a local broker, the three binaries (release build) on a fresh
+# topic prefix, then hookline-bench (deliveries/s, latency, raw HTTP and Kafka limits).
+#
+#   scripts/bench.sh [hookline-bench flags, e.g. --events 50000 --subscriptions 4 --json]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export HOOKLINE_KAFKA_PORT=${HOOKLINE_BENCH_KAFKA_PORT:-29092}
+export HOOKLINE_KAFKA_BROKERS=127.0.0.1:$HOOKLINE_KAFKA_PORT
+export HOOKLINE_TOPIC_PREFIX=bench-$(date +%s).
+export HOOKLINE_DELIVERY_ALLOW_CIDRS=127.0.0.0/8
+export HOOKLINE_DELIVERY_SUBSCRIPTION_CONCURRENCY=256
+export RUST_LOG=warn
+logs=.hookline/bench
+mkdir -p "$logs"
+
+pids=()
+started_kafka=false
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if $started_kafka; then deploy/local/kafka.sh stop >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+if ! deploy/local/kafka.sh status 2>/dev/null; then
+  deploy/local/kafka.sh start
+  started_kafka=true
+fi
+cargo build --release --bins --locked --quiet
+bin=target/release
+
+start() {
+  HOOKLINE_HTTP_ADDR=$2 "$bin/$1" >"$logs/$1.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 600); do
+    curl -fsS "http://$2/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "$1 not ready; see $logs/$1.log" >&2
+  exit 1
+}
+start hookline-ingest 127.0.0.1:18080
+start hookline-router 127.0.0.1:18081
+start hookline-delivery 127.0.0.1:18082
+
+"$bin/hookline-bench" --ingest http://127.0.0.1:18080 "$@"
