@@ -29,6 +29,10 @@ struct Cli {
     /// Events produced for the end-to-end run.
     #[arg(long, default_value_t = 20_000)]
     events: usize,
+    /// Events per second to produce (0: as fast as possible). A paced run measures
+    /// latency without queueing; a burst measures throughput.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Subscriptions each event fans out to.
     #[arg(long, default_value_t = 4)]
     subscriptions: usize,
@@ -52,6 +56,8 @@ struct Cli {
 struct Sink {
     count: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
+    /// Arrival time (µs) of every delivery, for the steady-state rate.
+    arrivals_us: Mutex<Vec<u64>>,
 }
 
 fn now_us() -> u64 {
@@ -63,6 +69,9 @@ fn now_us() -> u64 {
 
 async fn receive(State(sink): State<Arc<Sink>>, body: Bytes) -> StatusCode {
     let received = now_us();
+    if let Ok(mut a) = sink.arrivals_us.lock() {
+        a.push(received);
+    }
     if let Ok(value) = serde_json::from_slice::<Value>(&body) {
         if let Some(sent) = value["data"]["sent_at_us"].as_u64() {
             if let Ok(mut l) = sink.latencies_us.lock() {
@@ -169,6 +178,7 @@ async fn raw_kafka(args: &KafkaArgs, records: usize) -> anyhow::Result<(f64, f64
 
 struct EndToEnd {
     deliveries_per_s: f64,
+    steady_per_s: f64,
     p50_ms: f64,
     p95_ms: f64,
     p99_ms: f64,
@@ -185,7 +195,7 @@ async fn end_to_end(cli: &Cli) -> anyhow::Result<EndToEnd> {
             .post(format!("{}/v1/subscriptions", cli.ingest))
             .json(
                 &json!({"tenant": "bench", "url": format!("{base}/hooks"), "event_types": ["*"],
-                          "max_in_flight": 256}),
+                          "max_in_flight": 1024}),
             )
             .send()
             .await?;
@@ -199,7 +209,18 @@ async fn end_to_end(cli: &Cli) -> anyhow::Result<EndToEnd> {
     let topic = cli.kafka.topics().events();
     let expected = (cli.events * cli.subscriptions) as u64;
     let started = Instant::now();
-    for chunk in (0..cli.events).collect::<Vec<_>>().chunks(2_000) {
+    let chunk_size = if cli.rate > 0 {
+        (cli.rate as usize / 100).max(1)
+    } else {
+        2_000
+    };
+    let mut next_tick = tokio::time::Instant::now();
+    for chunk in (0..cli.events).collect::<Vec<_>>().chunks(chunk_size) {
+        if cli.rate > 0 {
+            // 100 chunks a second.
+            tokio::time::sleep_until(next_tick).await;
+            next_tick += Duration::from_millis(10);
+        }
         let sends = chunk.iter().map(|&seq| {
             let producer = producer.clone();
             let topic = topic.clone();
@@ -225,6 +246,21 @@ async fn end_to_end(cli: &Cli) -> anyhow::Result<EndToEnd> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let delivered = sink.count.load(Ordering::Relaxed);
+    let mut arrivals = sink
+        .arrivals_us
+        .lock()
+        .map(|a| a.clone())
+        .unwrap_or_default();
+    arrivals.sort_unstable();
+    // Between the 10th and the 90th percentile of arrivals: the pipeline's steady rate,
+    // without its fill and drain.
+    let steady_per_s = match (
+        arrivals.get(arrivals.len() / 10),
+        arrivals.get(arrivals.len() * 9 / 10),
+    ) {
+        (Some(a), Some(b)) if b > a => (arrivals.len() as f64 * 0.8) / ((b - a) as f64 / 1e6),
+        _ => 0.0,
+    };
     let mut latencies = sink
         .latencies_us
         .lock()
@@ -238,6 +274,7 @@ async fn end_to_end(cli: &Cli) -> anyhow::Result<EndToEnd> {
     };
     Ok(EndToEnd {
         deliveries_per_s: delivered as f64 / elapsed,
+        steady_per_s,
         p50_ms: pct(0.50),
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
@@ -258,7 +295,9 @@ async fn main() -> anyhow::Result<()> {
             json!({
                 "events": cli.events, "subscriptions": cli.subscriptions,
                 "deliveries_expected": expected, "deliveries_received": e2e.delivered,
+                "rate_events_per_s": cli.rate,
                 "end_to_end": {"deliveries_per_s": e2e.deliveries_per_s.round(),
+                               "steady_deliveries_per_s": e2e.steady_per_s.round(),
                                "latency_ms": {"p50": e2e.p50_ms, "p95": e2e.p95_ms, "p99": e2e.p99_ms}},
                 "raw": {"http_posts_per_s": http.round(), "kafka_produce_records_per_s": produce.round(),
                         "kafka_consume_records_per_s": consume.round()},
@@ -266,11 +305,20 @@ async fn main() -> anyhow::Result<()> {
             })
         );
     } else {
+        let pacing = if cli.rate > 0 {
+            format!("{} events/s", cli.rate)
+        } else {
+            "burst".into()
+        };
         println!(
-            "end to end: {} events x {} subscriptions = {expected} deliveries ({} received)",
+            "end to end ({pacing}): {} events x {} subscriptions = {expected} deliveries ({} received)",
             cli.events, cli.subscriptions, e2e.delivered
         );
-        println!("  deliveries/s              {:>10.0}", e2e.deliveries_per_s);
+        println!("  deliveries/s, whole run   {:>10.0}", e2e.deliveries_per_s);
+        println!(
+            "  deliveries/s, steady      {:>10.0} (10th to 90th percentile of arrivals)",
+            e2e.steady_per_s
+        );
         println!("  latency p50 / p95 / p99   {:.1} / {:.1} / {:.1} ms (event produced -> webhook received)", e2e.p50_ms, e2e.p95_ms, e2e.p99_ms);
         println!("raw limits, same machine, same run:");
         println!(
