@@ -82,6 +82,14 @@ impl Deployment {
         format!("{}{suffix}", self.prefix)
     }
 
+    /// Runs `binary args…` to completion (a one-off command such as `redrive`).
+    pub fn run(&self, binary: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(bin_dir().join(binary))
+            .envs(&self.env)
+            .args(args)
+            .output()?)
+    }
+
     /// Starts `binary` on a free port and waits until its `/readyz` answers 200.
     pub async fn start(&self, binary: &str) -> anyhow::Result<Proc> {
         self.start_with(binary, &[]).await
@@ -237,6 +245,8 @@ pub struct Received {
     pub json: Value,
     /// The status the receiver answered.
     pub status: u16,
+    /// When the request arrived.
+    pub arrived: std::time::Instant,
 }
 
 impl Received {
@@ -260,6 +270,10 @@ pub enum Behaviour {
     Always(u16),
     /// Hold the request this long, then 204.
     Hang(Duration),
+    /// This status with `Retry-After: <seconds>` for the first `n` requests, then 204.
+    RetryAfter(u16, u64, usize),
+    /// `302 Found` to this URL, always.
+    Redirect(&'static str),
 }
 
 #[derive(Default)]
@@ -310,6 +324,11 @@ impl Receiver {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self { base, state })
+    }
+
+    /// When each request on `path` arrived, in order.
+    pub fn arrivals(&self, path: &str) -> Vec<std::time::Instant> {
+        self.on(path).iter().map(|r| r.arrived).collect()
     }
 
     /// The URL of one path.
@@ -371,7 +390,8 @@ async fn on_request(
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, HeaderMap) {
+    let arrived = std::time::Instant::now();
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let behaviour = state
         .behaviour
@@ -395,9 +415,12 @@ async fn on_request(
     state.leave(&path);
     let status = match behaviour {
         Behaviour::Ok | Behaviour::Hang(_) => 204,
-        Behaviour::FailFirst(status, n) if seen <= n => status,
-        Behaviour::FailFirst(..) => 204,
+        Behaviour::FailFirst(status, n) | Behaviour::RetryAfter(status, _, n) if seen <= n => {
+            status
+        }
+        Behaviour::FailFirst(..) | Behaviour::RetryAfter(..) => 204,
         Behaviour::Always(status) => status,
+        Behaviour::Redirect(_) => 302,
     };
     if let Ok(mut received) = state.received.lock() {
         received.push(Received {
@@ -406,9 +429,25 @@ async fn on_request(
             body,
             json,
             status,
+            arrived,
         });
     }
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut headers = HeaderMap::new();
+    match behaviour {
+        Behaviour::RetryAfter(_, seconds, n) if seen <= n => {
+            if let Ok(value) = seconds.to_string().parse() {
+                headers.insert("retry-after", value);
+            }
+        }
+        Behaviour::Redirect(location) => {
+            if let Ok(value) = location.parse() {
+                headers.insert("location", value);
+            }
+        }
+        _ => {}
+    }
+    (status, headers)
 }
 
 /// The three binaries on one deployment, a receiver, and an API client.

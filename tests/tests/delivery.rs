@@ -159,6 +159,26 @@ async fn an_always_failing_receiver_ends_in_the_dlq_and_redrive_delivers_it() {
         "same webhook-ids"
     );
 
+    // The same from the command line: the dead letters are still there, so they are
+    // requeued once more (receivers de-duplicate on the unchanged webhook-ids).
+    let output = p
+        .deployment
+        .run("hookline-ingest", &["redrive", "--subscription-id", &sub])
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["requeued"], 3, "{report}");
+    let again = p
+        .receiver
+        .wait_until(Duration::from_secs(30), |r| successes(r).len() >= 6)
+        .await;
+    assert!(again, "CLI-redriven deliveries arrive");
+    assert_eq!(ids(&p.receiver.on("down")), ids(&failed));
+
     // Redrive without a filter is refused rather than replaying every dead letter.
     let (status, error) = p
         .api
@@ -570,4 +590,77 @@ async fn an_endpoint_failing_past_the_limit_is_disabled() {
         (3..7).contains(&attempts),
         "disabled after about 2 s of failures, not after the whole schedule: {attempts}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_and_redirects_are_never_followed() {
+    let p = Pipeline::start(quick("1s,30s")).await.unwrap();
+    p.subscribe("acme", &["invoice.paid"], "busy", json!({}))
+        .await
+        .unwrap();
+    p.subscribe("acme", &["invoice.paid"], "moved", json!({}))
+        .await
+        .unwrap();
+    p.receiver.behave("busy", Behaviour::RetryAfter(429, 3, 1));
+    let elsewhere: &'static str = Box::leak(p.receiver.url("elsewhere").into_boxed_str());
+    p.receiver.behave("moved", Behaviour::Redirect(elsewhere));
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+
+    let done = p
+        .receiver
+        .wait_until(Duration::from_secs(30), |r| {
+            r.iter().filter(|x| x.path == "busy").count() >= 2
+        })
+        .await;
+    assert!(done, "the throttled delivery is retried");
+    let arrivals = p.receiver.arrivals("busy");
+    let gap = arrivals[1] - arrivals[0];
+    assert!(
+        gap >= Duration::from_secs(3),
+        "Retry-After: 3 is honoured (not the 1 s schedule): {gap:?}"
+    );
+    assert_eq!(p.receiver.on("busy")[1].status, 204);
+
+    let moved = p
+        .receiver
+        .wait_until(Duration::from_secs(10), |r| {
+            r.iter().any(|x| x.path == "moved")
+        })
+        .await;
+    assert!(moved);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        p.receiver.on("elsewhere").is_empty(),
+        "a redirect is never followed"
+    );
+    let (_, attempts) = p
+        .api
+        .call(Method::GET, "/v1/subscriptions?tenant=acme", None)
+        .await
+        .unwrap();
+    let moved_id = attempts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["url"].as_str().is_some_and(|u| u.ends_with("/moved")))
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let mut outcome = String::new();
+    for _ in 0..50 {
+        let (_, body) = p
+            .api
+            .call(
+                Method::GET,
+                &format!("/v1/subscriptions/{moved_id}/attempts"),
+                None,
+            )
+            .await
+            .unwrap();
+        if let Some(first) = body["data"].as_array().and_then(|a| a.last()) {
+            outcome = first["outcome"].as_str().unwrap_or_default().to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(outcome, "http_3xx", "a 3xx is a failed attempt");
 }
