@@ -664,3 +664,49 @@ async fn retry_after_is_honoured_and_redirects_are_never_followed() {
     }
     assert_eq!(outcome, "http_3xx", "a 3xx is a failed attempt");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_lets_revoked_deliveries_finish_and_commits_them() {
+    let mut p = Pipeline::start(quick("1s")).await.unwrap();
+    let paths: Vec<String> = (0..6).map(|i| format!("erp-{i}")).collect();
+    for path in &paths {
+        p.subscribe("acme", &["invoice.paid"], path, json!({}))
+            .await
+            .unwrap();
+        p.receiver
+            .behave(path, Behaviour::Hang(Duration::from_millis(500)));
+    }
+    let count = 100;
+    p.send("acme", "invoice.paid", count).await.unwrap();
+    let busy = p.workers[0]
+        .wait_metric("hookline_delivery_in_flight", 20.0, Duration::from_secs(30))
+        .await;
+    assert!(busy, "the first worker has deliveries in flight");
+    // A second worker joins: the group rebalances while the first is mid-delivery.
+    p.workers
+        .push(p.deployment.start("hookline-delivery").await.unwrap());
+    let expected = count * paths.len();
+    let so_far = p.receiver.received().len();
+    assert!(
+        so_far < expected / 2,
+        "the rebalance comes mid-run ({so_far} of {expected} done)"
+    );
+
+    let all = p
+        .receiver
+        .wait_until(Duration::from_secs(120), |r| ids(r).len() >= expected)
+        .await;
+    assert!(all, "every delivery arrives");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let received = p.receiver.received();
+    assert_eq!(ids(&received).len(), expected);
+    assert_eq!(
+        received.len(),
+        expected,
+        "no delivery repeated: revoked work finished and was committed"
+    );
+    let second = p.workers[1]
+        .metric("hookline_delivery_assigned_partitions")
+        .await;
+    assert!(second > 0.0, "the second worker took partitions");
+}

@@ -5,11 +5,11 @@
 //!   partition's offset only up to its contiguous done prefix;
 //! - holds a retry partition (paused, no polling, no sleeping in the loop) while its
 //!   head record is not due, and resumes it when the head falls due;
-//! - on shutdown stops fetching, lets in-flight work finish up to a grace period, and
-//!   commits what is done.
+//! - on shutdown, and when a rebalance revokes partitions, lets the tasks in flight
+//!   finish up to a grace period and commits what is done.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hookline_core::config::KafkaArgs;
@@ -30,44 +30,121 @@ use crate::pipeline::{due_in, process, Context, RetryPath};
 /// A topic partition.
 type Tp = (Arc<str>, i32);
 
-/// A finished record: where it was and the tracker generation it began in.
-type Done = (Tp, i64, u64);
+/// A finished record, reported to the loop: its partition.
+type Done = Tp;
 
 /// A retry record read before it is due: the record, when it is due, its generation.
 type Held = (OwnedMessage, Instant, u64);
 
-/// Remembers partitions revoked by rebalances, for the loop to forget their state, and
-/// exports how many partitions this worker holds.
+/// What the loop, the tasks and the rebalance callback share: per partition, the offset
+/// tracker and the number of running tasks.
+#[derive(Default)]
+struct Progress {
+    trackers: HashMap<Tp, OffsetTracker>,
+    running: HashMap<Tp, usize>,
+}
+
+type SharedProgress = Arc<Mutex<Progress>>;
+
+fn lock(progress: &SharedProgress) -> MutexGuard<'_, Progress> {
+    progress.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The consumer's context: on revocation it waits for the revoked partitions' running
+/// tasks (up to the grace period), commits what is done, and tells the loop to forget
+/// their waiting records. Also exports how many partitions this worker holds.
 pub struct RebalanceLog {
-    revoked: Mutex<Vec<(String, i32)>>,
+    progress: SharedProgress,
+    grace: Duration,
+    revoked: Mutex<Vec<Tp>>,
     assigned: prometheus::IntGauge,
 }
 
 impl RebalanceLog {
-    /// A log exporting `hookline_delivery_assigned_partitions`.
-    pub fn new(registry: &prometheus::Registry) -> anyhow::Result<Self> {
+    fn new(
+        progress: SharedProgress,
+        grace: Duration,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
         let assigned = prometheus::IntGauge::new(
             "hookline_delivery_assigned_partitions",
             "Partitions (deliveries and retry tiers) assigned to this worker.",
         )?;
         registry.register(Box::new(assigned.clone()))?;
         Ok(Self {
+            progress,
+            grace,
             revoked: Mutex::new(Vec::new()),
             assigned,
         })
+    }
+
+    /// Blocks (this runs inside the consumer's poll) until no task of `revoked` runs, or
+    /// the grace period ends, then commits their done prefixes.
+    fn drain_revoked(&self, consumer: &BaseConsumer<Self>, revoked: &[Tp]) {
+        let deadline = std::time::Instant::now() + self.grace;
+        loop {
+            let busy: usize = {
+                let progress = lock(&self.progress);
+                revoked
+                    .iter()
+                    .filter_map(|tp| progress.running.get(tp))
+                    .sum()
+            };
+            if busy == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    busy,
+                    "grace period over during rebalance; unfinished tasks go to the new owner"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut commit = TopicPartitionList::new();
+        {
+            let mut progress = lock(&self.progress);
+            for tp in revoked {
+                if let Some(offset) = progress
+                    .trackers
+                    .get(tp)
+                    .and_then(OffsetTracker::committable)
+                {
+                    let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(offset + 1));
+                }
+                progress.trackers.remove(tp);
+                progress.running.remove(tp);
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(err) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(%err, "commit on revocation failed; the new owner redelivers from the last commit");
+            }
+        }
     }
 }
 
 impl ClientContext for RebalanceLog {}
 
 impl ConsumerContext for RebalanceLog {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-            for element in list.elements() {
-                revoked.push((element.topic().to_owned(), element.partition()));
-            }
-            tracing::info!(partitions = list.count(), "partitions revoked");
+            let revoked: Vec<Tp> = list
+                .elements()
+                .iter()
+                .map(|e| (Arc::from(e.topic()), e.partition()))
+                .collect();
+            tracing::info!(
+                partitions = revoked.len(),
+                "partitions revoked; finishing their tasks"
+            );
+            self.drain_revoked(consumer, &revoked);
+            self.revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(revoked);
         }
     }
 
@@ -85,26 +162,57 @@ pub struct WorkerLimits {
     pub concurrency: usize,
     /// Most tasks in flight per partition.
     pub partition_window: usize,
-    /// How long shutdown waits for in-flight tasks.
+    /// How long shutdown and revocation wait for in-flight tasks.
     pub grace: Duration,
+}
+
+/// What a task needs to report its end: shared progress, the consumer to store the
+/// offset on, and the loop's channel.
+#[derive(Clone)]
+struct Finisher {
+    progress: SharedProgress,
+    consumer: Arc<StreamConsumer<RebalanceLog>>,
+    done_tx: mpsc::UnboundedSender<Done>,
+}
+
+impl Finisher {
+    /// Marks the record done: its partition's done prefix may be committed now.
+    fn finish(&self, tp: Tp, offset: i64, generation: u64) {
+        let committable = {
+            let mut progress = lock(&self.progress);
+            if let Some(running) = progress.running.get_mut(&tp) {
+                *running = running.saturating_sub(1);
+            }
+            progress
+                .trackers
+                .get_mut(&tp)
+                .and_then(|tracker| tracker.complete(offset, generation))
+        };
+        if let Some(offset) = committable {
+            if let Err(err) = self.consumer.store_offset(&tp.0, tp.1, offset) {
+                // Revoked meanwhile: its new owner redelivers from the last commit.
+                tracing::debug!(%err, topic = %tp.0, partition = tp.1, "offset not stored");
+            }
+        }
+        let _ = self.done_tx.send(tp);
+    }
 }
 
 /// The consumer side of one delivery process.
 pub struct Worker {
-    consumer: StreamConsumer<RebalanceLog>,
+    consumer: Arc<StreamConsumer<RebalanceLog>>,
     context: Arc<Context>,
     limits: WorkerLimits,
     retry_topics: HashSet<String>,
-    trackers: HashMap<Tp, OffsetTracker>,
+    progress: SharedProgress,
     /// Retry records read but not yet due, per paused partition, oldest first.
     held: HashMap<Tp, VecDeque<Held>>,
-    /// Tasks running per partition (at most the window).
-    running: HashMap<Tp, usize>,
     /// Records waiting for their partition's window, oldest first. Waiting in memory
     /// instead of pausing the partition: a resumed partition restarts fetching slowly.
     backlog: HashMap<Tp, VecDeque<(OwnedMessage, u64)>>,
     /// One sequential lane per ordered subscription, fed in offset order.
     lanes: HashMap<String, mpsc::UnboundedSender<(Tp, OwnedMessage, u64)>>,
+    /// Records taken from Kafka and not finished (running or in the backlog).
     in_flight: usize,
 }
 
@@ -128,8 +236,9 @@ impl Worker {
         {
             config.set("partition.assignment.strategy", "range");
         }
-        let consumer: StreamConsumer<RebalanceLog> =
-            config.create_with_context(RebalanceLog::new(registry)?)?;
+        let progress = SharedProgress::default();
+        let log = RebalanceLog::new(Arc::clone(&progress), limits.grace, registry)?;
+        let consumer: StreamConsumer<RebalanceLog> = config.create_with_context(log)?;
         let retry_topics: HashSet<String> = context
             .schedule
             .tiers()
@@ -141,13 +250,12 @@ impl Worker {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
             context: Arc::new(context),
             limits,
             retry_topics,
-            trackers: HashMap::new(),
+            progress,
             held: HashMap::new(),
-            running: HashMap::new(),
             backlog: HashMap::new(),
             lanes: HashMap::new(),
             in_flight: 0,
@@ -166,20 +274,24 @@ impl Worker {
         readiness.set(true);
         tracing::info!("ready");
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let finisher = Finisher {
+            progress: Arc::clone(&self.progress),
+            consumer: Arc::clone(&self.consumer),
+            done_tx,
+        };
+        let consumer = Arc::clone(&self.consumer);
         loop {
             let next_due = self.next_due();
             tokio::select! {
                 biased;
-                Some(done) = done_rx.recv() => self.on_done(done, &done_tx),
+                Some(tp) = done_rx.recv() => self.on_done(tp, &finisher),
                 _ = stop.wait_for(|s| *s) => break,
-                () = sleep_until(next_due) => self.release_due(&done_tx),
-                received = self.consumer.recv(), if self.in_flight < self.limits.concurrency => {
+                () = sleep_until(next_due) => self.release_due(&finisher),
+                received = consumer.recv(), if self.in_flight < self.limits.concurrency => {
+                    // A rebalance runs inside `recv`: forget what it revoked first.
+                    self.forget_revoked();
                     match received {
-                        Ok(message) => {
-                            let message = message.detach();
-                            self.forget_revoked();
-                            self.on_message(message, &done_tx);
-                        }
+                        Ok(message) => self.on_message(message.detach(), &finisher),
                         Err(err) => {
                             tracing::warn!(%err, "deliveries read failed");
                             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -188,14 +300,14 @@ impl Worker {
                 }
             }
         }
-        self.drain(&mut done_rx, &done_tx).await;
+        self.drain(&mut done_rx, &finisher).await;
         Ok(())
     }
 
-    fn on_message(&mut self, message: OwnedMessage, done_tx: &mpsc::UnboundedSender<Done>) {
+    fn on_message(&mut self, message: OwnedMessage, finisher: &Finisher) {
         let tp: Tp = (Arc::from(message.topic()), message.partition());
         // Begin tracking at once, so the commit never passes a held record.
-        let generation = self
+        let generation = lock(&self.progress)
             .trackers
             .entry(tp.clone())
             .or_default()
@@ -215,20 +327,14 @@ impl Worker {
                 return;
             }
         }
-        self.spawn(tp, message, generation, done_tx);
+        self.admit(tp, message, generation, finisher);
     }
 
     /// Admits a record: it starts at once, or waits for its partition's window.
-    fn spawn(
-        &mut self,
-        tp: Tp,
-        message: OwnedMessage,
-        generation: u64,
-        done_tx: &mpsc::UnboundedSender<Done>,
-    ) {
+    fn admit(&mut self, tp: Tp, message: OwnedMessage, generation: u64, finisher: &Finisher) {
         self.in_flight += 1;
         self.context.metrics.in_flight.inc();
-        let running = self.running.get(&tp).copied().unwrap_or(0);
+        let running = lock(&self.progress).running.get(&tp).copied().unwrap_or(0);
         if running >= self.limits.partition_window {
             self.backlog
                 .entry(tp)
@@ -236,20 +342,12 @@ impl Worker {
                 .push_back((message, generation));
             return;
         }
-        self.start(tp, message, generation, done_tx);
+        self.start(tp, message, generation, finisher);
     }
 
-    fn start(
-        &mut self,
-        tp: Tp,
-        message: OwnedMessage,
-        generation: u64,
-        done_tx: &mpsc::UnboundedSender<Done>,
-    ) {
-        *self.running.entry(tp.clone()).or_default() += 1;
-        let offset = message.offset();
+    fn start(&mut self, tp: Tp, message: OwnedMessage, generation: u64, finisher: &Finisher) {
+        *lock(&self.progress).running.entry(tp.clone()).or_default() += 1;
         let context = Arc::clone(&self.context);
-        let done_tx = done_tx.clone();
         // Ordered subscriptions go through their lane, one task at a time, in the order
         // this loop reads them; everything else runs at once.
         let ordered = message
@@ -261,35 +359,26 @@ impl Worker {
             let lane = self
                 .lanes
                 .entry(subscription.id.clone())
-                .or_insert_with(|| spawn_lane(Arc::clone(&context), done_tx));
+                .or_insert_with(|| spawn_lane(Arc::clone(&context), finisher.clone()));
             if let Err(mpsc::error::SendError((tp, _, _))) = lane.send((tp, message, generation)) {
                 tracing::error!(topic = %tp.0, partition = tp.1, "ordered lane stopped");
             }
             return;
         }
+        let finisher = finisher.clone();
         tokio::spawn(async move {
+            let offset = message.offset();
             process(&context, message, RetryPath::Tier).await;
-            let _ = done_tx.send((tp, offset, generation));
+            finisher.finish(tp, offset, generation);
         });
     }
 
-    fn on_done(&mut self, (tp, offset, generation): Done, done_tx: &mpsc::UnboundedSender<Done>) {
+    fn on_done(&mut self, tp: Tp, finisher: &Finisher) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.context.metrics.in_flight.dec();
-        if let Some(running) = self.running.get_mut(&tp) {
-            *running = running.saturating_sub(1);
-        }
-        if let Some(tracker) = self.trackers.get_mut(&tp) {
-            if let Some(committable) = tracker.complete(offset, generation) {
-                if let Err(err) = self.consumer.store_offset(&tp.0, tp.1, committable) {
-                    // Revoked meanwhile: its new owner redelivers from the last commit.
-                    tracing::debug!(%err, topic = %tp.0, partition = tp.1, "offset not stored");
-                }
-            }
-        }
         if let Some((message, generation)) = self.backlog.get_mut(&tp).and_then(VecDeque::pop_front)
         {
-            self.start(tp, message, generation, done_tx);
+            self.start(tp, message, generation, finisher);
         }
     }
 
@@ -311,7 +400,7 @@ impl Worker {
     }
 
     /// Starts every held record that is due; resumes partitions left with none.
-    fn release_due(&mut self, done_tx: &mpsc::UnboundedSender<Done>) {
+    fn release_due(&mut self, finisher: &Finisher) {
         let now = Instant::now();
         let partitions: Vec<Tp> = self.held.keys().cloned().collect();
         for tp in partitions {
@@ -328,7 +417,7 @@ impl Worker {
                 let Some((message, _, generation)) = queue.pop_front() else {
                     break;
                 };
-                self.spawn(tp.clone(), message, generation, done_tx);
+                self.admit(tp.clone(), message, generation, finisher);
             }
         }
     }
@@ -349,10 +438,10 @@ impl Worker {
         }
     }
 
-    /// Drops held records and window state of partitions revoked by a rebalance; their
-    /// uncommitted records go to the partitions' new owners.
+    /// Drops the held and waiting records of partitions a rebalance revoked; their new
+    /// owners read them again from the commit made on revocation.
     fn forget_revoked(&mut self) {
-        let revoked: Vec<(String, i32)> = {
+        let revoked: Vec<Tp> = {
             let mut log = self
                 .consumer
                 .context()
@@ -361,20 +450,13 @@ impl Worker {
                 .unwrap_or_else(|p| p.into_inner());
             std::mem::take(&mut *log)
         };
-        for (topic, partition) in revoked {
-            let tp: Tp = (Arc::from(topic.as_str()), partition);
+        for tp in revoked {
             self.held.remove(&tp);
             self.drop_backlog(&tp);
-            self.running.remove(&tp);
-            self.trackers.remove(&tp);
         }
     }
 
-    async fn drain(
-        &mut self,
-        done_rx: &mut mpsc::UnboundedReceiver<Done>,
-        done_tx: &mpsc::UnboundedSender<Done>,
-    ) {
+    async fn drain(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>, finisher: &Finisher) {
         let waiting: Vec<Tp> = self.backlog.keys().cloned().collect();
         for tp in &waiting {
             self.drop_backlog(tp);
@@ -386,13 +468,13 @@ impl Worker {
         let deadline = Instant::now() + self.limits.grace;
         while self.in_flight > 0 {
             match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-                Ok(Some(done)) => self.on_done(done, done_tx),
+                Ok(Some(tp)) => self.on_done(tp, finisher),
                 _ => break,
             }
         }
         let assigned = self.consumer.assignment().unwrap_or_default();
         let mut list = TopicPartitionList::new();
-        for (tp, tracker) in &self.trackers {
+        for (tp, tracker) in &lock(&self.progress).trackers {
             if let (Some(offset), Some(_)) =
                 (tracker.committable(), assigned.find_partition(&tp.0, tp.1))
             {
@@ -419,14 +501,14 @@ impl Worker {
 /// A task that works an ordered subscription's records one after the other.
 fn spawn_lane(
     context: Arc<Context>,
-    done_tx: mpsc::UnboundedSender<Done>,
+    finisher: Finisher,
 ) -> mpsc::UnboundedSender<(Tp, OwnedMessage, u64)> {
     let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<(Tp, OwnedMessage, u64)>();
     tokio::spawn(async move {
         while let Some((tp, message, generation)) = lane_rx.recv().await {
             let offset = message.offset();
             process(&context, message, RetryPath::InPlace).await;
-            let _ = done_tx.send((tp, offset, generation));
+            finisher.finish(tp, offset, generation);
         }
     });
     lane_tx
