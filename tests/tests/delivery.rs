@@ -710,3 +710,33 @@ async fn a_rebalance_lets_revoked_deliveries_finish_and_commits_them() {
         .await;
     assert!(second > 0.0, "the second worker took partitions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_waiting_in_a_tier_of_an_old_schedule_are_still_delivered() {
+    let mut p = Pipeline::start(quick("3s")).await.unwrap();
+    p.subscribe("acme", &["invoice.paid"], "flaky", json!({}))
+        .await
+        .unwrap();
+    p.receiver.behave("flaky", Behaviour::FailFirst(500, 1));
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+    let failed = p
+        .receiver
+        .wait_until(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    assert!(failed, "first attempt made");
+    // The task now waits in deliveries.retry.3s. Restart the worker with a schedule
+    // that has no 3 s tier at all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.workers[0].terminate().unwrap();
+    p.workers[0] = p
+        .deployment
+        .start_with("hookline-delivery", &[("HOOKLINE_RETRY_SCHEDULE", "1s,1m")])
+        .await
+        .unwrap();
+    let delivered = p
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| !successes(r).is_empty())
+        .await;
+    assert!(delivered, "the old tier's record is read and delivered");
+    assert_eq!(ids(&p.receiver.on("flaky")).len(), 1);
+}

@@ -35,7 +35,8 @@ pub struct KafkaArgs {
         long = "kafka-property",
         env = "HOOKLINE_KAFKA_PROPERTIES",
         value_delimiter = ',',
-        value_parser = parse_property
+        value_parser = parse_property,
+        hide_env_values = true
     )]
     pub properties: Vec<(String, String)>,
 }
@@ -80,9 +81,18 @@ impl CloudEventsArgs {
 /// Log output settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
-    /// `text` or `json`.
-    #[arg(long, env = "HOOKLINE_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log lines as human-readable text or as JSON objects.
+    #[arg(long, env = "HOOKLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {

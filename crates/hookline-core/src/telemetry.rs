@@ -12,17 +12,17 @@ use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogArgs;
+use crate::config::{LogArgs, LogFormat};
 
-/// Installs the global tracing subscriber: `RUST_LOG` filter (default `info`), text or
-/// JSON lines on stderr.
+/// Installs the global tracing subscriber: `RUST_LOG` filter (default
+/// `info,rdkafka=warn`), text or JSON lines on stderr.
 pub fn init_logging(args: &LogArgs) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if args.log_format == "json" {
+    if args.log_format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.with_target(false).init();

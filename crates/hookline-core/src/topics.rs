@@ -52,10 +52,35 @@ impl Topics {
         ))
     }
 
+    /// A librdkafka subscription pattern matching every retry tier topic, current or
+    /// left over from an earlier schedule.
+    pub fn deliveries_retry_pattern(&self) -> String {
+        format!("^{}deliveries\\.retry\\..+", regex_escape(&self.prefix))
+    }
+
+    /// Whether `topic` is a retry tier topic of this deployment.
+    pub fn is_deliveries_retry(&self, topic: &str) -> bool {
+        topic.strip_prefix(&self.prefix).is_some_and(|rest| {
+            rest.starts_with("deliveries.retry.") && rest.len() > "deliveries.retry.".len()
+        })
+    }
+
     /// One record per delivery attempt.
     pub fn attempts(&self) -> String {
         self.name("attempts")
     }
+}
+
+/// Escapes the characters a POSIX extended regular expression treats specially.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -75,5 +100,13 @@ mod tests {
             "test-1.deliveries.retry.5m"
         );
         assert_eq!(t.attempts(), "test-1.attempts");
+        assert_eq!(
+            t.deliveries_retry_pattern(),
+            "^test-1\\.deliveries\\.retry\\..+"
+        );
+        assert!(t.is_deliveries_retry("test-1.deliveries.retry.5m"));
+        assert!(!t.is_deliveries_retry("test-1.deliveries.retry."));
+        assert!(!t.is_deliveries_retry("test-1.deliveries"));
+        assert!(!t.is_deliveries_retry("other.deliveries.retry.5m"));
     }
 }

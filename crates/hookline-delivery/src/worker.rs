@@ -8,7 +8,7 @@
 //! - on shutdown, and when a rebalance revokes partitions, lets the tasks in flight
 //!   finish up to a grace period and commits what is done.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -203,7 +203,6 @@ pub struct Worker {
     consumer: Arc<StreamConsumer<RebalanceLog>>,
     context: Arc<Context>,
     limits: WorkerLimits,
-    retry_topics: HashSet<String>,
     progress: SharedProgress,
     /// Retry records read but not yet due, per paused partition, oldest first.
     held: HashMap<Tp, VecDeque<Held>>,
@@ -239,21 +238,15 @@ impl Worker {
         let progress = SharedProgress::default();
         let log = RebalanceLog::new(Arc::clone(&progress), limits.grace, registry)?;
         let consumer: StreamConsumer<RebalanceLog> = config.create_with_context(log)?;
-        let retry_topics: HashSet<String> = context
-            .schedule
-            .tiers()
-            .into_iter()
-            .map(|tier| context.topics.deliveries_retry(tier))
-            .collect();
-        let mut topics: Vec<String> = retry_topics.iter().cloned().collect();
-        topics.push(context.topics.deliveries());
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&names)?;
+        // Every retry tier by pattern, so that records in tiers of an earlier schedule
+        // are still read after the schedule changes.
+        let deliveries = context.topics.deliveries();
+        let retry_tiers = context.topics.deliveries_retry_pattern();
+        consumer.subscribe(&[&deliveries, &retry_tiers])?;
         Ok(Self {
             consumer: Arc::new(consumer),
             context: Arc::new(context),
             limits,
-            retry_topics,
             progress,
             held: HashMap::new(),
             backlog: HashMap::new(),
@@ -312,7 +305,7 @@ impl Worker {
             .entry(tp.clone())
             .or_default()
             .begin(message.offset());
-        if self.retry_topics.contains(message.topic()) {
+        if self.context.topics.is_deliveries_retry(message.topic()) {
             let wait = message
                 .payload()
                 .and_then(|p| serde_json::from_slice::<DeliveryTask>(p).ok())
