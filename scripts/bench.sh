@@ -19,7 +19,7 @@ pids=()
 started_kafka=false
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if $started_kafka; then deploy/local/kafka.sh stop >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT

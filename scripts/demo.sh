@@ -31,7 +31,7 @@ cleanup() {
   echo
   echo "== stopping"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if $started_kafka; then deploy/local/kafka.sh stop || true; fi
 }
 trap cleanup INT TERM EXIT
@@ -69,7 +69,10 @@ start hookline-router "$router_addr"
 start hookline-delivery "$delivery_addr"
 
 echo "== starting the demo receiver (verifies every Standard Webhooks signature)"
-"$bin/hookline-demo" --ingest "http://$ingest_addr" receive --addr "$receiver_addr" | tee "$logs/receiver.log" &
+"$bin/hookline-demo" --ingest "http://$ingest_addr" receive --addr "$receiver_addr" >"$logs/receiver.log" 2>&1 &
+pids+=($!)
+# Show the receiver's lines as they come.
+tail -n +1 -f "$logs/receiver.log" &
 pids+=($!)
 sleep 0.5
 
@@ -95,4 +98,4 @@ if $check; then
   exit 0
 fi
 echo "   Ctrl-C stops everything."
-wait
+wait "${pids[0]}"
