@@ -141,23 +141,10 @@ async fn raw_kafka(args: &KafkaArgs, records: usize) -> anyhow::Result<(f64, f64
         "event": body(0), "attempts": 0, "routed_at": "2026-11-24T12:00:00Z"}))?;
     let started = Instant::now();
     for chunk in (0..records).collect::<Vec<_>>().chunks(10_000) {
-        let sends = chunk.iter().map(|n| {
-            let key = format!("k{}", n % 64);
-            let producer = producer.clone();
-            let (topic, payload) = (topic.clone(), payload.clone());
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(&topic).key(&key).payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-            }
-        });
-        for result in join_all(sends).await {
-            result?;
-        }
+        let records = chunk
+            .iter()
+            .map(|n| (format!("k{}", n % 64), payload.clone()));
+        produce_all(&producer, &topic, records.collect()).await?;
     }
     let produce_rate = records as f64 / started.elapsed().as_secs_f64();
 
@@ -174,6 +161,24 @@ async fn raw_kafka(args: &KafkaArgs, records: usize) -> anyhow::Result<(f64, f64
         produce_rate,
         records as f64 / started.elapsed().as_secs_f64(),
     ))
+}
+
+/// Produces every (key, value) record at once and waits for all acknowledgements.
+async fn produce_all(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: Vec<(String, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let sends = records.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+    });
+    for result in join_all(sends).await {
+        result.map_err(|(e, _)| e)?;
+    }
+    Ok(())
 }
 
 struct EndToEnd {
@@ -221,24 +226,13 @@ async fn end_to_end(cli: &Cli) -> anyhow::Result<EndToEnd> {
             tokio::time::sleep_until(next_tick).await;
             next_tick += Duration::from_millis(10);
         }
-        let sends = chunk.iter().map(|&seq| {
-            let producer = producer.clone();
-            let topic = topic.clone();
-            async move {
-                let payload = serde_json::to_vec(&body(seq)).unwrap_or_default();
-                let key = format!("pay_{seq}");
-                producer
-                    .send(
-                        FutureRecord::to(&topic).key(&key).payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-            }
+        let records = chunk.iter().map(|&seq| {
+            (
+                format!("pay_{seq}"),
+                serde_json::to_vec(&body(seq)).unwrap_or_default(),
+            )
         });
-        for result in join_all(sends).await {
-            result?;
-        }
+        produce_all(&producer, &topic, records.collect()).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     while sink.count.load(Ordering::Relaxed) < expected && Instant::now() < deadline {

@@ -12,7 +12,6 @@ use hookline_core::cloudevents::CloudEventsConfig;
 use hookline_core::event::{Defaults, Event};
 use hookline_core::matching::SubscriptionIndex;
 use hookline_core::routing::{route_record, EventRecord, RecordPosition};
-use hookline_core::signing::WebhookSecret;
 use hookline_core::subscription::{EventTypePattern, Subscription};
 
 const SUBSCRIPTIONS: usize = 100_000;
@@ -45,25 +44,16 @@ fn subscription(i: usize) -> Subscription {
         ))
         .expect("valid filter")
     });
+    let patterns = vec![EventTypePattern::parse(&pattern).expect("valid pattern")];
+    let tenant = format!("tenant-{}", i % TENANTS);
     Subscription {
-        id: format!("sub_{i:08}"),
-        tenant: format!("tenant-{}", i % TENANTS),
-        url: "https://erp.example/hooks".into(),
-        event_types: vec![EventTypePattern::parse(&pattern).expect("valid pattern")],
-        enabled: true,
-        description: None,
-        secret: WebhookSecret::generate(),
         filter,
-        channels: Vec::new(),
-        payload: Default::default(),
-        headers: Default::default(),
-        ordered: false,
-        max_in_flight: None,
-        rate_limit: None,
-        failing_since: None,
-        disabled_reason: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
+        ..Subscription::basic(
+            &format!("sub_{i:08}"),
+            &tenant,
+            "https://erp.example/hooks",
+            patterns,
+        )
     }
 }
 

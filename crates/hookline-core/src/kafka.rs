@@ -8,7 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -231,4 +231,24 @@ pub fn record_headers<M: Message>(message: &M) -> Vec<(String, Vec<u8>)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Headers of a dead-lettered copy of `message`: the reason and where the original sits
+/// (`hookline-dlq-reason`, `hookline-source-topic`, `-partition`, `-offset`).
+pub fn dead_letter_headers<M: Message>(message: &M, reason: &str) -> OwnedHeaders {
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    [
+        ("hookline-dlq-reason", reason),
+        ("hookline-source-topic", message.topic()),
+        ("hookline-source-partition", partition.as_str()),
+        ("hookline-source-offset", offset.as_str()),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
 }

@@ -129,32 +129,15 @@ impl SubscriptionIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signing::WebhookSecret;
-    use chrono::Utc;
 
     fn sub(id: &str, tenant: &str, patterns: &[&str], enabled: bool) -> Subscription {
+        let patterns = patterns
+            .iter()
+            .map(|p| EventTypePattern::parse(p).unwrap())
+            .collect();
         Subscription {
-            id: id.into(),
-            tenant: tenant.into(),
-            url: "https://erp.example/hooks".into(),
-            event_types: patterns
-                .iter()
-                .map(|p| EventTypePattern::parse(p).unwrap())
-                .collect(),
             enabled,
-            description: None,
-            secret: WebhookSecret::generate(),
-            filter: None,
-            channels: Vec::new(),
-            payload: Default::default(),
-            headers: Default::default(),
-            ordered: false,
-            max_in_flight: None,
-            rate_limit: None,
-            failing_since: None,
-            disabled_reason: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            ..Subscription::basic(id, tenant, "https://erp.example/hooks", patterns)
         }
     }
 

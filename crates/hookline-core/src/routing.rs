@@ -21,6 +21,21 @@ pub struct RecordPosition<'a> {
     pub timestamp: Option<DateTime<Utc>>,
 }
 
+impl<'a> RecordPosition<'a> {
+    /// Where `message` sits, with its Kafka timestamp.
+    pub fn of<M: rdkafka::message::Message>(message: &'a M) -> Self {
+        Self {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::<Utc>::from_timestamp_millis),
+        }
+    }
+}
+
 /// A record read from the events topic.
 #[derive(Debug, Clone, Copy)]
 pub struct EventRecord<'a> {
@@ -78,32 +93,18 @@ pub fn route_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signing::WebhookSecret;
     use crate::subscription::{EventTypePattern, Subscription};
 
     fn index() -> SubscriptionIndex {
         let mut index = SubscriptionIndex::new();
         for (id, pattern) in [("sub_a", "invoice.*"), ("sub_b", "payment.succeeded")] {
-            index.upsert(Subscription {
-                id: id.into(),
-                tenant: "acme".into(),
-                url: "https://erp.example/hooks".into(),
-                event_types: vec![EventTypePattern::parse(pattern).unwrap()],
-                enabled: true,
-                description: None,
-                secret: WebhookSecret::generate(),
-                filter: None,
-                channels: Vec::new(),
-                payload: Default::default(),
-                headers: Default::default(),
-                ordered: false,
-                max_in_flight: None,
-                rate_limit: None,
-                failing_since: None,
-                disabled_reason: None,
-                created_at: Utc::now(),
-                updated_at: Utc::now(),
-            });
+            let patterns = vec![EventTypePattern::parse(pattern).unwrap()];
+            index.upsert(Subscription::basic(
+                id,
+                "acme",
+                "https://erp.example/hooks",
+                patterns,
+            ));
         }
         index
     }

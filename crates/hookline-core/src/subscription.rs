@@ -187,6 +187,31 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// An enabled subscription with a fresh secret and no options, created now.
+    pub fn basic(id: &str, tenant: &str, url: &str, event_types: Vec<EventTypePattern>) -> Self {
+        let now = Utc::now();
+        Self {
+            id: id.to_owned(),
+            tenant: tenant.to_owned(),
+            url: url.to_owned(),
+            event_types,
+            enabled: true,
+            description: None,
+            secret: WebhookSecret::generate(),
+            filter: None,
+            channels: Vec::new(),
+            payload: PayloadMode::Full,
+            headers: BTreeMap::new(),
+            ordered: false,
+            max_in_flight: None,
+            rate_limit: None,
+            failing_since: None,
+            disabled_reason: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// Whether this subscription receives an event of `tenant` and `event_type`
     /// (its type patterns only; see [`accepts`](Self::accepts)).
     pub fn wants(&self, tenant: &str, event_type: &str) -> bool {

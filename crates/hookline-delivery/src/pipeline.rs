@@ -15,7 +15,7 @@ use hookline_core::view::SubscriptionView;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 
 use crate::control::{self, produce_durably};
@@ -407,31 +407,12 @@ async fn find_subscription(context: &Context, id: &str) -> Option<Arc<Subscripti
 
 /// Copies the record to the deliveries DLQ with the reason; done once acknowledged.
 async fn dead_letter(context: &Context, message: &OwnedMessage, reason: &str, status: Option<u16>) {
-    let partition = message.partition().to_string();
-    let offset = message.offset().to_string();
     let status = status.map(|s| s.to_string());
     let failed_at = Utc::now().to_rfc3339();
-    let mut headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "hookline-dlq-reason",
-            value: Some(reason),
-        })
-        .insert(Header {
-            key: "hookline-source-topic",
-            value: Some(message.topic()),
-        })
-        .insert(Header {
-            key: "hookline-source-partition",
-            value: Some(&partition),
-        })
-        .insert(Header {
-            key: "hookline-source-offset",
-            value: Some(&offset),
-        })
-        .insert(Header {
-            key: "hookline-failed-at",
-            value: Some(&failed_at),
-        });
+    let mut headers = hookline_core::kafka::dead_letter_headers(message, reason).insert(Header {
+        key: "hookline-failed-at",
+        value: Some(&failed_at),
+    });
     if let Some(status) = &status {
         headers = headers.insert(Header {
             key: "hookline-last-status",

@@ -178,20 +178,22 @@ struct Finisher {
 impl Finisher {
     /// Marks the record done: its partition's done prefix may be committed now.
     fn finish(&self, tp: Tp, offset: i64, generation: u64) {
-        let committable = {
+        {
             let mut progress = lock(&self.progress);
             if let Some(running) = progress.running.get_mut(&tp) {
                 *running = running.saturating_sub(1);
             }
-            progress
+            let committable = progress
                 .trackers
                 .get_mut(&tp)
-                .and_then(|tracker| tracker.complete(offset, generation))
-        };
-        if let Some(offset) = committable {
-            if let Err(err) = self.consumer.store_offset(&tp.0, tp.1, offset) {
-                // Revoked meanwhile: its new owner redelivers from the last commit.
-                tracing::debug!(%err, topic = %tp.0, partition = tp.1, "offset not stored");
+                .and_then(|tracker| tracker.complete(offset, generation));
+            // Stored under the lock: two tasks finishing together must not store their
+            // offsets in the opposite order, or the stored offset would go backwards.
+            if let Some(offset) = committable {
+                if let Err(err) = self.consumer.store_offset(&tp.0, tp.1, offset) {
+                    // Revoked meanwhile: its new owner redelivers from the last commit.
+                    tracing::debug!(%err, topic = %tp.0, partition = tp.1, "offset not stored");
+                }
             }
         }
         let _ = self.done_tx.send(tp);

@@ -111,15 +111,7 @@ pub async fn replay(
         report.scanned = scan_topic(&scan_args, &events_topic, Some(since), |message| {
             let headers = record_headers(message);
             let record = EventRecord {
-                position: RecordPosition {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    timestamp: message
-                        .timestamp()
-                        .to_millis()
-                        .and_then(DateTime::<Utc>::from_timestamp_millis),
-                },
+                position: RecordPosition::of(message),
                 headers: &headers,
                 payload: message.payload(),
             };

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::future::join_all;
 use hookline_core::cloudevents::CloudEventsConfig;
 use hookline_core::config::KafkaArgs;
@@ -19,7 +19,7 @@ use hookline_core::view::SubscriptionView;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -230,15 +230,7 @@ impl Router {
         let mut counts: HashMap<&'static str, u64> = HashMap::new();
         let index = self.view.read();
         for message in batch {
-            let position = RecordPosition {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-                timestamp: message
-                    .timestamp()
-                    .to_millis()
-                    .and_then(DateTime::<Utc>::from_timestamp_millis),
-            };
+            let position = RecordPosition::of(message);
             let headers = kafka::record_headers(message);
             let record = EventRecord {
                 position,
@@ -281,25 +273,7 @@ impl Router {
     }
 
     fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Outgoing {
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "hookline-dlq-reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "hookline-source-topic",
-                value: Some(message.topic()),
-            })
-            .insert(Header {
-                key: "hookline-source-partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "hookline-source-offset",
-                value: Some(&offset),
-            });
+        let headers = kafka::dead_letter_headers(message, reason);
         Outgoing {
             topic: self.topics.events_dlq(),
             key: message.key().map(<[u8]>::to_vec),
