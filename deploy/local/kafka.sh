@@ -125,6 +125,10 @@ start() {
     log "already running (pid $(cat "$pidfile"), port $port)"
     return 0
   fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "port $port is already in use by another process (another checkout's broker?); stop it or set HOOKLINE_KAFKA_PORT"
+    exit 1
+  fi
   fetch
   configure
   if [ ! -f "$home/data/meta.properties" ]; then
