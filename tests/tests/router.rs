@@ -106,3 +106,56 @@ async fn killed_routers_neither_duplicate_nor_lose_a_task() {
     let shared = steady.metric("hookline_router_events_total").await;
     assert!(shared > 0.0, "the second router routed a share");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_tasks_are_too_large_is_dead_lettered_and_routing_goes_on() {
+    let deployment = Deployment::new();
+    let ingest = deployment.start("hookline-ingest").await.unwrap();
+    let api = Api::new(ingest.url());
+    api.subscribe(json!({"tenant": "acme", "url": "https://erp.example/h", "event_types": ["*"]}))
+        .await
+        .unwrap();
+    let router = deployment
+        .start_with(
+            "hookline-router",
+            &[("HOOKLINE_ROUTER_MAX_TASK_BYTES", "2000")],
+        )
+        .await
+        .unwrap();
+    let kafka = producer().unwrap();
+    let topic = deployment.topic("events");
+    let small = json!({"id": "small-1", "type": "invoice.paid", "tenant": "acme", "data": {}});
+    let big = json!({"id": "big", "type": "invoice.paid", "tenant": "acme", "data": {"blob": "x".repeat(3000)}});
+    let after = json!({"id": "small-2", "type": "invoice.paid", "tenant": "acme", "data": {}});
+    for value in [&small, &big, &after] {
+        produce(&kafka, &topic, None, value.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    assert!(
+        router
+            .wait_metric("hookline_router_events_total", 3.0, Duration::from_secs(30))
+            .await
+    );
+    let tasks: BTreeSet<String> = read_all(&deployment.topic("deliveries"))
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<DeliveryTask>(r.value.as_deref().unwrap())
+                .unwrap()
+                .event
+                .id
+        })
+        .collect();
+    assert_eq!(
+        tasks,
+        BTreeSet::from(["small-1".to_owned(), "small-2".to_owned()])
+    );
+    let dead = read_all(&deployment.topic("events.dlq")).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].headers["hookline-dlq-reason"].contains("over the 2000-byte limit"),
+        "{:?}",
+        dead[0].headers
+    );
+}

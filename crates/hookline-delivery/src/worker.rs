@@ -230,12 +230,15 @@ impl Worker {
         // The worker reads several topics (deliveries and retry tiers); the range
         // assignor spreads each topic's partitions over the workers, where a sticky one
         // balances only the total and may leave one worker all of `deliveries`.
-        if !args
-            .properties
-            .iter()
-            .any(|(key, _)| key == "partition.assignment.strategy")
-        {
+        let operator_set = |key: &str| args.properties.iter().any(|(k, _)| k == key);
+        if !operator_set("partition.assignment.strategy") {
             config.set("partition.assignment.strategy", "range");
+        }
+        // Tasks arrive in router transactions; a read_committed fetch parked on the
+        // broker is not woken by a commit marker, so a long fetch wait (librdkafka's
+        // default 500 ms) shows up as delivery latency.
+        if !operator_set("fetch.wait.max.ms") {
+            config.set("fetch.wait.max.ms", "50");
         }
         let progress = SharedProgress::default();
         let log = RebalanceLog::new(Arc::clone(&progress), limits.grace, registry)?;

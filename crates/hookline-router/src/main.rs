@@ -37,6 +37,15 @@ struct Cli {
     #[arg(long, env = "HOOKLINE_ROUTER_BATCH", default_value_t = 1000)]
     batch_size: usize,
 
+    /// Largest delivery task, in bytes (keep it under the deliveries topic's
+    /// `max.message.bytes`); an event whose tasks would be larger goes to the events DLQ.
+    #[arg(
+        long,
+        env = "HOOKLINE_ROUTER_MAX_TASK_BYTES",
+        default_value_t = 1_000_000
+    )]
+    max_task_bytes: usize,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 
@@ -78,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         instance_id: cli.instance_id.clone(),
         transactional_id,
         batch_size: cli.batch_size,
+        max_task_bytes: cli.max_task_bytes,
         cloudevents: cli.cloudevents.config(),
     };
     let router = router::Router::new(&cli.kafka, settings, view, &registry)?;

@@ -11,8 +11,10 @@ use chrono::Utc;
 use futures::future::join_all;
 use hookline_core::cloudevents::CloudEventsConfig;
 use hookline_core::config::KafkaArgs;
+use hookline_core::event::FieldError;
 use hookline_core::kafka;
 use hookline_core::routing::{route_record, EventRecord, RecordPosition};
+use hookline_core::task::DeliveryTask;
 use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
@@ -82,6 +84,7 @@ pub struct Router {
     view: Arc<SubscriptionView>,
     topics: Topics,
     batch_size: usize,
+    max_task_bytes: usize,
     cloudevents: CloudEventsConfig,
     metrics: Metrics,
 }
@@ -99,6 +102,8 @@ pub struct Settings {
     pub transactional_id: String,
     /// Most records per batch (one transaction).
     pub batch_size: usize,
+    /// Largest delivery task; an event whose tasks would be larger is dead-lettered.
+    pub max_task_bytes: usize,
     /// How CloudEvents records are read.
     pub cloudevents: CloudEventsConfig,
 }
@@ -131,6 +136,7 @@ impl Router {
             view,
             topics,
             batch_size: settings.batch_size.max(1),
+            max_task_bytes: settings.max_task_bytes,
             cloudevents: settings.cloudevents,
             metrics: Metrics::register(registry)?,
         })
@@ -237,25 +243,17 @@ impl Router {
                 headers: &headers,
                 payload: message.payload(),
             };
-            match route_record(record, &self.cloudevents, &index, now) {
-                Ok((_, tasks)) => {
+            let routed = route_record(record, &self.cloudevents, &index, now)
+                .and_then(|(_, tasks)| self.encode(tasks, &deliveries));
+            match routed {
+                Ok(tasks) => {
                     let outcome = if tasks.is_empty() {
                         "unmatched"
                     } else {
                         "routed"
                     };
                     *counts.entry(outcome).or_default() += 1;
-                    for task in tasks {
-                        match serde_json::to_vec(&task) {
-                            Ok(payload) => outgoing.push(Outgoing {
-                                topic: deliveries.clone(),
-                                key: Some(task.subscription_id.into_bytes()),
-                                payload: Some(payload),
-                                headers: None,
-                            }),
-                            Err(err) => tracing::error!(%err, "task not serializable"),
-                        }
-                    }
+                    outgoing.extend(tasks);
                 }
                 Err(err) => {
                     *counts.entry("invalid").or_default() += 1;
@@ -270,6 +268,34 @@ impl Router {
             }
         }
         (outgoing, counts)
+    }
+
+    /// Serializes the tasks of one event. A task over the size limit would fail its
+    /// transaction again and again, so the event counts as invalid instead.
+    fn encode(&self, tasks: Vec<DeliveryTask>, topic: &str) -> Result<Vec<Outgoing>, FieldError> {
+        tasks
+            .into_iter()
+            .map(|task| {
+                let payload =
+                    serde_json::to_vec(&task).map_err(|e| FieldError::new("$", e.to_string()))?;
+                if payload.len() > self.max_task_bytes {
+                    return Err(FieldError::new(
+                        "$",
+                        format!(
+                            "its delivery task would be {} bytes, over the {}-byte limit",
+                            payload.len(),
+                            self.max_task_bytes
+                        ),
+                    ));
+                }
+                Ok(Outgoing {
+                    topic: topic.to_owned(),
+                    key: Some(task.subscription_id.into_bytes()),
+                    payload: Some(payload),
+                    headers: None,
+                })
+            })
+            .collect()
     }
 
     fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Outgoing {
