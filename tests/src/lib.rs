@@ -314,11 +314,16 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver; every path answers 204 unless told otherwise.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse()?).await
+    }
+
+    /// Starts a receiver on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
         let state = Arc::new(ReceiverState::default());
         let app = axum::Router::new()
             .route("/hooks/{path}", post(on_request))
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let base = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -740,3 +740,45 @@ async fn retries_waiting_in_a_tier_of_an_old_schedule_are_still_delivered() {
     assert!(delivered, "the old tier's record is read and delivered");
     assert_eq!(ids(&p.receiver.on("flaky")).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_gets_the_delivery_once_it_is_up() {
+    let p = Pipeline::start(quick("1s,1s,1s,1s,1s")).await.unwrap();
+    let addr = hookline_e2e::free_addr();
+    let (sub, _) = p
+        .api
+        .subscribe(json!({"tenant": "acme", "url": format!("http://{addr}/hooks/late"), "event_types": ["*"]}))
+        .await
+        .unwrap();
+    p.send("acme", "payment.succeeded", 1).await.unwrap();
+
+    let mut refused = false;
+    for _ in 0..100 {
+        let (_, body) = p
+            .api
+            .call(
+                Method::GET,
+                &format!("/v1/subscriptions/{sub}/attempts"),
+                None,
+            )
+            .await
+            .unwrap();
+        if body["data"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["outcome"] == "connect"))
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the first attempt found nobody listening");
+    let late = hookline_e2e::Receiver::start_on(addr).await.unwrap();
+    let delivered = late
+        .wait_until(Duration::from_secs(30), |r| !successes(r).is_empty())
+        .await;
+    assert!(
+        delivered,
+        "retried after the connection error, delivered once the receiver is up"
+    );
+}
