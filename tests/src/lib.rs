@@ -560,6 +560,34 @@ impl Api {
             .1)
     }
 
+    /// Polls a subscription's attempts (newest first) until `done` holds or `patience`
+    /// passes; returns the last list read.
+    pub async fn wait_attempts(
+        &self,
+        id: &str,
+        patience: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let attempts = match self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/subscriptions/{id}/attempts"),
+                    None,
+                )
+                .await
+            {
+                Ok((_, body)) => body["data"].as_array().cloned().unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            if done(&attempts) || tokio::time::Instant::now() > deadline {
+                return attempts;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Any request; returns status and JSON body (Null when empty).
     pub async fn call(
         &self,

@@ -61,23 +61,10 @@ async fn a_failing_receiver_gets_the_delivery_once_it_recovers_with_one_webhook_
     );
 
     // The attempts are recorded, newest first.
-    let mut attempts = Vec::new();
-    for _ in 0..100 {
-        let (_, body) = p
-            .api
-            .call(
-                Method::GET,
-                &format!("/v1/subscriptions/{sub}/attempts"),
-                None,
-            )
-            .await
-            .unwrap();
-        attempts = body["data"].as_array().cloned().unwrap_or_default();
-        if attempts.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let attempts = p
+        .api
+        .wait_attempts(&sub, Duration::from_secs(10), |a| a.len() == 3)
+        .await;
     let summary: Vec<(u64, &str, u64)> = attempts
         .iter()
         .map(|a| {
@@ -598,7 +585,8 @@ async fn retry_after_is_honoured_and_redirects_are_never_followed() {
     p.subscribe("acme", &["invoice.paid"], "busy", json!({}))
         .await
         .unwrap();
-    p.subscribe("acme", &["invoice.paid"], "moved", json!({}))
+    let (moved_id, _) = p
+        .subscribe("acme", &["invoice.paid"], "moved", json!({}))
         .await
         .unwrap();
     p.receiver.behave("busy", Behaviour::RetryAfter(429, 3, 1));
@@ -633,35 +621,14 @@ async fn retry_after_is_honoured_and_redirects_are_never_followed() {
         p.receiver.on("elsewhere").is_empty(),
         "a redirect is never followed"
     );
-    let (_, attempts) = p
+    let attempts = p
         .api
-        .call(Method::GET, "/v1/subscriptions?tenant=acme", None)
-        .await
-        .unwrap();
-    let moved_id = attempts["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["url"].as_str().is_some_and(|u| u.ends_with("/moved")))
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .unwrap();
-    let mut outcome = String::new();
-    for _ in 0..50 {
-        let (_, body) = p
-            .api
-            .call(
-                Method::GET,
-                &format!("/v1/subscriptions/{moved_id}/attempts"),
-                None,
-            )
-            .await
-            .unwrap();
-        if let Some(first) = body["data"].as_array().and_then(|a| a.last()) {
-            outcome = first["outcome"].as_str().unwrap_or_default().to_owned();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .wait_attempts(&moved_id, Duration::from_secs(10), |a| !a.is_empty())
+        .await;
+    let outcome = attempts
+        .last()
+        .map(|a| a["outcome"].clone())
+        .unwrap_or_default();
     assert_eq!(outcome, "http_3xx", "a 3xx is a failed attempt");
 }
 
@@ -752,26 +719,13 @@ async fn a_receiver_that_is_down_gets_the_delivery_once_it_is_up() {
         .unwrap();
     p.send("acme", "payment.succeeded", 1).await.unwrap();
 
-    let mut refused = false;
-    for _ in 0..100 {
-        let (_, body) = p
-            .api
-            .call(
-                Method::GET,
-                &format!("/v1/subscriptions/{sub}/attempts"),
-                None,
-            )
-            .await
-            .unwrap();
-        if body["data"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x["outcome"] == "connect"))
-        {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let attempts = p
+        .api
+        .wait_attempts(&sub, Duration::from_secs(10), |a| {
+            a.iter().any(|x| x["outcome"] == "connect")
+        })
+        .await;
+    let refused = attempts.iter().any(|x| x["outcome"] == "connect");
     assert!(refused, "the first attempt found nobody listening");
     let late = hookline_e2e::Receiver::start_on(addr).await.unwrap();
     let delivered = late
