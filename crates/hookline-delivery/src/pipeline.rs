@@ -134,9 +134,10 @@ impl Context {
 pub enum RetryPath {
     /// Hand the task to its retry tier and finish (the default: never blocks).
     Tier,
-    /// Wait and retry here, holding the subscription's lane (ordered subscriptions:
-    /// nothing behind the task is delivered before it).
-    InPlace,
+    /// Run from a subscription's lane: when the subscription is ordered, wait and retry
+    /// here, holding the lane (nothing behind the task is delivered before it);
+    /// otherwise as `Tier`.
+    Lane,
 }
 
 /// What one attempt (or skipped attempt) leads to.
@@ -193,12 +194,11 @@ pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath) 
         let Next::RetryAfter(delay, error) = next else {
             return;
         };
-        match path {
-            RetryPath::Tier => {
-                reschedule(context, &subscription, task, delay, error).await;
-                return;
-            }
-            RetryPath::InPlace => tokio::time::sleep(delay).await,
+        if path == RetryPath::Lane && subscription.ordered {
+            tokio::time::sleep(delay).await;
+        } else {
+            reschedule(context, &subscription, task, delay, error).await;
+            return;
         }
     }
 }

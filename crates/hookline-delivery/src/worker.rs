@@ -211,7 +211,7 @@ pub struct Worker {
     /// Records waiting for their partition's window, oldest first. Waiting in memory
     /// instead of pausing the partition: a resumed partition restarts fetching slowly.
     backlog: HashMap<Tp, VecDeque<(OwnedMessage, u64)>>,
-    /// One sequential lane per ordered subscription, fed in offset order.
+    /// One sequential lane per ordered (or not yet known) subscription, fed in offset order.
     lanes: HashMap<String, mpsc::UnboundedSender<(Tp, OwnedMessage, u64)>>,
     /// Records taken from Kafka and not finished (running or in the backlog).
     in_flight: usize,
@@ -347,19 +347,18 @@ impl Worker {
         *lock(&self.progress).running.entry(tp.clone()).or_default() += 1;
         let context = Arc::clone(&self.context);
         // Ordered subscriptions go through their lane, one task at a time, in the order
-        // this loop reads them; everything else runs at once.
-        let ordered = message
-            .key()
-            .and_then(|key| std::str::from_utf8(key).ok())
-            .and_then(|id| self.context.view.get(id))
-            .filter(|subscription| subscription.ordered);
-        if let Some(subscription) = ordered {
+        // this loop reads them; everything else runs at once. A subscription this
+        // process's view does not know yet may be an ordered one: it takes the lane too
+        // (the lane's task catches the view up and then knows).
+        let id = message.key().and_then(|key| std::str::from_utf8(key).ok());
+        let needs_lane = id.is_some_and(|id| self.context.view.get(id).is_none_or(|s| s.ordered));
+        if let (true, Some(id)) = (needs_lane, id) {
             let lane = self
                 .lanes
-                .entry(subscription.id.clone())
+                .entry(id.to_owned())
                 .or_insert_with(|| spawn_lane(Arc::clone(&context), finisher.clone()));
             if let Err(mpsc::error::SendError((tp, _, _))) = lane.send((tp, message, generation)) {
-                tracing::error!(topic = %tp.0, partition = tp.1, "ordered lane stopped");
+                tracing::error!(topic = %tp.0, partition = tp.1, "subscription lane stopped");
             }
             return;
         }
@@ -496,7 +495,7 @@ impl Worker {
     }
 }
 
-/// A task that works an ordered subscription's records one after the other.
+/// A task that works one subscription's records one after the other.
 fn spawn_lane(
     context: Arc<Context>,
     finisher: Finisher,
@@ -505,7 +504,7 @@ fn spawn_lane(
     tokio::spawn(async move {
         while let Some((tp, message, generation)) = lane_rx.recv().await {
             let offset = message.offset();
-            process(&context, message, RetryPath::InPlace).await;
+            process(&context, message, RetryPath::Lane).await;
             finisher.finish(tp, offset, generation);
         }
     });
