@@ -395,7 +395,7 @@ async fn record_attempt(
 
 /// The subscription of a task. A miss may be a view lagging behind a new
 /// subscription, so the view catches up once before the miss counts as a deletion.
-async fn find_subscription(context: &Context, id: &str) -> Option<Arc<Subscription>> {
+pub async fn find_subscription(context: &Context, id: &str) -> Option<Arc<Subscription>> {
     if let Some(found) = context.view.get(id) {
         return Some(found);
     }

@@ -25,7 +25,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::pipeline::{due_in, process, Context, RetryPath};
+use crate::pipeline::{due_in, find_subscription, process, Context, RetryPath};
 
 /// A topic partition.
 type Tp = (Arc<str>, i32);
@@ -83,7 +83,9 @@ impl RebalanceLog {
     /// the grace period ends, then commits their done prefixes.
     fn drain_revoked(&self, consumer: &BaseConsumer<Self>, revoked: &[Tp]) {
         let deadline = std::time::Instant::now() + self.grace;
-        loop {
+        // This runs on a runtime worker (inside the loop's `recv`): hand the worker's
+        // other tasks to the rest of the runtime while this thread waits for them.
+        tokio::task::block_in_place(|| loop {
             let busy: usize = {
                 let progress = lock(&self.progress);
                 revoked
@@ -102,7 +104,7 @@ impl RebalanceLog {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
+        });
         let mut commit = TopicPartitionList::new();
         {
             let mut progress = lock(&self.progress);
@@ -504,8 +506,24 @@ fn spawn_lane(
     tokio::spawn(async move {
         while let Some((tp, message, generation)) = lane_rx.recv().await {
             let offset = message.offset();
-            process(&context, message, RetryPath::Lane).await;
-            finisher.finish(tp, offset, generation);
+            let id = message
+                .key()
+                .and_then(|key| std::str::from_utf8(key).ok())
+                .unwrap_or_default();
+            let ordered = find_subscription(&context, id)
+                .await
+                .is_some_and(|s| s.ordered);
+            if ordered {
+                process(&context, message, RetryPath::Lane).await;
+                finisher.finish(tp, offset, generation);
+            } else {
+                // Not ordered after all (or gone): run it alongside the others.
+                let (context, finisher) = (Arc::clone(&context), finisher.clone());
+                tokio::spawn(async move {
+                    process(&context, message, RetryPath::Tier).await;
+                    finisher.finish(tp, offset, generation);
+                });
+            }
         }
     });
     lane_tx
