@@ -25,7 +25,9 @@ mkdir -p .hookline
 summary=.hookline/test-output.log
 status=0
 HOOKLINE_TEST_KAFKA_BROKERS=127.0.0.1:$port cargo test --workspace --locked "$@" 2>&1 | tee "$summary" || status=$?
-# One closing line for the whole run (cargo prints one per test binary).
+cleanup
+trap - EXIT
+# One closing line for the whole run (cargo prints one per test binary), printed last.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$summary"
 exit "$status"
