@@ -47,20 +47,29 @@ pub async fn produce_durably(
     }
 }
 
-async fn write(context: &Context, subscription: &Subscription) {
-    match serde_json::to_vec(subscription) {
+/// Writes `value` as JSON, retrying until Kafka acknowledges it. Returns false only
+/// when the value cannot be serialized (logged; nothing is written).
+pub async fn produce_json<T: serde::Serialize>(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &T,
+) -> bool {
+    match serde_json::to_vec(value) {
         Ok(payload) => {
-            produce_durably(
-                &context.producer,
-                &context.topics.subscriptions(),
-                subscription.id.as_bytes(),
-                Some(&payload),
-                None,
-            )
-            .await
+            produce_durably(producer, topic, key.as_bytes(), Some(&payload), None).await;
+            true
         }
-        Err(err) => tracing::error!(%err, "subscription not serializable"),
+        Err(err) => {
+            tracing::error!(%err, topic, "record not serializable; not written");
+            false
+        }
     }
+}
+
+async fn write(context: &Context, subscription: &Subscription) {
+    let topic = context.topics.subscriptions();
+    produce_json(&context.producer, &topic, &subscription.id, subscription).await;
 }
 
 /// Starts the failure clock of `subscription` if it is not running.
@@ -112,17 +121,11 @@ pub async fn disable(context: &Context, subscription: &Subscription, reason: &st
         data: json!({"subscription_id": subscription.id, "url": subscription.url, "reason": reason}),
         channels: Vec::new(),
     };
-    match serde_json::to_vec(&event) {
-        Ok(payload) => {
-            produce_durably(
-                &context.producer,
-                &context.topics.events(),
-                event.id.as_bytes(),
-                Some(&payload),
-                None,
-            )
-            .await
-        }
-        Err(err) => tracing::error!(%err, "event not serializable"),
-    }
+    produce_json(
+        &context.producer,
+        &context.topics.events(),
+        &event.id,
+        &event,
+    )
+    .await;
 }

@@ -18,7 +18,7 @@ use prometheus::{
 use rdkafka::message::{Header, Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 
-use crate::control::{self, produce_durably};
+use crate::control::{self, produce_durably, produce_json};
 use crate::limits::{Breakers, Limits};
 use crate::sender::{Outcome, Sender};
 
@@ -331,20 +331,9 @@ async fn reschedule(
     let tier = context.schedule.tier_for(delay);
     task.not_before = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
     task.last_error = Some(error);
-    match serde_json::to_vec(&task) {
-        Ok(payload) => {
-            let topic = context.topics.deliveries_retry(tier);
-            produce_durably(
-                &context.producer,
-                &topic,
-                subscription.id.as_bytes(),
-                Some(&payload),
-                None,
-            )
-            .await;
-            context.metrics.task("retry_scheduled");
-        }
-        Err(err) => tracing::error!(%err, "task not serializable"),
+    let topic = context.topics.deliveries_retry(tier);
+    if produce_json(&context.producer, &topic, &subscription.id, &task).await {
+        context.metrics.task("retry_scheduled");
     }
 }
 
@@ -378,19 +367,8 @@ async fn record_attempt(
         duration_ms: elapsed.as_millis() as u64,
         at,
     };
-    match serde_json::to_vec(&record) {
-        Ok(payload) => {
-            produce_durably(
-                &context.producer,
-                &context.topics.attempts(),
-                task.subscription_id.as_bytes(),
-                Some(&payload),
-                None,
-            )
-            .await
-        }
-        Err(err) => tracing::error!(%err, "attempt record not serializable"),
-    }
+    let topic = context.topics.attempts();
+    produce_json(&context.producer, &topic, &task.subscription_id, &record).await;
 }
 
 /// The subscription of a task. A miss may be a view lagging behind a new
