@@ -9,7 +9,6 @@ use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 /// Attempts kept per subscription.
 pub const KEPT_PER_SUBSCRIPTION: usize = 100;
@@ -23,16 +22,25 @@ pub struct AttemptLog {
 impl AttemptLog {
     /// Reads the attempts topic from its beginning in the background.
     pub fn start(args: &KafkaArgs) -> anyhow::Result<Arc<Self>> {
-        let consumer: StreamConsumer = kafka::reader(args, "hookline-ingest-attempts")?;
-        let topic = args.topics().attempts();
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let mut assignment = TopicPartitionList::new();
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                assignment.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
-            }
-        }
-        consumer.assign(&assignment)?;
+        // A group of its own (this process alone, never committing) is assigned every
+        // partition, including ones the topic's metadata did not show yet right after
+        // it was created.
+        let group = format!(
+            "hookline-ingest-attempts-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let consumer: StreamConsumer = kafka::client_config(
+            args,
+            "hookline-ingest-attempts",
+            &[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("isolation.level", "read_committed"),
+            ],
+        )
+        .create()?;
+        consumer.subscribe(&[&args.topics().attempts()])?;
         let log = Arc::new(Self::default());
         let filler = Arc::clone(&log);
         tokio::spawn(async move {
