@@ -212,6 +212,16 @@ impl Proc {
         false
     }
 
+    /// Resident memory of the process in KiB (`VmRSS`), 0 when unreadable.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// SIGKILL, no chance to commit anything.
     pub fn kill_hard(&mut self) {
         let _ = self.child.kill();
@@ -346,6 +356,16 @@ impl Receiver {
         if let Ok(mut map) = self.state.behaviour.lock() {
             map.insert(path.to_owned(), behaviour);
         }
+    }
+
+    /// Requests that reached `path` so far, counted on arrival (before any answer).
+    pub fn entered(&self, path: &str) -> usize {
+        self.state
+            .counts
+            .lock()
+            .ok()
+            .and_then(|c| c.get(path).copied())
+            .unwrap_or(0)
     }
 
     /// The most requests `path` ever had in flight at once.

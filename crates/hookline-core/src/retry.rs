@@ -2,8 +2,10 @@
 //! topic (`<prefix>deliveries.retry.<tier>`), so a record waits only behind records
 //! with the same delay, which fall due in the order they were written.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::config::parse_duration;
@@ -63,17 +65,50 @@ impl RetrySchedule {
         tiers
     }
 
-    /// The tier for a wait of `delay`: the longest tier not longer than it (so the
-    /// record is read before it is due), or the shortest tier.
-    pub fn tier_for(&self, delay: Duration) -> Duration {
+    /// The tier a task waiting for `wait` goes to. A tier topic holds back every record
+    /// behind a head that is not due, so each record of a tier must wait about the
+    /// tier's own delay: the tier is picked from the schedule's delay (never from a
+    /// jittered one), from the shortest tier not shorter than a `Retry-After` hint (so
+    /// the hint is honoured), and from the longest tier not longer than an open
+    /// circuit's remaining cool-down (the task comes back and checks again).
+    pub fn tier_for(&self, wait: Wait) -> Duration {
         let tiers = self.tiers();
-        tiers
-            .iter()
-            .rev()
-            .find(|t| **t <= delay)
-            .or(tiers.first())
-            .copied()
-            .unwrap_or(delay)
+        let (shortest, longest) = match (tiers.first(), tiers.last()) {
+            (Some(first), Some(last)) => (*first, *last),
+            _ => return wait.delay(),
+        };
+        match wait {
+            Wait::Scheduled(delay) => delay,
+            Wait::RetryAfter(hint) => tiers
+                .iter()
+                .copied()
+                .find(|t| *t >= hint)
+                .unwrap_or(longest),
+            Wait::CircuitOpen(cooldown) => tiers
+                .iter()
+                .rev()
+                .copied()
+                .find(|t| *t <= cooldown)
+                .unwrap_or(shortest),
+        }
+    }
+
+    /// The tier and the due time, after `now`, of a task handed to a tier for `wait`.
+    /// `clock` holds the due times already given per tier (see [`DueClock`]).
+    pub fn plan(
+        &self,
+        wait: Wait,
+        now: DateTime<Utc>,
+        clock: &mut DueClock,
+    ) -> (Duration, DateTime<Utc>) {
+        let tier = self.tier_for(wait);
+        let delay = match wait {
+            // The hint is a minimum: never earlier, even when jitter shortens the tier.
+            Wait::RetryAfter(hint) => jittered(tier).max(self.clamp(hint)),
+            Wait::Scheduled(_) | Wait::CircuitOpen(_) => jittered(tier),
+        };
+        let due = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        (tier, clock.next(tier, due))
     }
 
     /// `delay` within the schedule's bounds (shortest to longest delay).
@@ -83,6 +118,47 @@ impl RetrySchedule {
             (Some(min), Some(max)) => delay.clamp(*min, *max),
             _ => delay,
         }
+    }
+}
+
+/// Why a task waits before its next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The schedule's delay after the attempts made so far.
+    Scheduled(Duration),
+    /// The endpoint's `Retry-After` hint (429, 503).
+    RetryAfter(Duration),
+    /// The endpoint's circuit is open for this long still.
+    CircuitOpen(Duration),
+}
+
+impl Wait {
+    /// How long a task retried in place (ordered lanes) sleeps: the delay with jitter
+    /// for a scheduled retry, the wait itself otherwise.
+    pub fn delay(self) -> Duration {
+        match self {
+            Self::Scheduled(delay) => jittered(delay),
+            Self::RetryAfter(wait) | Self::CircuitOpen(wait) => wait,
+        }
+    }
+}
+
+/// The latest due time handed out per tier by one writer, so that the due times it
+/// writes into any partition of a tier never decrease and a paused tier partition never
+/// holds back a record that is due. Jitter stays within its bounds: a due time is
+/// raised only to one given earlier with the same tier, hence at most the tier's
+/// jitter range later than its own.
+#[derive(Debug, Default)]
+pub struct DueClock {
+    latest: HashMap<Duration, DateTime<Utc>>,
+}
+
+impl DueClock {
+    /// `due`, raised to the latest due time given in `tier` so far; remembered.
+    pub fn next(&mut self, tier: Duration, due: DateTime<Utc>) -> DateTime<Utc> {
+        let latest = self.latest.entry(tier).or_insert(due);
+        *latest = (*latest).max(due);
+        *latest
     }
 }
 
@@ -127,14 +203,67 @@ mod tests {
         let s = RetrySchedule::parse("1s, 2s,1s,5m").unwrap();
         assert_eq!(s.max_attempts(), 5);
         assert_eq!(s.tiers(), vec![secs(1), secs(2), secs(300)]);
-        assert_eq!(s.tier_for(secs(1)), secs(1));
-        assert_eq!(s.tier_for(secs(60)), secs(2));
-        assert_eq!(s.tier_for(Duration::from_millis(10)), secs(1));
         assert_eq!(s.clamp(secs(3600)), secs(300));
         assert_eq!(s.clamp(Duration::ZERO), secs(1));
         assert!(RetrySchedule::parse("").is_err());
         assert!(RetrySchedule::parse("5s,soon").is_err());
         assert!(RetrySchedule::parse("0s").is_err());
+    }
+
+    #[test]
+    fn tiers_come_from_the_schedule_never_from_jitter() {
+        let s = RetrySchedule::default();
+        // A 5 min retry jittered down by up to 10 % stays in the 5 min tier.
+        assert_eq!(s.tier_for(Wait::Scheduled(secs(300))), secs(300));
+        let mut clock = DueClock::default();
+        let now = Utc::now();
+        for _ in 0..200 {
+            let (tier, due) = s.plan(Wait::Scheduled(secs(300)), now, &mut clock);
+            assert_eq!(tier, secs(300));
+            let wait = (due - now).num_milliseconds();
+            assert!((270_000..=330_000).contains(&wait), "{wait}");
+        }
+        // A hint goes to the shortest tier that honours it, and is never shortened.
+        assert_eq!(s.tier_for(Wait::RetryAfter(secs(60))), secs(300));
+        assert_eq!(s.tier_for(Wait::RetryAfter(secs(5))), secs(5));
+        assert_eq!(s.tier_for(Wait::RetryAfter(secs(999_999))), secs(86400));
+        for _ in 0..100 {
+            let (_, due) = s.plan(Wait::RetryAfter(secs(5)), now, &mut DueClock::default());
+            assert!(due - now >= chrono::Duration::seconds(5));
+        }
+        // An open circuit comes back through the longest tier not beyond its cool-down.
+        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(30))), secs(5));
+        assert_eq!(
+            s.tier_for(Wait::CircuitOpen(Duration::from_millis(100))),
+            secs(5)
+        );
+        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(400))), secs(300));
+    }
+
+    #[test]
+    fn due_times_never_decrease_within_a_tier() {
+        let s = RetrySchedule::parse("1s,3s").unwrap();
+        let mut clock = DueClock::default();
+        let start = Utc::now();
+        let mut last: HashMap<Duration, DateTime<Utc>> = HashMap::new();
+        for step in 0..500 {
+            let now = start + chrono::Duration::milliseconds(step * 7);
+            let wait = match step % 3 {
+                0 => Wait::Scheduled(secs(1)),
+                1 => Wait::Scheduled(secs(3)),
+                _ => Wait::RetryAfter(Duration::from_millis(1500)),
+            };
+            let (tier, due) = s.plan(wait, now, &mut clock);
+            if let Some(previous) = last.insert(tier, due) {
+                assert!(due >= previous, "{tier:?}: {due} before {previous}");
+            }
+            // Raised at most by the tier's jitter range.
+            let over = (due - now).to_std().unwrap();
+            assert!(
+                over <= tier.mul_f64(1.1) + Duration::from_millis(1500),
+                "{over:?}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::event::{parse_names, validate_name, Event, FieldError};
 use crate::filter::Filter;
+use crate::health::SubscriptionHealth;
 use crate::signing::WebhookSecret;
 
 /// Longest accepted description.
@@ -173,13 +174,15 @@ pub struct Subscription {
     /// Most requests per second to this subscription (unlimited when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<u32>,
-    /// Since when its endpoint has failed without a success in between (set and
-    /// cleared by delivery workers; drives automatic disabling).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failing_since: Option<DateTime<Utc>>,
-    /// Why the pipeline disabled it, when it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disabled_reason: Option<String>,
+    /// Enable generation: starts at 0 and grows each time an operator enables the
+    /// subscription, which voids delivery health recorded for earlier generations (an
+    /// automatic disable, the failure clock).
+    #[serde(default)]
+    pub enabled_revision: u64,
+    /// Delivery health, merged in by the subscriptions view from the health topic;
+    /// never part of the configuration record (workers own it, the API does not).
+    #[serde(skip)]
+    pub health: SubscriptionHealth,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -205,17 +208,40 @@ impl Subscription {
             ordered: false,
             max_in_flight: None,
             rate_limit: None,
-            failing_since: None,
-            disabled_reason: None,
+            enabled_revision: 0,
+            health: SubscriptionHealth::default(),
             created_at: now,
             updated_at: now,
         }
     }
 
+    /// The delivery health that holds for the current enable generation, if any.
+    pub fn current_health(&self) -> Option<&SubscriptionHealth> {
+        Some(&self.health).filter(|h| h.applies_to(self.enabled_revision))
+    }
+
+    /// Since when its endpoint has been failing without a success, if it is.
+    pub fn failing_since(&self) -> Option<DateTime<Utc>> {
+        self.current_health().and_then(|h| h.failing_since)
+    }
+
+    /// Why the pipeline disabled it, if it did (and no operator re-enabled it since).
+    pub fn disabled_reason(&self) -> Option<&str> {
+        self.current_health()
+            .and_then(|h| h.disabled.as_ref())
+            .map(|d| d.reason.as_str())
+    }
+
+    /// Whether it receives deliveries: enabled by its operator and not disabled by the
+    /// pipeline.
+    pub fn is_active(&self) -> bool {
+        self.enabled && self.disabled_reason().is_none()
+    }
+
     /// Whether this subscription receives an event of `tenant` and `event_type`
     /// (its type patterns only; see [`accepts`](Self::accepts)).
     pub fn wants(&self, tenant: &str, event_type: &str) -> bool {
-        self.enabled
+        self.is_active()
             && self.tenant == tenant
             && self.event_types.iter().any(|p| p.matches(event_type))
     }
@@ -341,8 +367,8 @@ impl NewSubscription {
             ordered: self.ordered.unwrap_or(false),
             max_in_flight: validate_limit("max_in_flight", self.max_in_flight)?,
             rate_limit: validate_limit("rate_limit", self.rate_limit)?,
-            failing_since: None,
-            disabled_reason: None,
+            enabled_revision: 0,
+            health: SubscriptionHealth::default(),
             created_at: now,
             updated_at: now,
         })
@@ -366,9 +392,9 @@ impl SubscriptionPatch {
         if let Some(enabled) = self.enabled {
             next.enabled = enabled;
             if enabled {
-                // Re-enabling starts the failure clock afresh.
-                next.disabled_reason = None;
-                next.failing_since = None;
+                // A new enable generation: an automatic disable and the failure clock of
+                // the previous one no longer hold.
+                next.enabled_revision = current.enabled_revision + 1;
             }
         }
         if self.max_in_flight.is_some() {
@@ -665,6 +691,36 @@ mod tests {
             bad.apply(&sub, Utc::now()).unwrap_err().field,
             "event_types"
         );
+    }
+
+    #[test]
+    fn health_holds_for_its_enable_generation_only() {
+        let sub = new_sub(
+            json!({"tenant": "acme", "url": "https://erp.example/hooks", "event_types": ["*"]}),
+        )
+        .unwrap();
+        let now = Utc::now();
+        let mut disabled = sub.clone();
+        disabled.health =
+            SubscriptionHealth::failing(sub.enabled_revision, now).disabled("gone", now);
+        assert!(!disabled.is_active());
+        assert!(!disabled.wants("acme", "a.b"));
+        assert_eq!(disabled.disabled_reason(), Some("gone"));
+        assert_eq!(disabled.failing_since(), Some(now));
+        // The health record is not part of the stored configuration.
+        let stored = serde_json::to_value(&disabled).unwrap();
+        assert!(stored.get("health").is_none() && stored.get("failing_since").is_none());
+
+        // An edit that does not enable keeps the automatic disable ...
+        let edit: SubscriptionPatch =
+            serde_json::from_value(json!({"url": "https://erp2.example/hooks"})).unwrap();
+        assert!(!edit.apply(&disabled, now).unwrap().is_active());
+        // ... re-enabling starts a new generation that the old health does not touch.
+        let enable: SubscriptionPatch = serde_json::from_value(json!({"enabled": true})).unwrap();
+        let enabled = enable.apply(&disabled, now).unwrap();
+        assert_eq!(enabled.enabled_revision, sub.enabled_revision + 1);
+        assert!(enabled.is_active());
+        assert_eq!(enabled.failing_since(), None);
     }
 
     #[test]

@@ -33,6 +33,12 @@ impl Topics {
         self.name("subscriptions")
     }
 
+    /// Delivery health per subscription (failure clock, automatic disabling), compacted,
+    /// keyed by subscription id; written by delivery workers only.
+    pub fn subscription_health(&self) -> String {
+        self.name("subscriptions.health")
+    }
+
     /// Delivery tasks: one per (event, matching subscription), keyed by subscription.
     pub fn deliveries(&self) -> String {
         self.name("deliveries")

@@ -20,6 +20,16 @@ impl OffsetTracker {
         Self::default()
     }
 
+    /// A tracker whose generations all come after `generation`: for a partition that
+    /// was revoked and comes back, so that work of its earlier assignment still
+    /// running can never complete records of the new one.
+    pub fn following(generation: u64) -> Self {
+        Self {
+            generation: generation + 1,
+            ..Self::default()
+        }
+    }
+
     /// Records that `offset` was consumed and its work started. Returns the generation
     /// to hand back to [`complete`](Self::complete). A rewind (an offset at or below one
     /// already begun, as after a rebalance or a seek) starts a new generation and

@@ -1,8 +1,16 @@
-//! A live, in-memory view of the compacted subscriptions topic. Ingest, the router and
-//! delivery workers each hold one, so a change reaches every process without restarts.
+//! A live, in-memory view of the compacted subscriptions topic (configuration, owned
+//! by the API) merged with the subscription health topic (owned by delivery workers).
+//! Ingest, the router and delivery workers each hold one, so a change reaches every
+//! process without restarts.
+//!
+//! The view knows how fresh it is: a background probe confirms about every second that
+//! it has applied everything written to the subscriptions topic, so a process can
+//! refuse to act on a view that has not been confirmed recently (see
+//! [`SubscriptionView::staleness`]).
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -10,13 +18,21 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::config::KafkaArgs;
+use crate::health::SubscriptionHealth;
 use crate::kafka;
 use crate::matching::SubscriptionIndex;
 use crate::subscription::Subscription;
 
-/// The subscriptions topic, materialized.
+/// How often the background probe confirms the view is caught up.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The subscriptions topic, materialized, with each subscription's health merged in.
 pub struct SubscriptionView {
     index: RwLock<SubscriptionIndex>,
+    /// Health records by subscription id, kept also for subscriptions not (yet) known.
+    health: Mutex<HashMap<String, SubscriptionHealth>>,
+    /// When the view was last confirmed to hold everything written before that moment.
+    fresh_as_of: Mutex<Option<Instant>>,
     /// Next offset of the (single) subscriptions partition not yet applied.
     position: watch::Sender<i64>,
     consumer: StreamConsumer,
@@ -24,6 +40,7 @@ pub struct SubscriptionView {
     /// waits behind the reader's long-polling fetch.
     probe: Arc<BaseConsumer>,
     topic: String,
+    health_topic: String,
     loaded: prometheus::IntGauge,
 }
 
@@ -42,8 +59,10 @@ impl SubscriptionView {
         let consumer: StreamConsumer = kafka::reader(args, client_id)?;
         let probe: BaseConsumer = kafka::reader(args, &format!("{client_id}-probe"))?;
         let topic = args.topics().subscriptions();
+        let health_topic = args.topics().subscription_health();
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, 0, Offset::Beginning)?;
+        assignment.add_partition_offset(&health_topic, 0, Offset::Beginning)?;
         consumer.assign(&assignment)?;
         let loaded = prometheus::IntGauge::new(
             "hookline_subscriptions_loaded",
@@ -52,14 +71,37 @@ impl SubscriptionView {
         registry.register(Box::new(loaded.clone()))?;
         let view = Arc::new(Self {
             index: RwLock::new(SubscriptionIndex::new()),
+            health: Mutex::new(HashMap::new()),
+            fresh_as_of: Mutex::new(None),
             position: watch::Sender::new(0),
             consumer,
             probe: Arc::new(probe),
             topic,
+            health_topic,
             loaded,
         });
         tokio::spawn(Arc::clone(&view).run());
+        tokio::spawn(Arc::clone(&view).probe_freshness());
         Ok(view)
+    }
+
+    /// Confirms freshness about every [`PROBE_INTERVAL`] (a catch-up records it).
+    async fn probe_freshness(self: Arc<Self>) {
+        loop {
+            if let Err(err) = self.catch_up(Duration::from_secs(5)).await {
+                tracing::debug!(%err, "subscriptions view freshness probe failed");
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// How long ago the view was last confirmed to hold every subscription change
+    /// written before that moment (`Duration::MAX` if never).
+    pub fn staleness(&self) -> Duration {
+        self.fresh_as_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(Duration::MAX, |at| at.elapsed())
     }
 
     async fn run(self: Arc<Self>) {
@@ -67,7 +109,11 @@ impl SubscriptionView {
             match self.consumer.recv().await {
                 Ok(message) => {
                     let key = message.key().map(String::from_utf8_lossy);
-                    self.apply(key.as_deref(), message.payload(), message.offset());
+                    if message.topic() == self.health_topic {
+                        self.apply_health(key.as_deref(), message.payload(), message.offset());
+                    } else {
+                        self.apply(key.as_deref(), message.payload(), message.offset());
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(%err, "subscriptions topic read failed; retrying");
@@ -85,7 +131,10 @@ impl SubscriptionView {
                     index.remove(id);
                 }
                 (Some(id), Some(bytes)) => match serde_json::from_slice::<Subscription>(bytes) {
-                    Ok(sub) if sub.id == id => index.upsert(sub),
+                    Ok(mut sub) if sub.id == id => {
+                        sub.health = self.health_of(id).unwrap_or_default();
+                        index.upsert(sub);
+                    }
                     Ok(sub) => {
                         tracing::warn!(offset, key = id, id = %sub.id, "subscription record key and id differ; skipped")
                     }
@@ -98,6 +147,44 @@ impl SubscriptionView {
             self.loaded.set(index.len() as i64);
         }
         self.position.send_replace(offset + 1);
+    }
+
+    /// Applies one health record: kept by id and merged into the subscription, if known.
+    fn apply_health(&self, key: Option<&str>, payload: Option<&[u8]>, offset: i64) {
+        let Some(id) = key else {
+            tracing::warn!(offset, "health record without key; skipped");
+            return;
+        };
+        let health = match payload.map(serde_json::from_slice::<SubscriptionHealth>) {
+            None => None,
+            Some(Ok(health)) => Some(health),
+            Some(Err(err)) => {
+                tracing::warn!(offset, key = id, %err, "unreadable health record; skipped");
+                return;
+            }
+        };
+        {
+            let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            match &health {
+                Some(health) => all.insert(id.to_owned(), health.clone()),
+                None => all.remove(id),
+            };
+        }
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = index.get(id) {
+            let mut merged = Subscription::clone(current);
+            merged.health = health.unwrap_or_default();
+            index.upsert(merged);
+        }
+    }
+
+    /// The health record of subscription `id`, if there is one.
+    pub fn health_of(&self, id: &str) -> Option<SubscriptionHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Read access to the current index.
@@ -123,13 +210,18 @@ impl SubscriptionView {
     /// Waits until every record written to the topic before this call is applied:
     /// afterwards, any subscription change acknowledged before the call is visible.
     pub async fn catch_up(&self, timeout: Duration) -> Result<(), NotCaughtUp> {
+        let asked_at = Instant::now();
         let marks = kafka::high_watermarks(Arc::clone(&self.probe), self.topic.clone(), timeout)
             .await
             .map_err(|e| NotCaughtUp(e.to_string()))?;
         let high = marks.iter().find(|(p, _)| *p == 0).map_or(0, |(_, h)| *h);
-        if high == 0 {
-            return Ok(());
+        if high > 0 {
+            self.wait_for_offset(high - 1, timeout).await?;
         }
-        self.wait_for_offset(high - 1, timeout).await
+        let mut fresh = self.fresh_as_of.lock().unwrap_or_else(|p| p.into_inner());
+        if fresh.is_none_or(|at| at < asked_at) {
+            *fresh = Some(asked_at);
+        }
+        Ok(())
     }
 }

@@ -1,131 +1,149 @@
-//! What delivery writes back to the control plane: a subscription's failure clock,
-//! disabling a dead endpoint, and the `subscription.disabled` operational event.
+//! What delivery writes back about a subscription: its delivery health (the failure
+//! clock and automatic disabling) on the health topic, which delivery workers alone
+//! write, and the `subscription.disabled` operational event. Nothing here ever writes
+//! the subscription's configuration record, which belongs to the API: an operator's
+//! delete, disable or edit made while an attempt runs is never reverted.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use hookline_core::event::Event;
+use hookline_core::health::SubscriptionHealth;
 use hookline_core::ids;
 use hookline_core::subscription::Subscription;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use hookline_core::topics::Topics;
+use rdkafka::producer::FutureProducer;
 use serde_json::json;
 
-use crate::pipeline::Context;
+use crate::produce::{produce_durably, produce_json};
 
 /// Type of the operational event published when the pipeline disables a subscription.
 pub const SUBSCRIPTION_DISABLED: &str = "subscription.disabled";
 
-/// Produces one record, retrying until Kafka acknowledges it.
-pub async fn produce_durably(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &[u8],
-    payload: Option<&[u8]>,
-    headers: Option<rdkafka::message::OwnedHeaders>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(key);
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        if let Some(headers) = &headers {
-            record = record.headers(headers.clone());
-        }
-        match producer
-            .send(record, Timeout::After(Duration::from_secs(30)))
-            .await
-        {
-            Ok(_) => return,
-            Err((err, _)) => {
-                tracing::error!(%err, topic, "write failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+/// How long this worker trusts its own last health write over its view's copy: long
+/// enough for the write to reach the view, short enough that another worker's later
+/// write (after a rebalance) wins.
+const OWN_WRITE_TRUST: Duration = Duration::from_secs(10);
+
+/// Writes subscription health.
+pub struct HealthWriter {
+    producer: FutureProducer,
+    topics: Topics,
+    /// This worker's latest write per subscription, until its view shows it: tasks of
+    /// one subscription run concurrently, and the view lags a write by a few ms.
+    recent: Mutex<HashMap<String, (Option<SubscriptionHealth>, Instant)>>,
+    disabled: prometheus::IntCounter,
+}
+
+impl HealthWriter {
+    /// A writer producing with `producer`.
+    pub fn new(
+        producer: FutureProducer,
+        topics: Topics,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        let disabled = prometheus::IntCounter::new(
+            "hookline_delivery_subscriptions_disabled_total",
+            "Subscriptions disabled by the pipeline (410 Gone or failing too long).",
+        )?;
+        registry.register(Box::new(disabled.clone()))?;
+        Ok(Self {
+            producer,
+            topics,
+            recent: Mutex::new(HashMap::new()),
+            disabled,
+        })
+    }
+
+    /// The health that holds for `subscription`: this worker's own recent write, else
+    /// the view's.
+    pub fn health(&self, subscription: &Subscription) -> Option<SubscriptionHealth> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let own = recent
+            .get(&subscription.id)
+            .filter(|(_, at)| at.elapsed() < OWN_WRITE_TRUST)
+            .map(|(health, _)| health.clone());
+        own.unwrap_or_else(|| subscription.current_health().cloned())
+            .filter(|h| h.applies_to(subscription.enabled_revision))
+    }
+
+    /// Since when `subscription` has been failing, if it has.
+    pub fn failing_since(&self, subscription: &Subscription) -> Option<DateTime<Utc>> {
+        self.health(subscription).and_then(|h| h.failing_since)
+    }
+
+    async fn write(&self, id: &str, health: Option<SubscriptionHealth>) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), (health.clone(), Instant::now()));
+        let topic = self.topics.subscription_health();
+        match &health {
+            Some(health) => {
+                produce_json(&self.producer, &topic, id, health).await;
             }
+            None => produce_durably(&self.producer, &topic, id.as_bytes(), None, None).await,
         }
     }
-}
 
-/// Writes `value` as JSON, retrying until Kafka acknowledges it. Returns false only
-/// when the value cannot be serialized (logged; nothing is written).
-pub async fn produce_json<T: serde::Serialize>(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    value: &T,
-) -> bool {
-    match serde_json::to_vec(value) {
-        Ok(payload) => {
-            produce_durably(producer, topic, key.as_bytes(), Some(&payload), None).await;
-            true
+    /// Starts the failure clock of `subscription` if it is not running.
+    pub async fn mark_failing(&self, subscription: &Subscription, now: DateTime<Utc>) {
+        if self.failing_since(subscription).is_some() {
+            return;
         }
-        Err(err) => {
-            tracing::error!(%err, topic, "record not serializable; not written");
-            false
+        let health = SubscriptionHealth::failing(subscription.enabled_revision, now);
+        self.write(&subscription.id, Some(health)).await;
+    }
+
+    /// Stops the failure clock after a success.
+    pub async fn mark_healthy(&self, subscription: &Subscription) {
+        if self.health(subscription).is_none() {
+            return;
         }
+        self.write(&subscription.id, None).await;
     }
-}
 
-async fn write(context: &Context, subscription: &Subscription) {
-    let topic = context.topics.subscriptions();
-    produce_json(&context.producer, &topic, &subscription.id, subscription).await;
-}
-
-/// Starts the failure clock of `subscription` if it is not running.
-pub async fn mark_failing(context: &Context, subscription: &Subscription, now: DateTime<Utc>) {
-    if subscription.failing_since.is_some() {
-        return;
+    /// Forgets the health of a deleted subscription (a tombstone, so compaction drops it).
+    pub async fn forget(&self, id: &str, known: bool) {
+        if known {
+            self.write(id, None).await;
+        }
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
-    let mut next = subscription.clone();
-    next.failing_since = Some(now);
-    write(context, &next).await;
-}
 
-/// Stops the failure clock after a success.
-pub async fn mark_healthy(context: &Context, subscription: &Subscription) {
-    if subscription.failing_since.is_none() {
-        return;
+    /// Disables `subscription` (for its current enable generation) and tells its tenant
+    /// with a `subscription.disabled` event. The event id derives from that
+    /// generation, so workers racing to disable the same one publish the same event.
+    pub async fn disable(&self, subscription: &Subscription, reason: &str) {
+        if self
+            .health(subscription)
+            .is_some_and(|h| h.disabled.is_some())
+        {
+            return;
+        }
+        let now = Utc::now();
+        let health = self
+            .health(subscription)
+            .unwrap_or_else(|| SubscriptionHealth::failing(subscription.enabled_revision, now))
+            .disabled(reason, now);
+        self.write(&subscription.id, Some(health)).await;
+        tracing::warn!(subscription = %subscription.id, tenant = %subscription.tenant, reason, "subscription disabled");
+        self.disabled.inc();
+
+        let generation = format!("{}@{}", subscription.id, subscription.enabled_revision);
+        let event = Event {
+            id: ids::operational_event_id(SUBSCRIPTION_DISABLED, &generation),
+            event_type: SUBSCRIPTION_DISABLED.into(),
+            tenant: subscription.tenant.clone(),
+            occurred_at: now,
+            data: json!({"subscription_id": subscription.id, "url": subscription.url, "reason": reason}),
+            channels: Vec::new(),
+        };
+        produce_json(&self.producer, &self.topics.events(), &event.id, &event).await;
     }
-    let mut next = subscription.clone();
-    next.failing_since = None;
-    write(context, &next).await;
-}
-
-/// Disables `subscription` and tells its tenant with a `subscription.disabled` event.
-/// The event id derives from the subscription version disabled, so workers racing to
-/// disable the same version publish the same event.
-pub async fn disable(context: &Context, subscription: &Subscription, reason: &str) {
-    if !subscription.enabled {
-        return;
-    }
-    let now = Utc::now();
-    let mut next = subscription.clone();
-    next.enabled = false;
-    next.disabled_reason = Some(reason.to_owned());
-    next.updated_at = now;
-    write(context, &next).await;
-    tracing::warn!(subscription = %subscription.id, tenant = %subscription.tenant, reason, "subscription disabled");
-    context.metrics_disabled();
-
-    let version = format!(
-        "{}@{}",
-        subscription.id,
-        subscription.updated_at.timestamp_micros()
-    );
-    let event = Event {
-        id: ids::operational_event_id(SUBSCRIPTION_DISABLED, &version),
-        event_type: SUBSCRIPTION_DISABLED.into(),
-        tenant: subscription.tenant.clone(),
-        occurred_at: now,
-        data: json!({"subscription_id": subscription.id, "url": subscription.url, "reason": reason}),
-        channels: Vec::new(),
-    };
-    produce_json(
-        &context.producer,
-        &context.topics.events(),
-        &event.id,
-        &event,
-    )
-    .await;
 }

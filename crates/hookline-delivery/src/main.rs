@@ -5,6 +5,7 @@
 mod control;
 mod limits;
 mod pipeline;
+mod produce;
 mod sender;
 mod worker;
 
@@ -86,6 +87,17 @@ struct Cli {
     #[arg(long, env = "HOOKLINE_DELIVERY_ALLOW_CIDRS", default_value = "")]
     allow_cidrs: String,
 
+    /// How long one catch-up of the subscriptions view may take before a task whose
+    /// subscription the view does not show is held and the catch-up tried again.
+    #[arg(long, env = "HOOKLINE_DELIVERY_VIEW_PATIENCE", default_value = "10s", value_parser = parse_duration)]
+    view_patience: Duration,
+
+    /// A subscriptions view not confirmed caught up for this long is caught up before
+    /// the next attempt: how long a deleted or changed subscription may still be acted
+    /// on when the view stops following the topic.
+    #[arg(long, env = "HOOKLINE_DELIVERY_VIEW_MAX_STALENESS", default_value = "5s", value_parser = parse_duration)]
+    view_max_staleness: Duration,
+
     /// How long shutdown waits for in-flight deliveries.
     #[arg(long, env = "HOOKLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -109,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         TopicSpec::plain(topics.attempts(), &cli.kafka),
         TopicSpec::plain(topics.events(), &cli.kafka),
         TopicSpec::compacted(topics.subscriptions()),
+        TopicSpec::compacted(topics.subscription_health()),
     ];
     specs.extend(
         cli.retry_schedule
@@ -120,12 +133,17 @@ async fn main() -> anyhow::Result<()> {
 
     let registry = telemetry::registry("delivery");
     let readiness = Readiness::default();
+    let producer = kafka::producer(&cli.kafka, "hookline-delivery")?;
     let context = pipeline::Context {
-        producer: kafka::producer(&cli.kafka, "hookline-delivery")?,
+        health: control::HealthWriter::new(producer.clone(), topics.clone(), &registry)?,
+        producer,
         view: SubscriptionView::start(&cli.kafka, "hookline-delivery-view", &registry)?,
+        view_patience: cli.view_patience,
+        view_max_staleness: cli.view_max_staleness,
         sender: sender::Sender::new(EgressPolicy::new(allow), cli.timeout)?,
         topics,
         schedule: cli.retry_schedule.clone(),
+        due_clock: Default::default(),
         disable_after: cli.disable_after,
         limits: limits::Limits::new(cli.subscription_concurrency),
         breakers: limits::Breakers::new(cli.breaker_threshold, cli.breaker_cooldown, &registry)?,

@@ -1,13 +1,16 @@
 //! One delivery task, worked to a durable end: delivered, handed to its retry tier,
-//! dead-lettered, or dropped because its subscription is gone.
+//! dead-lettered, or dropped because a caught-up view shows its subscription deleted.
+//! What follows from an attempt is decided by the pure
+//! [`decide`](hookline_core::decision::decide); this module carries out its effects.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use hookline_core::attempt::AttemptRecord;
 use hookline_core::breaker::Admission;
-use hookline_core::retry::{jittered, RetrySchedule};
+use hookline_core::decision::{decide, AttemptResult, Circumstances, Decision};
+use hookline_core::retry::{DueClock, RetrySchedule, Wait};
 use hookline_core::subscription::Subscription;
 use hookline_core::task::DeliveryTask;
 use hookline_core::topics::Topics;
@@ -16,10 +19,11 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 use rdkafka::message::{Header, Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::control::{self, produce_durably, produce_json};
+use crate::control::HealthWriter;
 use crate::limits::{Breakers, Limits};
+use crate::produce::{produce_durably, produce_json};
 use crate::sender::{Outcome, Sender};
 
 /// Delivery metrics.
@@ -30,7 +34,7 @@ pub struct Metrics {
     /// Tasks being worked on.
     pub in_flight: IntGauge,
     routed_to_delivered: Histogram,
-    disabled: IntCounter,
+    view_lagging: IntCounter,
 }
 
 impl Metrics {
@@ -75,23 +79,24 @@ impl Metrics {
                 3600.0,
             ]),
         )?;
-        let disabled = IntCounter::new(
-            "hookline_delivery_subscriptions_disabled_total",
-            "Subscriptions disabled by the pipeline (410 Gone or failing too long).",
+        let view_lagging = IntCounter::new(
+            "hookline_delivery_view_lagging_total",
+            "Tasks held because the subscriptions view could not confirm it was caught up \
+             (a missing subscription counts as deleted only in a caught-up view).",
         )?;
         registry.register(Box::new(attempts.clone()))?;
         registry.register(Box::new(attempt_seconds.clone()))?;
         registry.register(Box::new(tasks.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(routed_to_delivered.clone()))?;
-        registry.register(Box::new(disabled.clone()))?;
+        registry.register(Box::new(view_lagging.clone()))?;
         Ok(Self {
             attempts,
             attempt_seconds,
             tasks,
             in_flight,
             routed_to_delivered,
-            disabled,
+            view_lagging,
         })
     }
 
@@ -102,52 +107,53 @@ impl Metrics {
 
 /// What every delivery task shares.
 pub struct Context {
-    /// Producer for retry tiers, the DLQ, attempts and control writes.
+    /// Producer for retry tiers, the DLQ, attempts and health writes.
     pub producer: FutureProducer,
-    /// Subscriptions view (URL, secret, enabled, limits).
+    /// Subscriptions view (URL, secret, enabled, limits, health).
     pub view: Arc<SubscriptionView>,
+    /// How long one catch-up of the view may take before the task is held and the
+    /// catch-up tried again.
+    pub view_patience: Duration,
+    /// A view not confirmed caught up for this long is caught up before an attempt:
+    /// the bound on how long a deleted or changed subscription can still be acted on.
+    pub view_max_staleness: Duration,
     /// HTTP sender.
     pub sender: Sender,
     /// Topic names.
     pub topics: Topics,
     /// Retry schedule.
     pub schedule: RetrySchedule,
+    /// Due times handed out per retry tier, never decreasing.
+    pub due_clock: Mutex<DueClock>,
     /// A subscription failing this long without a success is disabled.
     pub disable_after: Duration,
     /// Per-subscription limits.
     pub limits: Limits,
     /// Per-endpoint circuit breakers.
     pub breakers: Breakers,
+    /// Subscription health writes.
+    pub health: HealthWriter,
     /// Metrics.
     pub metrics: Metrics,
 }
 
-impl Context {
-    /// Counts a subscription disabled by the pipeline.
-    pub fn metrics_disabled(&self) {
-        self.metrics.disabled.inc();
-    }
-}
-
 /// How a failed attempt waits for the next one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryPath {
+#[derive(Clone, Copy)]
+pub enum RetryPath<'a> {
     /// Hand the task to its retry tier and finish (the default: never blocks).
     Tier,
     /// Run from a subscription's lane: when the subscription is ordered, wait and retry
-    /// here, holding the lane (nothing behind the task is delivered before it);
+    /// here, holding the lane (nothing behind the task is delivered before it), for as
+    /// long as `still_owned` says the task's partition is still this worker's;
     /// otherwise as `Tier`.
-    Lane,
-}
-
-/// What one attempt (or skipped attempt) leads to.
-enum Next {
-    Done,
-    RetryAfter(Duration, String),
+    Lane {
+        /// Whether the task's partition is still assigned to this worker.
+        still_owned: &'a (dyn Fn() -> bool + Sync),
+    },
 }
 
 /// Works one record to a durable end.
-pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath) {
+pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath<'_>) {
     let task: DeliveryTask = match message.payload().map(serde_json::from_slice) {
         Some(Ok(task)) => task,
         Some(Err(err)) => {
@@ -162,10 +168,8 @@ pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath) 
             return;
         }
     };
-    let Some(subscription) = find_subscription(context, &task.subscription_id).await else {
-        context.metrics.task("skipped_deleted");
-        tracing::info!(message_id = %task.message_id, subscription = %task.subscription_id, "subscription deleted; task dropped");
-        return;
+    let Some(mut subscription) = find_subscription(context, &task.subscription_id).await else {
+        return skip_deleted(context, &task).await;
     };
     if subscription.tenant != task.event.tenant {
         context.metrics.task("invalid");
@@ -180,167 +184,195 @@ pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath) 
     }
     let mut task = task;
     loop {
-        // Re-read each round: an in-place retry may outlive a subscription change.
-        let subscription = context
-            .view
-            .get(&subscription.id)
-            .unwrap_or_else(|| Arc::clone(&subscription));
-        if !subscription.enabled {
+        if !subscription.is_active() {
             context.metrics.task("dead_lettered");
             dead_letter(context, &message, "subscription disabled", None).await;
             return;
         }
-        let next = attempt_once(context, &message, &subscription, &mut task).await;
-        let Next::RetryAfter(delay, error) = next else {
+        let Some((wait, error)) = attempt_once(context, &message, &subscription, &mut task).await
+        else {
             return;
         };
-        if path == RetryPath::Lane && subscription.ordered {
-            tokio::time::sleep(delay).await;
-        } else {
-            reschedule(context, &subscription, task, delay, error).await;
-            return;
+        match path {
+            RetryPath::Lane { still_owned } if subscription.ordered => {
+                tokio::time::sleep(wait.delay()).await;
+                if !still_owned() {
+                    // Revoked meanwhile: the new owner delivers it from the last commit.
+                    return;
+                }
+                // An in-place retry may outlive a subscription change or deletion.
+                match find_subscription(context, &task.subscription_id).await {
+                    Some(current) => subscription = current,
+                    None => return skip_deleted(context, &task).await,
+                }
+            }
+            _ => {
+                reschedule(context, task, wait, error).await;
+                return;
+            }
         }
     }
 }
 
+/// Drops a task whose subscription a caught-up view shows deleted.
+async fn skip_deleted(context: &Context, task: &DeliveryTask) {
+    context.metrics.task("skipped_deleted");
+    tracing::info!(message_id = %task.message_id, subscription = %task.subscription_id, "subscription deleted; task dropped");
+    let id = &task.subscription_id;
+    context
+        .health
+        .forget(id, context.view.health_of(id).is_some())
+        .await;
+}
+
 /// One attempt at `task` (or its skip while the endpoint's circuit is open), with
-/// everything that follows from its outcome except the wait before a retry.
+/// every effect of its outcome but the wait before a retry, which it returns.
 async fn attempt_once(
     context: &Context,
     message: &OwnedMessage,
     subscription: &Subscription,
     task: &mut DeliveryTask,
-) -> Next {
-    let _slot = context.limits.acquire(subscription).await;
+) -> Option<(Wait, String)> {
     let endpoint = Breakers::endpoint(&subscription.url);
-    let started_at = Utc::now();
-    let (outcome, elapsed) = match context.breakers.admit(&endpoint) {
+    // The slot bounds requests in flight to the endpoint, nothing else: it is released
+    // right after the request, before the bookkeeping. Admission waits for the slot, so
+    // tasks queued behind it see a circuit opened meanwhile.
+    let slot = context.limits.acquire(subscription).await;
+    let result = match context.breakers.admit(&endpoint) {
         Admission::Reject => {
-            // Skipped, not attempted: the task keeps its attempt count.
+            drop(slot);
             context
                 .metrics
                 .attempts
                 .with_label_values(&["circuit_open"])
                 .inc();
-            let wait = context.breakers.remaining_cooldown(&endpoint);
-            return Next::RetryAfter(wait.max(Duration::from_millis(100)), "circuit open".into());
+            let remaining = context.breakers.remaining_cooldown(&endpoint);
+            AttemptResult::CircuitOpen(remaining.max(Duration::from_millis(100)))
         }
         Admission::Allow | Admission::Probe => {
+            let started_at = Utc::now();
             let (outcome, elapsed) = context.sender.attempt(subscription, task).await;
+            let delivered = matches!(outcome, Outcome::Delivered { .. });
+            context.breakers.record(&endpoint, delivered);
+            drop(slot);
+            let class = outcome.class();
+            context.metrics.attempts.with_label_values(&[class]).inc();
             context
-                .breakers
-                .record(&endpoint, matches!(outcome, Outcome::Delivered { .. }));
-            (outcome, elapsed)
+                .metrics
+                .attempt_seconds
+                .with_label_values(&[class])
+                .observe(elapsed.as_secs_f64());
+            record_attempt(context, task, &outcome, elapsed, started_at).await;
+            match outcome {
+                Outcome::Delivered { .. } => AttemptResult::Delivered,
+                Outcome::Failed {
+                    status,
+                    detail,
+                    retry_after,
+                    ..
+                } => AttemptResult::Failed {
+                    status,
+                    detail,
+                    retry_after,
+                },
+            }
         }
     };
-    let attempt = task.attempts + 1;
-    let class = outcome.class();
-    context.metrics.attempts.with_label_values(&[class]).inc();
-    context
-        .metrics
-        .attempt_seconds
-        .with_label_values(&[class])
-        .observe(elapsed.as_secs_f64());
-    record_attempt(context, task, attempt, &outcome, elapsed, started_at).await;
-
-    match outcome {
-        Outcome::Delivered { status, .. } => {
+    let failed = matches!(result, AttemptResult::Failed { .. });
+    let now = Utc::now();
+    let circumstances = Circumstances {
+        attempts_before: task.attempts,
+        failing_since: context.health.failing_since(subscription),
+        disable_after: context.disable_after,
+        schedule: &context.schedule,
+        now,
+    };
+    match decide(result, circumstances) {
+        Decision::Delivered => {
             context.metrics.task("delivered");
-            let since_routed = (Utc::now() - task.routed_at)
-                .num_microseconds()
-                .unwrap_or(0);
+            let since_routed = (now - task.routed_at).num_microseconds().unwrap_or(0);
             context
                 .metrics
                 .routed_to_delivered
                 .observe(since_routed as f64 / 1e6);
-            tracing::debug!(message_id = %task.message_id, status, attempt, "delivered");
-            control::mark_healthy(context, subscription).await;
-            Next::Done
+            tracing::debug!(message_id = %task.message_id, attempt = task.attempts + 1, "delivered");
+            context.health.mark_healthy(subscription).await;
+            None
         }
-        Outcome::Failed {
-            status: Some(410), ..
-        } => {
-            control::disable(context, subscription, "endpoint answered 410 Gone").await;
-            context.metrics.task("dead_lettered");
-            dead_letter(
-                context,
-                message,
-                "subscription disabled: endpoint answered 410 Gone",
-                Some(410),
-            )
-            .await;
-            Next::Done
-        }
-        Outcome::Failed {
+        Decision::Disable {
+            reason,
+            dead_letter: why,
             status,
-            detail,
-            retry_after,
-            ..
         } => {
-            tracing::info!(message_id = %task.message_id, subscription = %subscription.id, attempt, %detail, "attempt failed");
-            let now = Utc::now();
-            let failing_for = subscription.failing_since.map_or(Duration::ZERO, |since| {
-                (now - since).to_std().unwrap_or_default()
-            });
-            if subscription.failing_since.is_some() && failing_for >= context.disable_after {
-                let reason = format!(
-                    "endpoint failing for {}s without a success",
-                    failing_for.as_secs()
-                );
-                control::disable(context, subscription, &reason).await;
-                context.metrics.task("dead_lettered");
-                dead_letter(
-                    context,
-                    message,
-                    &format!("subscription disabled: {reason}; last: {detail}"),
-                    status,
-                )
-                .await;
-                return Next::Done;
+            context.health.disable(subscription, &reason).await;
+            context.metrics.task("dead_lettered");
+            dead_letter(context, message, &why, status).await;
+            None
+        }
+        Decision::DeadLetter { reason, status } => {
+            context.health.mark_failing(subscription, now).await;
+            context.metrics.task("dead_lettered");
+            dead_letter(context, message, &reason, status).await;
+            None
+        }
+        Decision::Retry {
+            wait,
+            attempts,
+            error,
+        } => {
+            if failed {
+                tracing::info!(message_id = %task.message_id, subscription = %subscription.id, attempt = attempts, %error, "attempt failed");
+                context.health.mark_failing(subscription, now).await;
             }
-            control::mark_failing(context, subscription, now).await;
-            task.attempts = attempt;
-            match context.schedule.delay_after(attempt) {
-                Some(delay) => {
-                    // 429 and 503 may say when to come back; the schedule bounds it.
-                    let delay = match (status, retry_after) {
-                        (Some(429 | 503), Some(hint)) => context.schedule.clamp(hint),
-                        _ => jittered(delay),
-                    };
-                    Next::RetryAfter(delay, detail)
-                }
-                None => {
-                    context.metrics.task("dead_lettered");
-                    let reason = format!("{attempt} attempts failed; last: {detail}");
-                    dead_letter(context, message, &reason, status).await;
-                    Next::Done
-                }
-            }
+            task.attempts = attempts;
+            Some((wait, error))
         }
     }
 }
 
-/// Hands the task to the retry tier for `delay`, due after `delay`.
-async fn reschedule(
-    context: &Context,
-    subscription: &Subscription,
-    mut task: DeliveryTask,
-    delay: Duration,
-    error: String,
-) {
-    let tier = context.schedule.tier_for(delay);
-    task.not_before = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+/// Hands the task to the retry tier `wait` calls for. The due time is picked and the
+/// record enqueued under one lock, so records enter each tier partition in due order.
+async fn reschedule(context: &Context, mut task: DeliveryTask, wait: Wait, error: String) {
     task.last_error = Some(error);
-    let topic = context.topics.deliveries_retry(tier);
-    if produce_json(&context.producer, &topic, &subscription.id, &task).await {
-        context.metrics.task("retry_scheduled");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let enqueued = {
+            let mut clock = context.due_clock.lock().unwrap_or_else(|p| p.into_inner());
+            let (tier, due) = context.schedule.plan(wait, Utc::now(), &mut clock);
+            task.not_before = Some(due);
+            let payload = match serde_json::to_vec(&task) {
+                Ok(payload) => payload,
+                Err(err) => {
+                    tracing::error!(%err, "retry record not serializable; not written");
+                    return;
+                }
+            };
+            let topic = context.topics.deliveries_retry(tier);
+            let record = FutureRecord::<str, [u8]>::to(&topic)
+                .key(&task.subscription_id)
+                .payload(&payload);
+            context.producer.send_result(record).map_err(|(err, _)| err)
+        };
+        let outcome = match enqueued {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => {
+                    context.metrics.task("retry_scheduled");
+                    return;
+                }
+                Ok(Err((err, _))) => err.to_string(),
+                Err(_) => "producer dropped the delivery".to_owned(),
+            },
+            Err(err) => err.to_string(),
+        };
+        tracing::error!(error = %outcome, "retry hand-over failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
 async fn record_attempt(
     context: &Context,
     task: &DeliveryTask,
-    attempt: u32,
     outcome: &Outcome,
     elapsed: Duration,
     at: chrono::DateTime<Utc>,
@@ -359,7 +391,7 @@ async fn record_attempt(
         subscription_id: task.subscription_id.clone(),
         event_id: task.event.id.clone(),
         event_type: task.event.event_type.clone(),
-        attempt,
+        attempt: task.attempts + 1,
         outcome: outcome.class().to_owned(),
         status,
         error,
@@ -371,16 +403,33 @@ async fn record_attempt(
     produce_json(&context.producer, &topic, &task.subscription_id, &record).await;
 }
 
-/// The subscription of a task. A miss may be a view lagging behind a new
-/// subscription, so the view catches up once before the miss counts as a deletion.
+/// The subscription of a task, as a view confirmed caught up within
+/// `view_max_staleness` shows it; `None` only when a caught-up view shows it deleted.
+/// While the view cannot catch up, the task is held here (counted once in
+/// `hookline_delivery_view_lagging_total`) and the catch-up retried with backoff: a
+/// lagging view is never taken for a deletion.
 pub async fn find_subscription(context: &Context, id: &str) -> Option<Arc<Subscription>> {
-    if let Some(found) = context.view.get(id) {
-        return Some(found);
+    if context.view.staleness() <= context.view_max_staleness {
+        if let Some(found) = context.view.get(id) {
+            return Some(found);
+        }
     }
-    if let Err(err) = context.view.catch_up(Duration::from_secs(10)).await {
-        tracing::warn!(%err, "subscriptions view lagging");
+    let mut backoff = Duration::from_millis(100);
+    let mut held = false;
+    loop {
+        match context.view.catch_up(context.view_patience).await {
+            Ok(()) => return context.view.get(id),
+            Err(err) => {
+                if !held {
+                    held = true;
+                    context.metrics.view_lagging.inc();
+                    tracing::warn!(%err, subscription = id, "subscriptions view lagging; task held");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
-    context.view.get(id)
 }
 
 /// Copies the record to the deliveries DLQ with the reason; done once acknowledged.

@@ -9,6 +9,7 @@
 //!   finish up to a grace period and commits what is done.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,11 +38,51 @@ type Done = Tp;
 type Held = (OwnedMessage, Instant, u64);
 
 /// What the loop, the tasks and the rebalance callback share: per partition, the offset
-/// tracker and the number of running tasks.
+/// tracker and the number of running tasks of its current generation.
 #[derive(Default)]
 struct Progress {
     trackers: HashMap<Tp, OffsetTracker>,
-    running: HashMap<Tp, usize>,
+    running: HashMap<Tp, (u64, usize)>,
+    /// The last generation of each partition whose tracker was dropped on revocation.
+    retired: HashMap<Tp, u64>,
+}
+
+impl Progress {
+    /// Begins tracking `offset`; returns its generation.
+    fn begin(&mut self, tp: &Tp, offset: i64) -> u64 {
+        let retired = self.retired.get(tp).copied();
+        self.trackers
+            .entry(tp.clone())
+            .or_insert_with(|| retired.map_or_else(OffsetTracker::new, OffsetTracker::following))
+            .begin(offset)
+    }
+
+    /// Whether work of `generation` on `tp` is still this worker's to finish.
+    fn is_current(&self, tp: &Tp, generation: u64) -> bool {
+        self.trackers
+            .get(tp)
+            .is_some_and(|t| t.generation() == generation)
+    }
+
+    fn started(&mut self, tp: &Tp, generation: u64) {
+        let entry = self.running.entry(tp.clone()).or_insert((generation, 0));
+        if entry.0 != generation {
+            *entry = (generation, 0);
+        }
+        entry.1 += 1;
+    }
+
+    fn running(&self, tp: &Tp) -> usize {
+        self.running.get(tp).map_or(0, |(_, n)| *n)
+    }
+
+    /// Forgets a revoked partition; returns its committable offset.
+    fn retire(&mut self, tp: &Tp) -> Option<i64> {
+        self.running.remove(tp);
+        let tracker = self.trackers.remove(tp)?;
+        self.retired.insert(tp.clone(), tracker.generation());
+        tracker.committable()
+    }
 }
 
 type SharedProgress = Arc<Mutex<Progress>>;
@@ -88,10 +129,7 @@ impl RebalanceLog {
         tokio::task::block_in_place(|| loop {
             let busy: usize = {
                 let progress = lock(&self.progress);
-                revoked
-                    .iter()
-                    .filter_map(|tp| progress.running.get(tp))
-                    .sum()
+                revoked.iter().map(|tp| progress.running(tp)).sum()
             };
             if busy == 0 {
                 break;
@@ -109,15 +147,9 @@ impl RebalanceLog {
         {
             let mut progress = lock(&self.progress);
             for tp in revoked {
-                if let Some(offset) = progress
-                    .trackers
-                    .get(tp)
-                    .and_then(OffsetTracker::committable)
-                {
+                if let Some(offset) = progress.retire(tp) {
                     let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(offset + 1));
                 }
-                progress.trackers.remove(tp);
-                progress.running.remove(tp);
             }
         }
         if commit.count() > 0 {
@@ -150,7 +182,15 @@ impl ConsumerContext for RebalanceLog {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            // librdkafka keeps a partition's pause flag across revocation and
+            // reassignment, while the loop forgot the held record that paused it: a
+            // partition that comes back must start unpaused.
+            if let Err(err) = consumer.resume(assigned) {
+                tracing::warn!(%err, "resuming assigned partitions failed");
+            }
+        }
         if let Ok(assignment) = consumer.assignment() {
             self.assigned.set(assignment.count() as i64);
         }
@@ -182,8 +222,10 @@ impl Finisher {
     fn finish(&self, tp: Tp, offset: i64, generation: u64) {
         {
             let mut progress = lock(&self.progress);
-            if let Some(running) = progress.running.get_mut(&tp) {
-                *running = running.saturating_sub(1);
+            if let Some((current, running)) = progress.running.get_mut(&tp) {
+                if *current == generation {
+                    *running = running.saturating_sub(1);
+                }
             }
             let committable = progress
                 .trackers
@@ -200,7 +242,26 @@ impl Finisher {
         }
         let _ = self.done_tx.send(tp);
     }
+
+    /// Whether work of `generation` on `tp` is still this worker's.
+    fn is_current(&self, tp: &Tp, generation: u64) -> bool {
+        lock(&self.progress).is_current(tp, generation)
+    }
 }
+
+/// A record routed to a lane: its partition, the record, its generation.
+type LaneItem = (Tp, OwnedMessage, u64);
+
+/// One subscription's sequential lane.
+struct Lane {
+    tx: mpsc::UnboundedSender<LaneItem>,
+    /// Records sent to the lane and not yet handled by it; a lane at zero is idle and
+    /// may be dropped (only the loop sends, so nothing can arrive meanwhile).
+    pending: Arc<AtomicUsize>,
+}
+
+/// How often idle lanes are dropped.
+const LANE_PRUNE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The consumer side of one delivery process.
 pub struct Worker {
@@ -213,8 +274,10 @@ pub struct Worker {
     /// Records waiting for their partition's window, oldest first. Waiting in memory
     /// instead of pausing the partition: a resumed partition restarts fetching slowly.
     backlog: HashMap<Tp, VecDeque<(OwnedMessage, u64)>>,
-    /// One sequential lane per ordered (or not yet known) subscription, fed in offset order.
-    lanes: HashMap<String, mpsc::UnboundedSender<(Tp, OwnedMessage, u64)>>,
+    /// One sequential lane per ordered (or not yet known) subscription with work, fed
+    /// in offset order; idle lanes are dropped.
+    lanes: HashMap<String, Lane>,
+    lanes_gauge: prometheus::IntGauge,
     /// Records taken from Kafka and not finished (running or in the backlog).
     in_flight: usize,
 }
@@ -243,6 +306,11 @@ impl Worker {
             config.set("fetch.wait.max.ms", "50");
         }
         let progress = SharedProgress::default();
+        let lanes_gauge = prometheus::IntGauge::new(
+            "hookline_delivery_lanes",
+            "Subscription lanes (ordered delivery) with work in this worker.",
+        )?;
+        registry.register(Box::new(lanes_gauge.clone()))?;
         let log = RebalanceLog::new(Arc::clone(&progress), limits.grace, registry)?;
         let consumer: StreamConsumer<RebalanceLog> = config.create_with_context(log)?;
         // Every retry tier by pattern, so that records in tiers of an earlier schedule
@@ -258,6 +326,7 @@ impl Worker {
             held: HashMap::new(),
             backlog: HashMap::new(),
             lanes: HashMap::new(),
+            lanes_gauge,
             in_flight: 0,
         })
     }
@@ -280,12 +349,14 @@ impl Worker {
             done_tx,
         };
         let consumer = Arc::clone(&self.consumer);
+        let mut prune = tokio::time::interval(LANE_PRUNE_INTERVAL);
         loop {
             let next_due = self.next_due();
             tokio::select! {
                 biased;
                 Some(tp) = done_rx.recv() => self.on_done(tp, &finisher),
                 _ = stop.wait_for(|s| *s) => break,
+                _ = prune.tick() => self.prune_lanes(),
                 () = sleep_until(next_due) => self.release_due(&finisher),
                 received = consumer.recv(), if self.in_flight < self.limits.concurrency => {
                     // A rebalance runs inside `recv`: forget what it revoked first.
@@ -307,11 +378,7 @@ impl Worker {
     fn on_message(&mut self, message: OwnedMessage, finisher: &Finisher) {
         let tp: Tp = (Arc::from(message.topic()), message.partition());
         // Begin tracking at once, so the commit never passes a held record.
-        let generation = lock(&self.progress)
-            .trackers
-            .entry(tp.clone())
-            .or_default()
-            .begin(message.offset());
+        let generation = lock(&self.progress).begin(&tp, message.offset());
         if self.context.topics.is_deliveries_retry(message.topic()) {
             let wait = message
                 .payload()
@@ -334,7 +401,7 @@ impl Worker {
     fn admit(&mut self, tp: Tp, message: OwnedMessage, generation: u64, finisher: &Finisher) {
         self.in_flight += 1;
         self.context.metrics.in_flight.inc();
-        let running = lock(&self.progress).running.get(&tp).copied().unwrap_or(0);
+        let running = lock(&self.progress).running(&tp);
         if running >= self.limits.partition_window {
             self.backlog
                 .entry(tp)
@@ -346,7 +413,7 @@ impl Worker {
     }
 
     fn start(&mut self, tp: Tp, message: OwnedMessage, generation: u64, finisher: &Finisher) {
-        *lock(&self.progress).running.entry(tp.clone()).or_default() += 1;
+        lock(&self.progress).started(&tp, generation);
         let context = Arc::clone(&self.context);
         // Ordered subscriptions go through their lane, one task at a time, in the order
         // this loop reads them; everything else runs at once. A subscription this
@@ -355,12 +422,16 @@ impl Worker {
         let id = message.key().and_then(|key| std::str::from_utf8(key).ok());
         let needs_lane = id.is_some_and(|id| self.context.view.get(id).is_none_or(|s| s.ordered));
         if let (true, Some(id)) = (needs_lane, id) {
-            let lane = self
-                .lanes
-                .entry(id.to_owned())
-                .or_insert_with(|| spawn_lane(Arc::clone(&context), finisher.clone()));
-            if let Err(mpsc::error::SendError((tp, _, _))) = lane.send((tp, message, generation)) {
+            let lane = self.lanes.entry(id.to_owned()).or_insert_with(|| {
+                self.lanes_gauge.inc();
+                spawn_lane(Arc::clone(&context), finisher.clone())
+            });
+            lane.pending.fetch_add(1, Ordering::AcqRel);
+            if let Err(mpsc::error::SendError((tp, message, generation))) =
+                lane.tx.send((tp, message, generation))
+            {
                 tracing::error!(topic = %tp.0, partition = tp.1, "subscription lane stopped");
+                finisher.finish(tp, message.offset(), generation);
             }
             return;
         }
@@ -370,6 +441,13 @@ impl Worker {
             process(&context, message, RetryPath::Tier).await;
             finisher.finish(tp, offset, generation);
         });
+    }
+
+    /// Drops lanes with nothing to do; their tasks end.
+    fn prune_lanes(&mut self) {
+        self.lanes
+            .retain(|_, lane| lane.pending.load(Ordering::Acquire) > 0);
+        self.lanes_gauge.set(self.lanes.len() as i64);
     }
 
     fn on_done(&mut self, tp: Tp, finisher: &Finisher) {
@@ -497,15 +575,21 @@ impl Worker {
     }
 }
 
-/// A task that works one subscription's records one after the other.
-fn spawn_lane(
-    context: Arc<Context>,
-    finisher: Finisher,
-) -> mpsc::UnboundedSender<(Tp, OwnedMessage, u64)> {
-    let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<(Tp, OwnedMessage, u64)>();
+/// A task that works one subscription's records one after the other. Records of a
+/// partition revoked since they were queued are skipped (their new owner has them),
+/// and an in-place retry stops once its partition is revoked.
+fn spawn_lane(context: Arc<Context>, finisher: Finisher) -> Lane {
+    let (tx, mut lane_rx) = mpsc::unbounded_channel::<LaneItem>();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let handled = Arc::clone(&pending);
     tokio::spawn(async move {
         while let Some((tp, message, generation)) = lane_rx.recv().await {
             let offset = message.offset();
+            if !finisher.is_current(&tp, generation) {
+                finisher.finish(tp, offset, generation);
+                handled.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
             let id = message
                 .key()
                 .and_then(|key| std::str::from_utf8(key).ok())
@@ -514,7 +598,15 @@ fn spawn_lane(
                 .await
                 .is_some_and(|s| s.ordered);
             if ordered {
-                process(&context, message, RetryPath::Lane).await;
+                let still_owned = || finisher.is_current(&tp, generation);
+                process(
+                    &context,
+                    message,
+                    RetryPath::Lane {
+                        still_owned: &still_owned,
+                    },
+                )
+                .await;
                 finisher.finish(tp, offset, generation);
             } else {
                 // Not ordered after all (or gone): run it alongside the others.
@@ -524,9 +616,10 @@ fn spawn_lane(
                     finisher.finish(tp, offset, generation);
                 });
             }
+            handled.fetch_sub(1, Ordering::AcqRel);
         }
     });
-    lane_tx
+    Lane { tx, pending }
 }
 
 async fn sleep_until(due: Option<Instant>) {

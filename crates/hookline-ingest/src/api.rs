@@ -193,11 +193,19 @@ async fn write_subscription(
         .map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
-/// A subscription as the API shows it: everything but the secret.
+/// A subscription as the API shows it: everything but the secret, with its delivery
+/// health merged in (`enabled` is false once the pipeline disabled it).
 fn public(subscription: &Subscription) -> Value {
     let mut value = serde_json::to_value(subscription).unwrap_or_else(|_| json!({}));
     if let Some(object) = value.as_object_mut() {
         object.remove("secret");
+        object.insert("enabled".into(), json!(subscription.is_active()));
+        if let Some(since) = subscription.failing_since() {
+            object.insert("failing_since".into(), json!(since));
+        }
+        if let Some(reason) = subscription.disabled_reason() {
+            object.insert("disabled_reason".into(), json!(reason));
+        }
     }
     value
 }

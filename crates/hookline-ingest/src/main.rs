@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
             TopicSpec::plain(topics.deliveries_dlq(), &cli.kafka),
             TopicSpec::plain(topics.attempts(), &cli.kafka),
             TopicSpec::compacted(topics.subscriptions()),
+            TopicSpec::compacted(topics.subscription_health()),
         ],
         Duration::from_secs(60),
     )

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             TopicSpec::plain(topics.events_dlq(), &cli.kafka),
             TopicSpec::plain(topics.deliveries(), &cli.kafka),
             TopicSpec::compacted(topics.subscriptions()),
+            TopicSpec::compacted(topics.subscription_health()),
         ],
         Duration::from_secs(60),
     )

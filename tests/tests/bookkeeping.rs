@@ -1,0 +1,408 @@
+//! Correct bookkeeping under concurrency: an operator's change made while an attempt
+//! runs is never reverted, a lagging view never counts as a deletion, retry tiers stay
+//! in due order, a held tier partition survives a rebalance that hands it back, and
+//! ordered lanes are dropped when idle. Real broker, binaries as processes.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hookline_core::event::{Defaults, Event};
+use hookline_core::subscription::{EventTypePattern, Subscription};
+use hookline_core::task::DeliveryTask;
+use hookline_e2e::{
+    brokers, produce, producer, read_all, Behaviour, Deployment, Pipeline, Receiver,
+};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use reqwest::Method;
+use serde_json::json;
+
+/// Polls `check` every 100 ms until it holds or `patience` passes.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    patience: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_or_an_edit_made_during_an_attempt_is_never_reverted() {
+    let mut deployment = Deployment::new();
+    deployment
+        .set("HOOKLINE_RETRY_SCHEDULE", "1s,1s,1s,1s")
+        .set("HOOKLINE_DELIVERY_TIMEOUT", "2s");
+    let p = Pipeline::start(deployment).await.unwrap();
+    let (doomed, _) = p
+        .subscribe("acme", &["invoice.paid"], "doomed", json!({}))
+        .await
+        .unwrap();
+    let (edited, _) = p
+        .subscribe("acme", &["invoice.paid"], "edited", json!({}))
+        .await
+        .unwrap();
+    // Both endpoints hang past the request timeout: the attempts fail after 2 s.
+    p.receiver
+        .behave("doomed", Behaviour::Hang(Duration::from_secs(4)));
+    p.receiver
+        .behave("edited", Behaviour::Hang(Duration::from_secs(4)));
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+    let in_flight = p
+        .receiver
+        .wait_until(Duration::from_secs(30), |_| {
+            p.receiver.entered("doomed") == 1 && p.receiver.entered("edited") == 1
+        })
+        .await;
+    assert!(in_flight, "both attempts are in flight");
+
+    let (status, _) = p
+        .api
+        .call(Method::DELETE, &format!("/v1/subscriptions/{doomed}"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    let (status, _) = p
+        .api
+        .call(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{edited}"),
+            Some(json!({"event_types": ["invoice.created"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // The attempts time out, the workers record the failures (health) and schedule
+    // retries after 1 s. Give that, and several retries, time to happen.
+    let failing = eventually(Duration::from_secs(30), || async {
+        let shown = p.api.subscription(&edited).await.unwrap_or_default();
+        shown["failing_since"].is_string()
+    })
+    .await;
+    assert!(
+        failing,
+        "the failed attempt starts the failure clock (health)"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let (status, shown) = p
+        .api
+        .call(Method::GET, &format!("/v1/subscriptions/{doomed}"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "the deletion stands: {shown}");
+    let shown = p.api.subscription(&edited).await.unwrap();
+    assert_eq!(
+        shown["event_types"],
+        json!(["invoice.created"]),
+        "the edit stands"
+    );
+    assert_eq!(
+        p.receiver.entered("doomed"),
+        1,
+        "no request reaches a deleted subscription's URL after the delete"
+    );
+    // The edit applies to events accepted after it: an invoice.paid is not routed to it.
+    let before = p.receiver.entered("edited");
+    let (_, lone) = p
+        .subscribe("acme", &["invoice.paid"], "witness", json!({}))
+        .await
+        .unwrap();
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+    let witnessed = p
+        .receiver
+        .wait_until(Duration::from_secs(20), |r| {
+            r.iter().any(|x| x.path == "witness")
+        })
+        .await;
+    assert!(
+        witnessed,
+        "the witness subscription {lone} got the second event"
+    );
+    let edited_requests: Vec<String> = p
+        .receiver
+        .on("edited")
+        .iter()
+        .map(|r| r.json["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let first_event = edited_requests.first().cloned().unwrap_or_default();
+    assert!(
+        edited_requests.iter().all(|id| *id == first_event),
+        "only retries of the first event reach the edited subscription ({before} before): {edited_requests:?}"
+    );
+}
+
+/// A subscription record written straight to the topic, acknowledged.
+async fn write_subscription(deployment: &Deployment, subscription: &Subscription) {
+    let producer = producer().unwrap();
+    produce(
+        &producer,
+        &deployment.topic("subscriptions"),
+        Some(&subscription.id),
+        &serde_json::to_vec(subscription).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Writes `count` tombstones of unknown ids to the subscriptions topic as fast as the
+/// broker takes them: every view then has that many records to apply before it reaches
+/// what is written next.
+fn flood_subscriptions(deployment: &Deployment, count: usize) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "lz4")
+        .create()
+        .unwrap();
+    let topic = deployment.topic("subscriptions");
+    for n in 0..count {
+        let key = format!("sub_flood{n:09}");
+        let mut record = BaseRecord::<str, [u8]>::to(&topic).key(&key);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_view_holds_a_task_instead_of_dropping_it() {
+    let mut deployment = Deployment::new();
+    deployment.set("HOOKLINE_DELIVERY_VIEW_PATIENCE", "200ms");
+    let worker = deployment.start("hookline-delivery").await.unwrap();
+    let receiver = Receiver::start().await.unwrap();
+
+    // Enough records that the view lags longer than any catch-up patience (the old
+    // code gave up after 10 s and dropped the task).
+    let flood = deployment.clone();
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || flood_subscriptions(&flood, 3_000_000))
+        .await
+        .unwrap();
+    eprintln!("flood written in {:?}", started.elapsed());
+    let subscription = Subscription::basic(
+        "sub_behindaflood",
+        "acme",
+        &receiver.url("held"),
+        vec![EventTypePattern::parse("*").unwrap()],
+    );
+    write_subscription(&deployment, &subscription).await;
+    let event = Event::from_json(
+        json!({"type": "invoice.paid", "tenant": "acme", "data": {"n": 1}}),
+        Defaults::Fresh,
+    )
+    .unwrap();
+    let task = DeliveryTask::new(event, &subscription.id, Utc::now());
+    produce(
+        &producer().unwrap(),
+        &deployment.topic("deliveries"),
+        Some(&subscription.id),
+        &serde_json::to_vec(&task).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let delivered = receiver
+        .wait_until(Duration::from_secs(120), |r| {
+            r.iter().any(|x| x.path == "held")
+        })
+        .await;
+    eprintln!("delivered {:?} after the flood", started.elapsed());
+    assert!(
+        delivered,
+        "the task is delivered once the view catches up; log:\n{}",
+        worker.log_tail()
+    );
+    assert!(
+        worker.metric("hookline_delivery_view_lagging_total").await >= 1.0,
+        "the task was held on a lagging view"
+    );
+    assert_eq!(
+        worker
+            .metric("hookline_delivery_tasks_total{outcome=\"skipped_deleted\"")
+            .await,
+        0.0
+    );
+}
+
+/// Retry records of one topic partition by partition order, with their due times.
+fn retry_records(deployment: &Deployment, tier: &str) -> Vec<(u32, DateTime<Utc>)> {
+    read_all(&deployment.topic(&format!("deliveries.retry.{tier}")))
+        .unwrap()
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<DeliveryTask>(r.value.as_deref()?).ok())
+        .map(|t| (t.attempts, t.not_before.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_in_their_schedule_tier_in_due_order() {
+    let mut deployment = Deployment::new();
+    deployment
+        .set("HOOKLINE_RETRY_SCHEDULE", "1s,3s")
+        .set("HOOKLINE_BREAKER_THRESHOLD", "1000")
+        // One partition per topic: every record of a tier in one total order.
+        .set("HOOKLINE_TOPIC_PARTITIONS", "1");
+    let p = Pipeline::start(deployment).await.unwrap();
+    p.subscribe("acme", &["invoice.paid"], "down", json!({}))
+        .await
+        .unwrap();
+    p.receiver.behave("down", Behaviour::Always(500));
+    let count = 30;
+    p.send("acme", "invoice.paid", count).await.unwrap();
+    let all_failed = p
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| {
+            r.iter().filter(|x| x.path == "down").count() >= 3 * count
+        })
+        .await;
+    assert!(all_failed, "every task makes its three attempts");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let short = retry_records(&p.deployment, "1s");
+    let long = retry_records(&p.deployment, "3s");
+    assert_eq!(short.len() + long.len(), 2 * count, "two retries per task");
+    assert!(
+        short.iter().all(|(attempts, _)| *attempts == 1),
+        "the 1 s tier holds only retries after the first attempt: {short:?}"
+    );
+    assert!(
+        long.iter().all(|(attempts, _)| *attempts == 2),
+        "the 3 s tier holds only retries after the second attempt: {long:?}"
+    );
+    for (tier, records) in [("1s", &short), ("3s", &long)] {
+        let dues: Vec<DateTime<Utc>> = records.iter().map(|(_, due)| *due).collect();
+        assert!(
+            dues.windows(2).all(|w| w[0] <= w[1]),
+            "due times never decrease within the {tier} tier partition: {dues:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_tier_partition_handed_back_by_a_rebalance_is_resumed() {
+    let mut deployment = Deployment::new();
+    deployment
+        .set("HOOKLINE_RETRY_SCHEDULE", "12s")
+        .set("HOOKLINE_SHUTDOWN_GRACE", "2s");
+    let p = Pipeline::start(deployment).await.unwrap();
+    p.subscribe("acme", &["invoice.paid"], "flaky", json!({}))
+        .await
+        .unwrap();
+    p.receiver.behave("flaky", Behaviour::FailFirst(500, 1));
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+    let first = p
+        .receiver
+        .wait_until(Duration::from_secs(30), |r| {
+            r.iter().any(|x| x.path == "flaky")
+        })
+        .await;
+    assert!(first, "the first attempt fails");
+    // The retry record is read and held: its tier partition is paused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A second worker joins (every partition is revoked and reassigned) and leaves
+    // again (the first worker gets every partition back, the held one included).
+    let mut second = p.deployment.start("hookline-delivery").await.unwrap();
+    let joined = second
+        .wait_metric(
+            "hookline_delivery_assigned_partitions",
+            1.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(joined, "the second worker got partitions");
+    second.terminate().unwrap();
+    let all_back = p.workers[0]
+        .wait_metric(
+            "hookline_delivery_assigned_partitions",
+            8.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(all_back, "the first worker holds every partition again");
+
+    let retried = p
+        .receiver
+        .wait_until(Duration::from_secs(40), |r| {
+            r.iter().filter(|x| x.path == "flaky").count() >= 2
+        })
+        .await;
+    assert!(
+        retried,
+        "the held retry is delivered after the rebalance; log:\n{}",
+        p.workers[0].log_tail()
+    );
+    assert_eq!(p.receiver.on("flaky")[1].status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ordered_lanes_are_dropped() {
+    let p = Pipeline::start(Deployment::new()).await.unwrap();
+    let worker = &p.workers[0];
+    let rounds = 3;
+    let per_round = 40;
+    let mut rss = Vec::new();
+    for round in 0..rounds {
+        let mut ids = Vec::new();
+        for i in 0..per_round {
+            let path = format!("lane-{round}-{i}");
+            let (id, _) = p
+                .subscribe("acme", &["invoice.paid"], &path, json!({"ordered": true}))
+                .await
+                .unwrap();
+            p.receiver
+                .behave(&path, Behaviour::Hang(Duration::from_millis(1500)));
+            ids.push(id);
+        }
+        p.send("acme", "invoice.paid", 2).await.unwrap();
+        let busy = worker
+            .wait_metric(
+                "hookline_delivery_lanes",
+                per_round as f64,
+                Duration::from_secs(30),
+            )
+            .await;
+        assert!(busy, "one lane per busy ordered subscription");
+        let delivered = p
+            .receiver
+            .wait_until(Duration::from_secs(60), |r| {
+                r.iter()
+                    .filter(|x| x.path.starts_with(&format!("lane-{round}-")))
+                    .count()
+                    >= 2 * per_round
+            })
+            .await;
+        assert!(delivered, "round {round} delivered");
+        for id in &ids {
+            p.api
+                .call(Method::DELETE, &format!("/v1/subscriptions/{id}"), None)
+                .await
+                .unwrap();
+        }
+        let pruned = eventually(Duration::from_secs(20), || async {
+            worker.metric("hookline_delivery_lanes").await == 0.0
+        })
+        .await;
+        assert!(pruned, "idle lanes are dropped after round {round}");
+        rss.push(worker.rss_kib());
+    }
+    eprintln!("worker RSS after each round (KiB): {rss:?}");
+}
