@@ -168,7 +168,7 @@ pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath<'
             return;
         }
     };
-    let Some(mut subscription) = find_subscription(context, &task.subscription_id).await else {
+    let Some(subscription) = find_subscription(context, &task.subscription_id).await else {
         return skip_deleted(context, &task).await;
     };
     if subscription.tenant != task.event.tenant {
@@ -184,26 +184,21 @@ pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath<'
     }
     let mut task = task;
     loop {
-        if !subscription.is_active() {
-            context.metrics.task("dead_lettered");
-            dead_letter(context, &message, "subscription disabled", None).await;
-            return;
-        }
-        let Some((wait, error)) = attempt_once(context, &message, &subscription, &mut task).await
-        else {
-            return;
+        let (wait, error, ordered) = match attempt_once(context, &message, &mut task).await {
+            Step::Finished => return,
+            Step::Deleted => return skip_deleted(context, &task).await,
+            Step::Retry {
+                wait,
+                error,
+                ordered,
+            } => (wait, error, ordered),
         };
         match path {
-            RetryPath::Lane { still_owned } if subscription.ordered => {
+            RetryPath::Lane { still_owned } if ordered => {
                 tokio::time::sleep(wait.delay()).await;
                 if !still_owned() {
                     // Revoked meanwhile: the new owner delivers it from the last commit.
                     return;
-                }
-                // An in-place retry may outlive a subscription change or deletion.
-                match find_subscription(context, &task.subscription_id).await {
-                    Some(current) => subscription = current,
-                    None => return skip_deleted(context, &task).await,
                 }
             }
             _ => {
@@ -212,6 +207,20 @@ pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath<'
             }
         }
     }
+}
+
+/// How one attempt ended for the task.
+enum Step {
+    /// Durably done: delivered, dead-lettered, or its subscription disabled.
+    Finished,
+    /// A caught-up view shows the subscription deleted.
+    Deleted,
+    /// To be tried again after `wait` (in place when the subscription is `ordered`).
+    Retry {
+        wait: Wait,
+        error: String,
+        ordered: bool,
+    },
 }
 
 /// Drops a task whose subscription a caught-up view shows deleted.
@@ -225,19 +234,42 @@ async fn skip_deleted(context: &Context, task: &DeliveryTask) {
         .await;
 }
 
-/// One attempt at `task` (or its skip while the endpoint's circuit is open), with
-/// every effect of its outcome but the wait before a retry, which it returns.
-async fn attempt_once(
+/// The subscription as a fresh view shows it, if it still receives deliveries;
+/// dead-letters the task when it is disabled.
+async fn active_subscription(
     context: &Context,
     message: &OwnedMessage,
-    subscription: &Subscription,
-    task: &mut DeliveryTask,
-) -> Option<(Wait, String)> {
-    let endpoint = Breakers::endpoint(&subscription.url);
+    id: &str,
+) -> Result<Arc<Subscription>, Step> {
+    let subscription = find_subscription(context, id).await.ok_or(Step::Deleted)?;
+    if !subscription.is_active() {
+        context.metrics.task("dead_lettered");
+        dead_letter(context, message, "subscription disabled", None).await;
+        return Err(Step::Finished);
+    }
+    Ok(subscription)
+}
+
+/// One attempt at `task` (or its skip while the endpoint's circuit is open), with
+/// every effect of its outcome but the wait before a retry, which it returns.
+async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut DeliveryTask) -> Step {
+    let id = task.subscription_id.clone();
+    let queued = match active_subscription(context, message, &id).await {
+        Ok(subscription) => subscription,
+        Err(step) => return step,
+    };
     // The slot bounds requests in flight to the endpoint, nothing else: it is released
     // right after the request, before the bookkeeping. Admission waits for the slot, so
     // tasks queued behind it see a circuit opened meanwhile.
-    let slot = context.limits.acquire(subscription).await;
+    let slot = context.limits.acquire(&queued).await;
+    // The wait for the slot may have outlived a deletion, a disable or a new URL: the
+    // request goes out only as the view shows the subscription now.
+    let subscription = match active_subscription(context, message, &id).await {
+        Ok(subscription) => subscription,
+        Err(step) => return step,
+    };
+    let subscription = subscription.as_ref();
+    let endpoint = Breakers::endpoint(&subscription.url);
     let result = match context.breakers.admit(&endpoint) {
         Admission::Reject => {
             drop(slot);
@@ -297,7 +329,7 @@ async fn attempt_once(
                 .observe(since_routed as f64 / 1e6);
             tracing::debug!(message_id = %task.message_id, attempt = task.attempts + 1, "delivered");
             context.health.mark_healthy(subscription).await;
-            None
+            Step::Finished
         }
         Decision::Disable {
             reason,
@@ -307,13 +339,13 @@ async fn attempt_once(
             context.health.disable(subscription, &reason).await;
             context.metrics.task("dead_lettered");
             dead_letter(context, message, &why, status).await;
-            None
+            Step::Finished
         }
         Decision::DeadLetter { reason, status } => {
             context.health.mark_failing(subscription, now).await;
             context.metrics.task("dead_lettered");
             dead_letter(context, message, &reason, status).await;
-            None
+            Step::Finished
         }
         Decision::Retry {
             wait,
@@ -325,7 +357,11 @@ async fn attempt_once(
                 context.health.mark_failing(subscription, now).await;
             }
             task.attempts = attempts;
-            Some((wait, error))
+            Step::Retry {
+                wait,
+                error,
+                ordered: subscription.ordered,
+            }
         }
     }
 }
