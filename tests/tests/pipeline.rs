@@ -87,6 +87,14 @@ fn received_pairs(received: &[Received], subs: &[Sub]) -> BTreeSet<(u64, &'stati
                 300,
             )
             .unwrap_or_else(|e| panic!("signature of {webhook_id} to {}: {e}", sub.name));
+        standardwebhooks::Webhook::new(&sub.secret.expose())
+            .and_then(|verifier| verifier.verify(&r.body, &r.headers))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "official verifier rejects {webhook_id} to {}: {e:?}",
+                    sub.name
+                )
+            });
         assert_eq!(r.header("idempotency-key"), webhook_id);
         assert_eq!(r.header("content-type"), "application/json");
         let body = &r.json;
