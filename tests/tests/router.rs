@@ -4,7 +4,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use hookline_core::task::DeliveryTask;
-use hookline_e2e::{assert_same, produce, producer, read_all, record_count, Api, Deployment};
+use hookline_e2e::{
+    assert_same, brokers, produce, producer, read_all, record_count, Api, Deployment, Pipeline,
+    Receiver,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
 use serde_json::json;
 
 fn event(n: usize) -> (String, &'static str, &'static str) {
@@ -158,4 +167,262 @@ async fn an_event_whose_tasks_are_too_large_is_dead_lettered_and_routing_goes_on
         "{:?}",
         dead[0].headers
     );
+}
+
+/// Writes `count` tombstones (random keys, no value) to `topic` with many in flight, in
+/// record batches of at most `per_batch` records, and waits until all are acknowledged.
+async fn write_tombstones(topic: &str, count: usize, per_batch: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", per_batch.to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let keys: Vec<String> = (0..count)
+        .map(|_| ulid::Ulid::new().to_string().to_lowercase())
+        .collect();
+    let mut pending = Vec::with_capacity(count);
+    for key in &keys {
+        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key.as_str());
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((err, _)) => panic!("tombstone not queued: {err}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    for delivery in pending {
+        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_acknowledged_before_an_event_sees_it_while_the_router_view_lags() {
+    let mut deployment = Deployment::new();
+    deployment.set("HOOKLINE_ROUTER_VIEW_PATIENCE", "50ms");
+    let ingest = deployment.start("hookline-ingest").await.unwrap();
+    // The router's clients fetch one record batch per partition per request and wait
+    // 10 ms before the next one while anything fetched is still queued, so its view of
+    // the subscriptions topic falls well behind ingest's during the burst below: the
+    // lagging view the router must not route with.
+    let throttled = "max.partition.fetch.bytes=1,queued.min.messages=1,fetch.queue.backoff.ms=10";
+    let router = deployment
+        .start_with(
+            "hookline-router",
+            &[("HOOKLINE_KAFKA_PROPERTIES", throttled)],
+        )
+        .await
+        .unwrap();
+    let _worker = deployment.start("hookline-delivery").await.unwrap();
+    let receiver = Receiver::start().await.unwrap();
+    let api = Api::new(ingest.url());
+
+    let started = std::time::Instant::now();
+    write_tombstones(&deployment.topic("subscriptions"), 20_000, 20).await;
+    // Acknowledged (201) only once ingest's own view holds it.
+    let (id, _) = api
+        .subscribe(
+            json!({"tenant": "acme", "url": receiver.url("lag"), "event_types": ["invoice.*"]}),
+        )
+        .await
+        .unwrap();
+    let sent = api
+        .send_events(
+            json!([{"type": "invoice.paid", "tenant": "acme", "data": {"invoice_id": "inv-1"}}]),
+        )
+        .await
+        .unwrap();
+    let delivered = receiver
+        .wait_until(Duration::from_secs(60), |r| {
+            r.iter().any(|r| r.json["id"] == sent[0].as_str())
+        })
+        .await;
+    assert!(
+        delivered,
+        "event {} not delivered to subscription {id} after {:?}; router log:\n{}",
+        sent[0],
+        started.elapsed(),
+        router.log_tail()
+    );
+    assert!(
+        router.metric("hookline_router_view_stale_total").await >= 1.0,
+        "the lagging view held batches back"
+    );
+}
+
+/// Creates `<prefix>events.dlq` (4 partitions) with a topic-level `max.message.bytes`,
+/// before any binary runs: they create missing topics but leave existing ones as they are.
+async fn create_small_dead_letter_topic(deployment: &Deployment, max_message_bytes: usize) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let name = deployment.topic("events.dlq");
+    let limit = max_message_bytes.to_string();
+    let topic =
+        NewTopic::new(&name, 4, TopicReplication::Fixed(1)).set("max.message.bytes", &limit);
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics([&topic], &options).await.unwrap() {
+        result.unwrap();
+    }
+}
+
+/// An invalid event record (not JSON) of about 20 KB that compresses badly, so that its
+/// dead-letter copy stays over a small limit whatever the router's compression.
+fn poison_payload() -> Vec<u8> {
+    let mut text = String::from("not json: ");
+    while text.len() < 20_000 {
+        text.push_str(&ulid::Ulid::new().to_string());
+    }
+    text.into_bytes()
+}
+
+/// Writes the poison record and then one valid event straight to partition 0 of the
+/// events topic; returns the poison's offset and the valid event's id.
+async fn produce_poison_then_valid(deployment: &Deployment) -> (i64, String) {
+    let kafka = producer().unwrap();
+    let topic = deployment.topic("events");
+    let poison = poison_payload();
+    let poison_at = kafka
+        .send(
+            FutureRecord::<str, [u8]>::to(&topic)
+                .partition(0)
+                .key("poison")
+                .payload(&poison),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap()
+        .offset;
+    let id = "after-poison".to_owned();
+    let valid = json!({"id": id, "type": "invoice.paid", "tenant": "acme", "data": {"n": 0}});
+    kafka
+        .send(
+            FutureRecord::<str, [u8]>::to(&topic)
+                .partition(0)
+                .key("acme/after")
+                .payload(valid.to_string().as_bytes()),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    (poison_at, id)
+}
+
+/// Waits until every id in `ids` reached the receiver; returns the ones missing.
+async fn missing_deliveries(pipeline: &Pipeline, ids: &BTreeSet<String>) -> BTreeSet<String> {
+    let delivered = |received: &[hookline_e2e::Received]| -> BTreeSet<String> {
+        received
+            .iter()
+            .filter_map(|r| r.json["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    pipeline
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| ids.is_subset(&delivered(r)))
+        .await;
+    ids.difference(&delivered(&pipeline.receiver.received()))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_over_the_dlq_size_limit_is_cut_down_and_routing_goes_on() {
+    let deployment = Deployment::new();
+    create_small_dead_letter_topic(&deployment, 2048).await;
+    let pipeline = Pipeline::start(deployment).await.unwrap();
+    pipeline
+        .subscribe("acme", &["invoice.*"], "poison", json!({}))
+        .await
+        .unwrap();
+    let (poison_offset, after) = produce_poison_then_valid(&pipeline.deployment).await;
+    let mut ids: BTreeSet<String> = pipeline
+        .send("acme", "invoice.paid", 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    ids.insert(after);
+
+    let missing = missing_deliveries(&pipeline, &ids).await;
+    assert!(
+        missing.is_empty(),
+        "events after the poison record not delivered: {missing:?}; router log:\n{}",
+        pipeline.router.log_tail()
+    );
+    let dead = read_all(&pipeline.deployment.topic("events.dlq")).unwrap();
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    let headers = &dead[0].headers;
+    assert_eq!(headers["hookline-source-partition"], "0");
+    assert_eq!(headers["hookline-source-offset"], poison_offset.to_string());
+    assert_eq!(
+        headers["hookline-source-topic"],
+        pipeline.deployment.topic("events")
+    );
+    let reason = &headers["hookline-dlq-reason"];
+    assert!(
+        reason.contains("too large") && reason.contains("payload left out"),
+        "{reason}"
+    );
+    assert!(
+        dead[0].value.is_none(),
+        "the payload that did not fit is left out"
+    );
+    assert!(
+        pipeline
+            .router
+            .metric("hookline_router_events_total{outcome=\"invalid\"")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_cannot_even_be_dead_lettered_is_skipped_and_routing_goes_on() {
+    let deployment = Deployment::new();
+    // Room for the transaction markers (about 80 bytes; below that the topic cannot
+    // take part in transactions at all), not for a dead letter even without payload.
+    create_small_dead_letter_topic(&deployment, 128).await;
+    let pipeline = Pipeline::start(deployment).await.unwrap();
+    pipeline
+        .subscribe("acme", &["invoice.*"], "skip", json!({}))
+        .await
+        .unwrap();
+    let (_, after) = produce_poison_then_valid(&pipeline.deployment).await;
+    let mut ids: BTreeSet<String> = pipeline
+        .send("acme", "invoice.paid", 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    ids.insert(after);
+
+    let missing = missing_deliveries(&pipeline, &ids).await;
+    assert!(
+        missing.is_empty(),
+        "events after the unproducible record not delivered: {missing:?}; router log:\n{}",
+        pipeline.router.log_tail()
+    );
+    assert_eq!(
+        pipeline
+            .router
+            .metric("hookline_router_records_skipped_total{reason=\"message_too_large\"")
+            .await,
+        1.0
+    );
+    assert!(read_all(&pipeline.deployment.topic("events.dlq"))
+        .unwrap()
+        .is_empty());
 }

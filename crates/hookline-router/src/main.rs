@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use hookline_core::config::{CloudEventsArgs, KafkaArgs, LogArgs};
+use hookline_core::config::{parse_duration, CloudEventsArgs, KafkaArgs, LogArgs};
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
@@ -45,6 +45,18 @@ struct Cli {
         default_value_t = 1_000_000
     )]
     max_task_bytes: usize,
+
+    /// How long a batch waits for the subscriptions view to reach the topic's end
+    /// (humantime, e.g. `500ms`, `5s`). A batch whose view is not caught up by then is
+    /// not routed: it is rewound and tried again, so that no event misses a
+    /// subscription acknowledged before it.
+    #[arg(
+        long,
+        env = "HOOKLINE_ROUTER_VIEW_PATIENCE",
+        value_parser = parse_duration,
+        default_value = "5s"
+    )]
+    view_patience: Duration,
 
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -89,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         transactional_id,
         batch_size: cli.batch_size,
         max_task_bytes: cli.max_task_bytes,
+        view_patience: cli.view_patience,
         cloudevents: cli.cloudevents.config(),
     };
     let router = router::Router::new(&cli.kafka, settings, view, &registry)?;
@@ -102,4 +115,18 @@ async fn main() -> anyhow::Result<()> {
     router.run(readiness, stop).await?;
     server.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_patience_is_a_human_duration_defaulting_to_five_seconds() {
+        let cli = Cli::try_parse_from(["hookline-router"]).unwrap();
+        assert_eq!(cli.view_patience, Duration::from_secs(5));
+        let cli = Cli::try_parse_from(["hookline-router", "--view-patience", "50ms"]).unwrap();
+        assert_eq!(cli.view_patience, Duration::from_millis(50));
+        assert!(Cli::try_parse_from(["hookline-router", "--view-patience", "soon"]).is_err());
+    }
 }

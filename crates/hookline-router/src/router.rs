@@ -3,7 +3,8 @@
 //! or not at all, so a router killed at any moment neither duplicates nor loses a task
 //! for `read_committed` readers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,19 +24,31 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 /// How long a batch waits for more records after its first one.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
-/// How long routing waits for the subscriptions view before routing anyway.
-const VIEW_PATIENCE: Duration = Duration::from_secs(5);
+/// First wait before routing a held-back or aborted batch again; it doubles per retry.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between two tries of the same batch.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest `hookline-dlq-reason` of a dead letter whose payload is left out.
+const MINIMAL_REASON_BYTES: usize = 1024;
+/// Longest key a dead letter whose payload is left out keeps.
+const MINIMAL_KEY_BYTES: usize = 256;
+/// Remedies are forgotten once their records commit; this only bounds what partitions
+/// revoked mid-way could leave behind.
+const MAX_REMEDIES: usize = 10_000;
 
 struct Metrics {
     events: IntCounterVec,
     tasks: IntCounter,
     batch_seconds: Histogram,
+    view_stale: IntCounter,
+    skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -43,7 +56,7 @@ impl Metrics {
         let events = IntCounterVec::new(
             Opts::new(
                 "hookline_router_events_total",
-                "Event records consumed, by outcome (routed, unmatched, invalid).",
+                "Event records consumed, by outcome (routed, unmatched, invalid, skipped).",
             ),
             &["outcome"],
         )?;
@@ -55,24 +68,141 @@ impl Metrics {
             "hookline_router_batch_duration_seconds",
             "Time to route one batch, from its first record to its offsets stored.",
         ))?;
+        let view_stale = IntCounter::new(
+            "hookline_router_view_stale_total",
+            "Batches held back (rewound, not routed) because the subscriptions view did not \
+             catch up within the view patience.",
+        )?;
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "hookline_router_records_skipped_total",
+                "Event records committed without any output because not even a dead letter \
+                 without payload could be produced, by the produce error.",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(tasks.clone()))?;
         registry.register(Box::new(batch_seconds.clone()))?;
+        registry.register(Box::new(view_stale.clone()))?;
+        registry.register(Box::new(skipped.clone()))?;
         Ok(Self {
             events,
             tasks,
             batch_seconds,
+            view_stale,
+            skipped,
         })
     }
 }
 
+/// What a record to produce is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A delivery task on the deliveries topic.
+    Task,
+    /// A copy (or a stand-in) of the event record on the events DLQ.
+    DeadLetter,
+}
+
 /// A record to produce within the batch's transaction.
 struct Outgoing {
+    /// Index in the batch of the event record this comes from.
+    source: usize,
+    kind: Kind,
+    /// Produced on its own (nothing else in flight), so that a refusal is its own.
+    isolated: bool,
     topic: String,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
 }
+
+/// One event record routed: its outcome and what to produce for it.
+struct Routed {
+    outcome: &'static str,
+    outputs: Vec<Outgoing>,
+    /// Why it was dead-lettered, when it was.
+    invalid: Option<String>,
+}
+
+/// What to do instead with an event record whose outputs the broker refused for good
+/// (e.g. over `max.message.bytes`); each step costs one aborted transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Remedy {
+    /// Refused along with other records' outputs, possibly because they shared one
+    /// produce batch: produce each of its outputs on its own to tell which is at fault.
+    Isolate,
+    /// Replace its outputs with a dead letter that leaves the payload out.
+    Minimal {
+        /// The refusal, for the dead letter's reason.
+        refused: String,
+    },
+    /// Even that was refused: produce nothing for it; its offset commits with the batch.
+    Skip {
+        /// Metric label of the refusal.
+        reason: &'static str,
+    },
+}
+
+/// A produce refusal of one outgoing record that no retry can fix.
+#[derive(Debug, Clone)]
+struct Refusal {
+    /// Index of the outgoing record.
+    outgoing: usize,
+    /// Metric label, e.g. `message_too_large`.
+    reason: &'static str,
+    /// The error, as text.
+    error: String,
+}
+
+/// A transaction that failed, with the records the broker refused for good, if any.
+#[derive(Debug)]
+struct TxnFailure {
+    error: KafkaError,
+    refused: Vec<Refusal>,
+}
+
+impl From<KafkaError> for TxnFailure {
+    fn from(error: KafkaError) -> Self {
+        Self {
+            error,
+            refused: Vec::new(),
+        }
+    }
+}
+
+/// What the routing loop does after one batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// The batch committed; go on.
+    Continue,
+    /// The batch was rewound; route it again after this wait.
+    RetryAfter(Duration),
+}
+
+/// Doubling waits between tries of the same batch, bounded, reset by a commit.
+#[derive(Debug, Default)]
+struct Backoff {
+    tries: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let wait = RETRY_BACKOFF_MIN
+            .saturating_mul(1u32 << self.tries.min(16))
+            .min(RETRY_BACKOFF_MAX);
+        self.tries = self.tries.saturating_add(1);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.tries = 0;
+    }
+}
+
+/// Calls of a timed-out abort before the router gives up on it.
+const ABORT_CALLS: u32 = 3;
 
 /// How long one transactional call may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,8 +215,13 @@ pub struct Router {
     topics: Topics,
     batch_size: usize,
     max_task_bytes: usize,
+    view_patience: Duration,
     cloudevents: CloudEventsConfig,
     metrics: Metrics,
+    /// Remedies of event records by (partition, offset), kept across the aborts and
+    /// rewinds of their batch and forgotten once it commits.
+    remedies: HashMap<(i32, i64), Remedy>,
+    backoff: Backoff,
 }
 
 /// How one router joins its group and routes.
@@ -104,6 +239,9 @@ pub struct Settings {
     pub batch_size: usize,
     /// Largest delivery task; an event whose tasks would be larger is dead-lettered.
     pub max_task_bytes: usize,
+    /// How long a batch waits for the subscriptions view to catch up before it is held
+    /// back (rewound and retried, never routed with a stale view).
+    pub view_patience: Duration,
     /// How CloudEvents records are read.
     pub cloudevents: CloudEventsConfig,
 }
@@ -137,14 +275,17 @@ impl Router {
             topics,
             batch_size: settings.batch_size.max(1),
             max_task_bytes: settings.max_task_bytes,
+            view_patience: settings.view_patience,
             cloudevents: settings.cloudevents,
             metrics: Metrics::register(registry)?,
+            remedies: HashMap::new(),
+            backoff: Backoff::default(),
         })
     }
 
     /// Routes until `stop` turns true; the batch in progress then completes.
     pub async fn run(
-        self,
+        mut self,
         readiness: Readiness,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
@@ -161,8 +302,19 @@ impl Router {
                 _ = stop.wait_for(|s| *s) => break,
             };
             let timer = self.metrics.batch_seconds.start_timer();
-            self.route_batch(&batch).await?;
-            timer.observe_duration();
+            let next = self.route_batch(&batch, &readiness).await?;
+            // Only batches that committed: a held-back try says nothing of routing time.
+            if next == Next::Continue {
+                timer.observe_duration();
+            } else {
+                timer.stop_and_discard();
+            }
+            if let Next::RetryAfter(wait) = next {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
             if *stop.borrow() {
                 break;
             }
@@ -199,80 +351,245 @@ impl Router {
     }
 
     /// Routes one batch in one transaction. An abortable failure aborts it and rewinds
-    /// the consumer to the batch's start, so the next batch routes the same records.
-    async fn route_batch(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
-        // Any subscription change acknowledged before this batch began applies to it.
-        if let Err(err) = self.view.catch_up(VIEW_PATIENCE).await {
-            tracing::warn!(%err, "routing with a possibly stale subscriptions view");
+    /// the consumer to the batch's start, so the next batch routes the same records; so
+    /// does a subscriptions view that is not caught up, before anything is begun.
+    async fn route_batch(
+        &mut self,
+        batch: &[OwnedMessage],
+        readiness: &Readiness,
+    ) -> anyhow::Result<Next> {
+        // Any subscription change acknowledged before this batch began applies to it:
+        // routing with a view that may miss one would leave its events unmatched.
+        if let Err(err) = self.view.catch_up(self.view_patience).await {
+            self.metrics.view_stale.inc();
+            readiness.set(false);
+            self.rewind(batch)?;
+            let wait = self.backoff.next();
+            tracing::warn!(
+                %err,
+                records = batch.len(),
+                retry_in = ?wait,
+                "subscriptions view not caught up; batch held back, not routed"
+            );
+            return Ok(Next::RetryAfter(wait));
         }
-        let (outgoing, counts) = self.route(batch);
+        readiness.set(true);
+        let (outgoing, counts, skipped) = self.plan(batch);
         match self.transact(batch, &outgoing).await {
             Ok(()) => {
                 for (outcome, n) in counts {
                     self.metrics.events.with_label_values(&[outcome]).inc_by(n);
                 }
-                let tasks = outgoing.iter().filter(|o| o.headers.is_none()).count();
+                for reason in skipped {
+                    self.metrics.skipped.with_label_values(&[reason]).inc();
+                }
+                let tasks = outgoing.iter().filter(|o| o.kind == Kind::Task).count();
                 self.metrics.tasks.inc_by(tasks as u64);
-                Ok(())
+                self.forget_remedies(batch);
+                self.backoff.reset();
+                Ok(Next::Continue)
             }
-            Err(err) if is_abortable(&err) => {
-                tracing::warn!(%err, "transaction aborted; routing the batch again");
-                let producer = self.producer.clone();
-                tokio::task::spawn_blocking(move || producer.abort_transaction(TXN_TIMEOUT))
-                    .await??;
+            Err(failure) if is_abortable(&failure.error) => {
+                tracing::warn!(err = %failure.error, "transaction aborted; routing the batch again");
+                self.abort().await?;
                 self.rewind(batch)?;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                Ok(())
+                // A new remedy changes what the retry produces: no reason to wait. Anything
+                // else (timeouts, a broker or leader away) is retried as is, with backoff:
+                // skipping records then would lose events during an outage.
+                let wait = if self.remedy(batch, &outgoing, &failure.refused) {
+                    Duration::ZERO
+                } else {
+                    self.backoff.next()
+                };
+                Ok(Next::RetryAfter(wait))
             }
-            Err(err) => Err(anyhow::anyhow!("fatal transaction error: {err}")),
+            Err(failure) => Err(anyhow::anyhow!(
+                "fatal transaction error: {}",
+                failure.error
+            )),
         }
     }
 
-    /// Matches every record; returns what to produce and the outcome counts.
-    fn route(&self, batch: &[OwnedMessage]) -> (Vec<Outgoing>, HashMap<&'static str, u64>) {
-        let now = Utc::now();
-        let deliveries = self.topics.deliveries();
-        let mut outgoing = Vec::new();
-        let mut counts: HashMap<&'static str, u64> = HashMap::new();
-        let index = self.view.read();
-        for message in batch {
-            let position = RecordPosition::of(message);
-            let headers = kafka::record_headers(message);
-            let record = EventRecord {
-                position,
-                headers: &headers,
-                payload: message.payload(),
-            };
-            let routed = route_record(record, &self.cloudevents, &index, now)
-                .and_then(|(_, tasks)| self.encode(tasks, &deliveries));
-            match routed {
-                Ok(tasks) => {
-                    let outcome = if tasks.is_empty() {
-                        "unmatched"
-                    } else {
-                        "routed"
-                    };
-                    *counts.entry(outcome).or_default() += 1;
-                    outgoing.extend(tasks);
+    /// Aborts the open transaction. A timed-out abort is resumed by calling it again, a
+    /// few times; after that, or on a fatal error, the router stops (a restarted router
+    /// with the same instance id fences what is left open).
+    async fn abort(&self) -> anyhow::Result<()> {
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let producer = self.producer.clone();
+            match blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(err)) if err.is_retriable() && calls < ABORT_CALLS => {
+                    tracing::warn!(%err, "abort not finished; calling it again");
                 }
-                Err(err) => {
-                    *counts.entry("invalid").or_default() += 1;
-                    tracing::warn!(
-                        partition = position.partition,
-                        offset = position.offset,
-                        reason = %err,
-                        "invalid event record; sent to the dead-letter topic"
-                    );
-                    outgoing.push(self.dead_letter(message, &err.to_string()));
-                }
+                Err(err) => anyhow::bail!("could not abort the transaction: {err}"),
             }
         }
-        (outgoing, counts)
+    }
+
+    /// Routes the batch and applies the remedies of its records: what to produce, the
+    /// outcome counts, and the skip reason of every record skipped.
+    fn plan(
+        &self,
+        batch: &[OwnedMessage],
+    ) -> (Vec<Outgoing>, HashMap<&'static str, u64>, Vec<&'static str>) {
+        let mut outgoing = Vec::new();
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
+        let mut skipped = Vec::new();
+        for (index, routed) in self.route(batch).into_iter().enumerate() {
+            let Some(message) = batch.get(index) else {
+                continue;
+            };
+            let remedy = self.remedies.get(&(message.partition(), message.offset()));
+            let (outcome, outputs) = match remedy {
+                None => (routed.outcome, routed.outputs),
+                Some(Remedy::Isolate) => {
+                    let outputs = routed
+                        .outputs
+                        .into_iter()
+                        .map(|o| Outgoing {
+                            isolated: true,
+                            ..o
+                        })
+                        .collect();
+                    (routed.outcome, outputs)
+                }
+                Some(Remedy::Minimal { refused }) => {
+                    let reason = minimal_reason(routed.invalid.as_deref(), refused);
+                    (
+                        "invalid",
+                        vec![self.minimal_dead_letter(index, message, &reason)],
+                    )
+                }
+                Some(Remedy::Skip { reason }) => {
+                    skipped.push(*reason);
+                    ("skipped", Vec::new())
+                }
+            };
+            *counts.entry(outcome).or_default() += 1;
+            outgoing.extend(outputs);
+        }
+        (outgoing, counts, skipped)
+    }
+
+    /// Takes the next remedy step for the event records whose outputs were refused for
+    /// good; returns whether any changed. One refused record steps on (isolated or not,
+    /// the refusal is its own: librdkafka fails a whole produce batch together, so a
+    /// single failure had no company); several are first produced one by one.
+    fn remedy(
+        &mut self,
+        batch: &[OwnedMessage],
+        outgoing: &[Outgoing],
+        refused: &[Refusal],
+    ) -> bool {
+        let sources = refusals_by_source(outgoing, refused);
+        let alone = sources.len() == 1;
+        let mut changed = false;
+        for (source, refusal) in sources {
+            let Some(message) = batch.get(source) else {
+                continue;
+            };
+            let key = (message.partition(), message.offset());
+            let Some(next) = next_remedy(self.remedies.get(&key), alone, refusal) else {
+                continue;
+            };
+            match &next {
+                Remedy::Isolate => tracing::warn!(
+                    partition = key.0,
+                    offset = key.1,
+                    error = %refusal.error,
+                    "output refused with others; producing them one by one"
+                ),
+                Remedy::Minimal { .. } => tracing::warn!(
+                    partition = key.0,
+                    offset = key.1,
+                    error = %refusal.error,
+                    "output refused; dead-lettering the record with its payload left out"
+                ),
+                Remedy::Skip { .. } => tracing::error!(
+                    partition = key.0,
+                    offset = key.1,
+                    error = %refusal.error,
+                    "not even a dead letter without payload could be produced; \
+                     skipping the record (it stays on the events topic)"
+                ),
+            }
+            self.remedies.insert(key, next);
+            changed = true;
+        }
+        if self.remedies.len() > MAX_REMEDIES {
+            // Only partitions revoked in the middle of remedies leave entries behind.
+            self.remedies.clear();
+        }
+        changed
+    }
+
+    /// Drops the remedies of the records the batch committed.
+    fn forget_remedies(&mut self, batch: &[OwnedMessage]) {
+        if self.remedies.is_empty() {
+            return;
+        }
+        let next = next_offsets(batch);
+        self.remedies
+            .retain(|(partition, offset), _| next.get(partition).is_none_or(|next| offset >= next));
+    }
+
+    /// Matches every record; returns, per record of the batch, what to produce.
+    fn route(&self, batch: &[OwnedMessage]) -> Vec<Routed> {
+        let now = Utc::now();
+        let deliveries = self.topics.deliveries();
+        let index = self.view.read();
+        batch
+            .iter()
+            .enumerate()
+            .map(|(source, message)| {
+                let position = RecordPosition::of(message);
+                let headers = kafka::record_headers(message);
+                let record = EventRecord {
+                    position,
+                    headers: &headers,
+                    payload: message.payload(),
+                };
+                let routed = route_record(record, &self.cloudevents, &index, now)
+                    .and_then(|(_, tasks)| self.encode(source, tasks, &deliveries));
+                match routed {
+                    Ok(tasks) => Routed {
+                        outcome: if tasks.is_empty() {
+                            "unmatched"
+                        } else {
+                            "routed"
+                        },
+                        outputs: tasks,
+                        invalid: None,
+                    },
+                    Err(err) => {
+                        tracing::warn!(
+                            partition = position.partition,
+                            offset = position.offset,
+                            reason = %err,
+                            "invalid event record; sent to the dead-letter topic"
+                        );
+                        let reason = err.to_string();
+                        Routed {
+                            outcome: "invalid",
+                            outputs: vec![self.dead_letter(source, message, &reason)],
+                            invalid: Some(reason),
+                        }
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Serializes the tasks of one event. A task over the size limit would fail its
     /// transaction again and again, so the event counts as invalid instead.
-    fn encode(&self, tasks: Vec<DeliveryTask>, topic: &str) -> Result<Vec<Outgoing>, FieldError> {
+    fn encode(
+        &self,
+        source: usize,
+        tasks: Vec<DeliveryTask>,
+        topic: &str,
+    ) -> Result<Vec<Outgoing>, FieldError> {
         tasks
             .into_iter()
             .map(|task| {
@@ -289,6 +606,9 @@ impl Router {
                     ));
                 }
                 Ok(Outgoing {
+                    source,
+                    kind: Kind::Task,
+                    isolated: false,
                     topic: topic.to_owned(),
                     key: Some(task.subscription_id.into_bytes()),
                     payload: Some(payload),
@@ -298,9 +618,12 @@ impl Router {
             .collect()
     }
 
-    fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Outgoing {
+    fn dead_letter(&self, source: usize, message: &OwnedMessage, reason: &str) -> Outgoing {
         let headers = kafka::dead_letter_headers(message, reason);
         Outgoing {
+            source,
+            kind: Kind::DeadLetter,
+            isolated: false,
             topic: self.topics.events_dlq(),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
@@ -308,30 +631,69 @@ impl Router {
         }
     }
 
-    /// Begin, produce everything, add the offsets past the batch, commit.
+    /// A dead letter as small as it gets: the reason and the source position, no
+    /// payload (the record itself stays on the events topic) and no oversized key.
+    fn minimal_dead_letter(&self, source: usize, message: &OwnedMessage, reason: &str) -> Outgoing {
+        Outgoing {
+            source,
+            kind: Kind::DeadLetter,
+            isolated: true,
+            topic: self.topics.events_dlq(),
+            key: message
+                .key()
+                .filter(|key| key.len() <= MINIMAL_KEY_BYTES)
+                .map(<[u8]>::to_vec),
+            payload: None,
+            headers: Some(kafka::dead_letter_headers(message, reason)),
+        }
+    }
+
+    /// Begin, produce everything, add the offsets past the batch, commit. Outputs are
+    /// produced in order, all at once except the isolated ones, each of which is
+    /// produced alone once everything before it is acknowledged.
     async fn transact(
         &self,
         batch: &[OwnedMessage],
         outgoing: &[Outgoing],
-    ) -> Result<(), KafkaError> {
+    ) -> Result<(), TxnFailure> {
         let producer = self.producer.clone();
         blocking(move || producer.begin_transaction()).await?;
-        let results = join_all(outgoing.iter().map(|out| {
-            let mut record = FutureRecord::<[u8], [u8]>::to(&out.topic);
-            if let Some(key) = &out.key {
-                record = record.key(key.as_slice());
+        for group in produce_groups(outgoing) {
+            let start = group.start;
+            let Some(records) = outgoing.get(group) else {
+                continue;
+            };
+            let results = join_all(records.iter().map(|out| {
+                let mut record = FutureRecord::<[u8], [u8]>::to(&out.topic);
+                if let Some(key) = &out.key {
+                    record = record.key(key.as_slice());
+                }
+                if let Some(payload) = &out.payload {
+                    record = record.payload(payload.as_slice());
+                }
+                if let Some(headers) = &out.headers {
+                    record = record.headers(headers.clone());
+                }
+                self.producer.send(record, Timeout::After(TXN_TIMEOUT))
+            }))
+            .await;
+            let mut first = None;
+            let mut refused = Vec::new();
+            for (offset, result) in results.into_iter().enumerate() {
+                if let Err((err, _)) = result {
+                    if let Some(reason) = permanent_refusal(&err) {
+                        refused.push(Refusal {
+                            outgoing: start + offset,
+                            reason,
+                            error: err.to_string(),
+                        });
+                    }
+                    first.get_or_insert(err);
+                }
             }
-            if let Some(payload) = &out.payload {
-                record = record.payload(payload.as_slice());
+            if let Some(error) = first {
+                return Err(TxnFailure { error, refused });
             }
-            if let Some(headers) = &out.headers {
-                record = record.headers(headers.clone());
-            }
-            self.producer.send(record, Timeout::After(TXN_TIMEOUT))
-        }))
-        .await;
-        if let Some(Err((err, _))) = results.into_iter().find(Result::is_err) {
-            return Err(err);
         }
         let events = self.topics.events();
         let mut offsets = TopicPartitionList::new();
@@ -344,7 +706,7 @@ impl Router {
         blocking(move || producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))
             .await?;
         let producer = self.producer.clone();
-        blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await
+        Ok(blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await?)
     }
 
     /// Points the consumer back at the first record of the batch in each partition.
@@ -377,6 +739,104 @@ fn next_offsets(batch: &[OwnedMessage]) -> HashMap<i32, i64> {
     next
 }
 
+/// Consecutive ranges of `outgoing` produced together: runs of outputs that are not
+/// isolated, and each isolated output on its own.
+fn produce_groups(outgoing: &[Outgoing]) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for (index, out) in outgoing.iter().enumerate() {
+        if out.isolated {
+            if start < index {
+                groups.push(start..index);
+            }
+            groups.push(index..index + 1);
+            start = index + 1;
+        }
+    }
+    if start < outgoing.len() {
+        groups.push(start..outgoing.len());
+    }
+    groups
+}
+
+/// The metric label of a produce error that the same record meets on every try (it is
+/// too large, or malformed for the broker), or `None` for an error a retry may clear:
+/// timeouts, a broker or partition leader away, the transaction's own state.
+fn permanent_refusal(err: &KafkaError) -> Option<&'static str> {
+    let KafkaError::MessageProduction(code) = err else {
+        return None;
+    };
+    match code {
+        RDKafkaErrorCode::MessageSizeTooLarge => Some("message_too_large"),
+        RDKafkaErrorCode::InvalidMessageSize => Some("invalid_message_size"),
+        RDKafkaErrorCode::MessageBatchTooLarge => Some("record_list_too_large"),
+        RDKafkaErrorCode::InvalidRecord => Some("invalid_record"),
+        RDKafkaErrorCode::InvalidMessage => Some("invalid_message"),
+        _ => None,
+    }
+}
+
+/// The first refusal of each event record refused: one remedy step per record and try,
+/// since several of its outputs refused at once are one piece of evidence, not several.
+fn refusals_by_source<'a>(
+    outgoing: &[Outgoing],
+    refused: &'a [Refusal],
+) -> BTreeMap<usize, &'a Refusal> {
+    let mut sources = BTreeMap::new();
+    for refusal in refused {
+        if let Some(out) = outgoing.get(refusal.outgoing) {
+            sources.entry(out.source).or_insert(refusal);
+        }
+    }
+    sources
+}
+
+/// The remedy after `current` for a record whose output met `refusal`; `alone` tells
+/// whether it was the only record refused in that try. `None`: nothing more to do.
+fn next_remedy(current: Option<&Remedy>, alone: bool, refusal: &Refusal) -> Option<Remedy> {
+    match current {
+        None if !alone => Some(Remedy::Isolate),
+        None | Some(Remedy::Isolate) => Some(Remedy::Minimal {
+            refused: refusal.error.clone(),
+        }),
+        Some(Remedy::Minimal { .. }) => Some(Remedy::Skip {
+            reason: refusal.reason,
+        }),
+        Some(Remedy::Skip { .. }) => None,
+    }
+}
+
+/// The reason of a dead letter whose payload is left out, at most
+/// [`MINIMAL_REASON_BYTES`] long.
+fn minimal_reason(invalid: Option<&str>, refused: &str) -> String {
+    // Each part is cut on its own, so the reason always says what happened.
+    let refused = truncate(refused.to_owned(), MINIMAL_REASON_BYTES / 4);
+    let reason = match invalid {
+        Some(invalid) => format!(
+            "{}; its dead-letter copy was refused ({refused}): payload left out, read the \
+             record at its source position",
+            truncate(invalid.to_owned(), MINIMAL_REASON_BYTES / 2)
+        ),
+        None => format!(
+            "its delivery tasks were refused ({refused}): payload left out, read the record \
+             at its source position"
+        ),
+    };
+    truncate(reason, MINIMAL_REASON_BYTES)
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// Whether a transactional failure can be handled by aborting and trying again.
 fn is_abortable(err: &KafkaError) -> bool {
     match err {
@@ -394,4 +854,159 @@ where
     tokio::task::spawn_blocking(call)
         .await
         .unwrap_or(Err(KafkaError::Canceled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(source: usize, isolated: bool) -> Outgoing {
+        Outgoing {
+            source,
+            kind: Kind::Task,
+            isolated,
+            topic: "t".into(),
+            key: None,
+            payload: None,
+            headers: None,
+        }
+    }
+
+    fn refusal() -> Refusal {
+        Refusal {
+            outgoing: 0,
+            reason: "message_too_large",
+            error: "Broker: Message size too large".into(),
+        }
+    }
+
+    #[test]
+    fn isolated_outputs_are_produced_alone_and_in_order() {
+        let outgoing = [
+            out(0, false),
+            out(1, false),
+            out(2, true),
+            out(2, true),
+            out(3, false),
+        ];
+        assert_eq!(produce_groups(&outgoing), vec![0..2, 2..3, 3..4, 4..5]);
+        assert_eq!(produce_groups(&[out(0, false), out(1, false)]), vec![0..2]);
+        assert_eq!(produce_groups(&[out(0, true)]), vec![0..1]);
+        assert!(produce_groups(&[]).is_empty());
+    }
+
+    #[test]
+    fn only_errors_of_the_record_itself_are_permanent() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidMessageSize,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::InvalidMessage,
+        ] {
+            assert!(
+                permanent_refusal(&KafkaError::MessageProduction(code)).is_some(),
+                "{code:?}"
+            );
+        }
+        // An outage must be waited out, never turned into skipped records.
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::LeaderNotAvailable,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::BrokerNotAvailable,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::PurgeQueue,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert_eq!(
+                permanent_refusal(&KafkaError::MessageProduction(code)),
+                None,
+                "{code:?}"
+            );
+        }
+        assert_eq!(permanent_refusal(&KafkaError::Canceled), None);
+    }
+
+    #[test]
+    fn a_poison_record_costs_at_most_three_aborts() {
+        let refused = refusal();
+        // Refused along with others: first isolated, then cut down, then skipped.
+        let mut remedy = None;
+        let mut steps = 0;
+        let mut alone = false;
+        while let Some(next) = next_remedy(remedy.as_ref(), alone, &refused) {
+            remedy = Some(next);
+            steps += 1;
+            alone = true;
+        }
+        assert_eq!(steps, 3);
+        assert_eq!(
+            remedy,
+            Some(Remedy::Skip {
+                reason: "message_too_large"
+            })
+        );
+        // Refused alone: the refusal is its own, no isolating step.
+        assert!(matches!(
+            next_remedy(None, true, &refused),
+            Some(Remedy::Minimal { .. })
+        ));
+        assert_eq!(next_remedy(None, false, &refused), Some(Remedy::Isolate));
+    }
+
+    #[test]
+    fn a_record_with_several_outputs_refused_steps_once() {
+        let outgoing = [out(4, false), out(4, false), out(7, false)];
+        let refused: Vec<Refusal> = [0, 1]
+            .into_iter()
+            .map(|outgoing| Refusal {
+                outgoing,
+                ..refusal()
+            })
+            .collect();
+        let sources = refusals_by_source(&outgoing, &refused);
+        assert_eq!(sources.keys().copied().collect::<Vec<_>>(), vec![4]);
+        assert_eq!(sources[&4].outgoing, 0);
+        let with_other = [
+            refused[0].clone(),
+            Refusal {
+                outgoing: 2,
+                ..refusal()
+            },
+        ];
+        assert_eq!(refusals_by_source(&outgoing, &with_other).len(), 2);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound_and_resets() {
+        let mut backoff = Backoff::default();
+        assert_eq!(backoff.next(), Duration::from_millis(200));
+        assert_eq!(backoff.next(), Duration::from_millis(400));
+        for _ in 0..100 {
+            assert!(backoff.next() <= RETRY_BACKOFF_MAX);
+        }
+        assert_eq!(backoff.next(), RETRY_BACKOFF_MAX);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_minimal_reason_says_why_and_stays_short() {
+        let reason = minimal_reason(Some("$: not valid JSON"), "Broker: Message size too large");
+        assert!(reason.starts_with("$: not valid JSON; its dead-letter copy was refused"));
+        assert!(reason.contains("Message size too large"));
+        assert!(reason.contains("payload left out"));
+        let tasks = minimal_reason(None, "Broker: Message size too large");
+        assert!(tasks.starts_with("its delivery tasks were refused"));
+
+        let long = "é".repeat(5000);
+        let reason = minimal_reason(Some(&long), &long);
+        assert!(reason.len() <= MINIMAL_REASON_BYTES);
+        assert!(reason.contains("payload left out"), "{reason}");
+        assert_eq!(truncate("aé".into(), 2), "a");
+    }
 }
