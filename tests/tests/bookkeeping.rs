@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hookline_core::event::{Defaults, Event};
-use hookline_core::subscription::{EventTypePattern, Subscription};
-use hookline_core::task::DeliveryTask;
+use hookline_domain::event::{Defaults, Event};
+use hookline_domain::subscription::{EventTypePattern, Subscription};
+use hookline_domain::task::DeliveryTask;
 use hookline_e2e::{
     brokers, produce, producer, read_all, Behaviour, Deployment, Pipeline, Receiver,
 };

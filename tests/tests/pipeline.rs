@@ -4,9 +4,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use hookline_core::ids::message_id;
-use hookline_core::signing::WebhookSecret;
-use hookline_core::subscription::EventTypePattern;
+use hookline_domain::ids::message_id;
+use hookline_domain::signing::WebhookSecret;
+use hookline_domain::subscription::EventTypePattern;
 use hookline_e2e::{assert_same, produce, producer, read_all, Api, Deployment, Received, Receiver};
 use serde_json::{json, Value};
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use hookline_core::task::DeliveryTask;
+use hookline_domain::task::DeliveryTask;
 use hookline_e2e::{
     assert_same, brokers, produce, producer, read_all, record_count, Api, Deployment, Pipeline,
     Receiver,
@@ -77,7 +77,7 @@ async fn killed_routers_neither_duplicate_nor_lose_a_task() {
         let (id, tenant, event_type) = event(n);
         for (sub, sub_tenant, patterns) in &subs {
             let matches = patterns.iter().any(|p| {
-                hookline_core::subscription::EventTypePattern::parse(p)
+                hookline_domain::subscription::EventTypePattern::parse(p)
                     .unwrap()
                     .matches(event_type)
             });

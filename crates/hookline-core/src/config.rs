@@ -2,8 +2,6 @@
 //! environment fallback (`HOOKLINE_…`); flags win over the environment, which wins
 //! over the defaults.
 
-use std::time::Duration;
-
 use crate::topics::Topics;
 
 /// Kafka connection and topic settings.
@@ -71,8 +69,8 @@ pub struct CloudEventsArgs {
 
 impl CloudEventsArgs {
     /// The mapping configuration.
-    pub fn config(&self) -> crate::cloudevents::CloudEventsConfig {
-        crate::cloudevents::CloudEventsConfig {
+    pub fn config(&self) -> hookline_domain::cloudevents::CloudEventsConfig {
+        hookline_domain::cloudevents::CloudEventsConfig {
             tenant_attribute: self.cloudevents_tenant_attribute.clone(),
         }
     }
@@ -106,10 +104,7 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.trim().to_owned()))
 }
 
-/// Parses a human duration such as `250ms`, `5s`, `5m` or `2h` (humantime syntax).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?}: {e}"))
-}
+pub use hookline_domain::duration::parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -142,14 +137,5 @@ mod tests {
             format!("{}events", cli.kafka.topic_prefix)
         );
         assert!(Cli::try_parse_from(["x", "--kafka-property", "novalue"]).is_err());
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("soon").is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use hookline_domain::position::RecordPosition;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig};
@@ -251,4 +252,17 @@ pub fn dead_letter_headers<M: Message>(message: &M, reason: &str) -> OwnedHeader
             value: Some(value),
         })
     })
+}
+
+/// Where `message` sits, with its Kafka timestamp.
+pub fn record_position<M: Message>(message: &M) -> RecordPosition<'_> {
+    RecordPosition {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp: message
+            .timestamp()
+            .to_millis()
+            .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis),
+    }
 }

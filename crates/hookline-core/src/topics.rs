@@ -54,7 +54,7 @@ impl Topics {
     pub fn deliveries_retry(&self, tier: std::time::Duration) -> String {
         self.name(&format!(
             "deliveries.retry.{}",
-            crate::retry::tier_name(tier)
+            hookline_domain::retry::tier_name(tier)
         ))
     }
 

@@ -18,10 +18,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::config::KafkaArgs;
-use crate::health::SubscriptionHealth;
 use crate::kafka;
-use crate::matching::SubscriptionIndex;
-use crate::subscription::Subscription;
+use hookline_domain::health::SubscriptionHealth;
+use hookline_domain::matching::SubscriptionIndex;
+use hookline_domain::subscription::Subscription;
 
 /// How often the background probe confirms the view is caught up.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);

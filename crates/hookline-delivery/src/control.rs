@@ -9,11 +9,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use hookline_core::event::Event;
-use hookline_core::health::SubscriptionHealth;
-use hookline_core::ids;
-use hookline_core::subscription::Subscription;
 use hookline_core::topics::Topics;
+use hookline_domain::event::Event;
+use hookline_domain::health::SubscriptionHealth;
+use hookline_domain::ids;
+use hookline_domain::subscription::Subscription;
 use rdkafka::producer::FutureProducer;
 use serde_json::json;
 

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use hookline_core::breaker::{Admission, BreakerState, CircuitBreaker};
-use hookline_core::subscription::Subscription;
+use hookline_domain::breaker::{Admission, BreakerState, CircuitBreaker};
+use hookline_domain::subscription::Subscription;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

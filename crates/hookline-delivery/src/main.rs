@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use hookline_core::config::{parse_duration, KafkaArgs, LogArgs};
-use hookline_core::egress::EgressPolicy;
 use hookline_core::kafka::{self, TopicSpec};
-use hookline_core::retry::RetrySchedule;
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
+use hookline_domain::egress::EgressPolicy;
+use hookline_domain::retry::RetrySchedule;
 
 /// Command line and environment settings.
 #[derive(Debug, Parser)]

@@ -1,20 +1,20 @@
 //! One delivery task, worked to a durable end: delivered, handed to its retry tier,
 //! dead-lettered, or dropped because a caught-up view shows its subscription deleted.
 //! What follows from an attempt is decided by the pure
-//! [`decide`](hookline_core::decision::decide); this module carries out its effects.
+//! [`decide`](hookline_domain::decision::decide); this module carries out its effects.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use hookline_core::attempt::AttemptRecord;
-use hookline_core::breaker::Admission;
-use hookline_core::decision::{decide, AttemptResult, Circumstances, Decision};
-use hookline_core::retry::{DueClock, RetrySchedule, Wait};
-use hookline_core::subscription::Subscription;
-use hookline_core::task::DeliveryTask;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
+use hookline_domain::attempt::AttemptRecord;
+use hookline_domain::breaker::Admission;
+use hookline_domain::decision::{decide, AttemptResult, Circumstances, Decision};
+use hookline_domain::retry::{DueClock, RetrySchedule, Wait};
+use hookline_domain::subscription::Subscription;
+use hookline_domain::task::DeliveryTask;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };

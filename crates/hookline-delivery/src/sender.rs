@@ -6,10 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hookline_core::attempt::{truncate_body, MAX_RESPONSE_BODY};
-use hookline_core::egress::EgressPolicy;
-use hookline_core::subscription::{PayloadMode, Subscription};
-use hookline_core::task::DeliveryTask;
+use hookline_domain::attempt::{truncate_body, MAX_RESPONSE_BODY};
+use hookline_domain::egress::EgressPolicy;
+use hookline_domain::subscription::{PayloadMode, Subscription};
+use hookline_domain::task::DeliveryTask;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 

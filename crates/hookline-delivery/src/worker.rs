@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
-use hookline_core::task::DeliveryTask;
 use hookline_core::telemetry::Readiness;
-use hookline_core::tracker::OffsetTracker;
+use hookline_domain::task::DeliveryTask;
+use hookline_domain::tracker::OffsetTracker;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use clap::{Parser, Subcommand};
-use hookline_core::signing::WebhookSecret;
+use hookline_domain::signing::WebhookSecret;
 use serde_json::{json, Value};
 
 #[derive(Parser)]

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::ApiError;
+use crate::http::{body_bytes, json_body, require_bearer};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -12,13 +14,11 @@ use axum::{middleware, Json, Router};
 use chrono::Utc;
 use futures::future::join_all;
 use hookline_core::config::KafkaArgs;
-use hookline_core::error::ApiError;
-use hookline_core::event::{parse_batch, Event};
-use hookline_core::http::{body_bytes, json_body, require_bearer};
-use hookline_core::ids;
-use hookline_core::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
+use hookline_domain::event::{parse_batch, Event};
+use hookline_domain::ids;
+use hookline_domain::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 use prometheus::{IntCounterVec, Opts, Registry};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
@@ -79,7 +79,7 @@ pub struct AppState {
     /// Kafka settings, for scans (replay, redrive).
     pub kafka: KafkaArgs,
     /// How CloudEvents records are read (replay).
-    pub cloudevents: hookline_core::cloudevents::CloudEventsConfig,
+    pub cloudevents: hookline_domain::cloudevents::CloudEventsConfig,
     /// Recent delivery attempts.
     pub attempts: Arc<crate::attempts::AttemptLog>,
     /// Metrics.
@@ -340,7 +340,7 @@ async fn redrive_dlq(
 ) -> Result<Json<Value>, ApiError> {
     let request: crate::replay::RedriveRequest = json_body(body)?;
     if request.subscription_id.is_none() && request.since.is_none() {
-        return Err(ApiError::invalid(hookline_core::event::FieldError::new(
+        return Err(ApiError::invalid(hookline_domain::event::FieldError::new(
             "subscription_id",
             "give a subscription_id, a since, or both",
         )));

@@ -4,9 +4,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hookline_core::attempt::AttemptRecord;
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
+use hookline_domain::attempt::AttemptRecord;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 

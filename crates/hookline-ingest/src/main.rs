@@ -4,6 +4,8 @@
 
 mod api;
 mod attempts;
+mod error;
+mod http;
 mod replay;
 
 use std::net::SocketAddr;

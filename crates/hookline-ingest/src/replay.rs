@@ -4,14 +4,14 @@
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use hookline_core::cloudevents::CloudEventsConfig;
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka::record_headers;
-use hookline_core::routing::{parse_record, EventRecord, RecordPosition};
 use hookline_core::scan::scan_topic;
-use hookline_core::subscription::Subscription;
-use hookline_core::task::DeliveryTask;
 use hookline_core::topics::Topics;
+use hookline_domain::cloudevents::CloudEventsConfig;
+use hookline_domain::routing::{parse_record, EventRecord};
+use hookline_domain::subscription::Subscription;
+use hookline_domain::task::DeliveryTask;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
@@ -111,7 +111,7 @@ pub async fn replay(
         report.scanned = scan_topic(&scan_args, &events_topic, Some(since), |message| {
             let headers = record_headers(message);
             let record = EventRecord {
-                position: RecordPosition::of(message),
+                position: hookline_core::kafka::record_position(message),
                 headers: &headers,
                 payload: message.payload(),
             };

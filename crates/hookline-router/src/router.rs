@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::join_all;
-use hookline_core::cloudevents::CloudEventsConfig;
 use hookline_core::config::KafkaArgs;
-use hookline_core::event::FieldError;
 use hookline_core::kafka;
-use hookline_core::routing::{route_record, EventRecord, RecordPosition};
-use hookline_core::task::DeliveryTask;
 use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
+use hookline_domain::cloudevents::CloudEventsConfig;
+use hookline_domain::event::FieldError;
+use hookline_domain::routing::{route_record, EventRecord};
+use hookline_domain::task::DeliveryTask;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -544,7 +544,7 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(source, message)| {
-                let position = RecordPosition::of(message);
+                let position = kafka::record_position(message);
                 let headers = kafka::record_headers(message);
                 let record = EventRecord {
                     position,

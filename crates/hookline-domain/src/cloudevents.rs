@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::event::{validate_name, Event, FieldError};
 use crate::ids::EVENT_ID_PREFIX;
-use crate::routing::RecordPosition;
+use crate::position::RecordPosition;
 
 /// The only CloudEvents `specversion` accepted.
 pub const SPEC_VERSION: &str = "1.0";

@@ -6,35 +6,8 @@ use chrono::{DateTime, Utc};
 use crate::cloudevents::{self, CloudEventsConfig};
 use crate::event::{Defaults, Event, FieldError};
 use crate::matching::SubscriptionIndex;
+use crate::position::RecordPosition;
 use crate::task::DeliveryTask;
-
-/// Where a record sits on its topic.
-#[derive(Debug, Clone, Copy)]
-pub struct RecordPosition<'a> {
-    /// Topic.
-    pub topic: &'a str,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Kafka timestamp, if any.
-    pub timestamp: Option<DateTime<Utc>>,
-}
-
-impl<'a> RecordPosition<'a> {
-    /// Where `message` sits, with its Kafka timestamp.
-    pub fn of<M: rdkafka::message::Message>(message: &'a M) -> Self {
-        Self {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp: message
-                .timestamp()
-                .to_millis()
-                .and_then(DateTime::<Utc>::from_timestamp_millis),
-        }
-    }
-}
 
 /// A record read from the events topic.
 #[derive(Debug, Clone, Copy)]

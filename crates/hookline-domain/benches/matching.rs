@@ -1,6 +1,6 @@
 //! Routing throughput against 100,000 subscriptions.
 //!
-//! `cargo bench -p hookline-core --bench matching` — prints events/s for routing whole
+//! `cargo bench -p hookline-domain --bench matching` — prints events/s for routing whole
 //! records (JSON parse, match, task creation) and for the index look-up alone, next to
 //! the cost of parsing the same records with no matching at all (the floor).
 
@@ -8,11 +8,12 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use chrono::Utc;
-use hookline_core::cloudevents::CloudEventsConfig;
-use hookline_core::event::{Defaults, Event};
-use hookline_core::matching::SubscriptionIndex;
-use hookline_core::routing::{route_record, EventRecord, RecordPosition};
-use hookline_core::subscription::{EventTypePattern, Subscription};
+use hookline_domain::cloudevents::CloudEventsConfig;
+use hookline_domain::event::{Defaults, Event};
+use hookline_domain::matching::SubscriptionIndex;
+use hookline_domain::position::RecordPosition;
+use hookline_domain::routing::{route_record, EventRecord};
+use hookline_domain::subscription::{EventTypePattern, Subscription};
 
 const SUBSCRIPTIONS: usize = 100_000;
 const TENANTS: usize = 2_000;
@@ -39,7 +40,7 @@ fn subscription(i: usize) -> Subscription {
         _ => TYPES[(i / 4) % TYPES.len()].to_owned(),
     };
     let filter = i.is_multiple_of(10).then(|| {
-        hookline_core::filter::Filter::parse(&serde_json::json!(
+        hookline_domain::filter::Filter::parse(&serde_json::json!(
             {"field": "amount", "op": "gte", "value": 5000}
         ))
         .expect("valid filter")

@@ -491,7 +491,7 @@ fn validate_headers(
     let mut normalized = BTreeMap::new();
     for (name, value) in headers {
         let field = format!("headers.{name}");
-        let header = axum::http::HeaderName::from_bytes(name.as_bytes())
+        let header = http::HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| FieldError::new(&field, "not a valid header name"))?;
         if RESERVED_HEADERS.contains(&header.as_str()) || header.as_str().starts_with("webhook-") {
             return Err(FieldError::new(
@@ -499,7 +499,7 @@ fn validate_headers(
                 "is set by Hookline and cannot be overridden",
             ));
         }
-        axum::http::HeaderValue::from_str(&value)
+        http::HeaderValue::from_str(&value)
             .map_err(|_| FieldError::new(&field, "not a valid header value"))?;
         normalized.insert(header.as_str().to_owned(), value);
     }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::event::FieldError;
+use hookline_domain::event::FieldError;
 
 /// Middleware: when a token is configured, requests need `Authorization: Bearer <token>`.
 pub async fn require_bearer(

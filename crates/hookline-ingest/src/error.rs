@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::event::FieldError;
+use hookline_domain::event::FieldError;
 
 /// An API error, ready to become a response.
 #[derive(Debug, thiserror::Error)]

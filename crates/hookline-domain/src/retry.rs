@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 
 /// Delays between attempts: the first attempt is immediate, attempt `n + 1` follows
 /// attempt `n` after `delays[n - 1]`.

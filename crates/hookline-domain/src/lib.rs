@@ -1,0 +1,26 @@
+//! Hookline's domain, with no Kafka, HTTP server, CLI or metrics in it: the event
+//! envelope and its CloudEvents mapping, ids, subscriptions and their matching and
+//! filters, Standard Webhooks signing, delivery tasks and attempt records, and the
+//! delivery policy (retry schedule and tiers, circuit breaker, offset tracking, egress
+//! policy, and the delivery decision). Everything here is pure: effects live in the
+//! binaries and in `hookline-core`'s Kafka wiring.
+#![warn(missing_docs)]
+
+pub mod attempt;
+pub mod breaker;
+pub mod cloudevents;
+pub mod decision;
+pub mod duration;
+pub mod egress;
+pub mod event;
+pub mod filter;
+pub mod health;
+pub mod ids;
+pub mod matching;
+pub mod position;
+pub mod retry;
+pub mod routing;
+pub mod signing;
+pub mod subscription;
+pub mod task;
+pub mod tracker;
