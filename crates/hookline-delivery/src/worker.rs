@@ -58,6 +58,7 @@ pub struct RebalanceLog {
     grace: Duration,
     revoked: Mutex<Vec<Tp>>,
     assigned: prometheus::IntGauge,
+    first: kafka::FirstAssignment,
 }
 
 impl RebalanceLog {
@@ -76,6 +77,7 @@ impl RebalanceLog {
             grace,
             revoked: Mutex::new(Vec::new()),
             assigned,
+            first: kafka::FirstAssignment::new("deliveries"),
         })
     }
 
@@ -150,7 +152,8 @@ impl ConsumerContext for RebalanceLog {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.first.observe(rebalance);
         if let Ok(assignment) = consumer.assignment() {
             self.assigned.set(assignment.count() as i64);
         }
@@ -260,6 +263,11 @@ impl Worker {
             lanes: HashMap::new(),
             in_flight: 0,
         })
+    }
+
+    /// True once the group gave this worker its first assignment (it really consumes).
+    pub fn assigned(&self) -> Readiness {
+        self.consumer.context().first.readiness()
     }
 
     /// Delivers until `stop` turns true, then drains and commits.
