@@ -3,11 +3,17 @@
 //!
 //! The broker address comes from `HOOKLINE_TEST_KAFKA_BROKERS` (default
 //! `127.0.0.1:19092`, the port `scripts/test.sh` starts). Every test gets its own topic
-//! prefix and consumer groups, so tests run side by side on one broker.
+//! prefix and consumer groups, so tests run side by side on one broker. A test that
+//! needs a broker of its own (a cold start) starts one with [`Broker::launch`].
+//!
+//! The binaries see only the deployment's environment on top of the caller's minus
+//! every `HOOKLINE_*` variable (see [`is_stray`]): a setting exported in the developer's
+//! shell never changes what a test runs.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path as FsPath, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +49,14 @@ fn bin_dir() -> PathBuf {
     target.join("debug")
 }
 
+/// Whether an inherited environment variable is a Hookline setting the harness must not
+/// pass on to the binaries it starts: every `HOOKLINE_*` except the harness's own
+/// (`HOOKLINE_TEST_*`, `HOOKLINE_BIN_DIR`).
+pub fn is_stray(key: &OsStr) -> bool {
+    let key = key.to_string_lossy();
+    key.starts_with("HOOKLINE_") && !key.starts_with("HOOKLINE_TEST_") && key != "HOOKLINE_BIN_DIR"
+}
+
 /// One test's deployment: a topic prefix and the environment every binary shares.
 #[derive(Clone)]
 pub struct Deployment {
@@ -55,9 +69,14 @@ pub struct Deployment {
 impl Deployment {
     /// A fresh prefix (`t<ulid>.`) and groups on the test broker; 4 partitions per topic.
     pub fn new() -> Self {
+        Self::on(&brokers())
+    }
+
+    /// Like [`new`](Self::new), on the broker at `brokers` (e.g. a [`Broker`] of the test's own).
+    pub fn on(brokers: &str) -> Self {
         let prefix = format!("t{}.", ulid::Ulid::new().to_string().to_lowercase());
         let env = [
-            ("HOOKLINE_KAFKA_BROKERS", brokers()),
+            ("HOOKLINE_KAFKA_BROKERS", brokers.to_owned()),
             ("HOOKLINE_TOPIC_PREFIX", prefix.clone()),
             ("HOOKLINE_TOPIC_PARTITIONS", "4".into()),
             ("HOOKLINE_ROUTER_GROUP", format!("{prefix}router")),
@@ -82,12 +101,22 @@ impl Deployment {
         format!("{}{suffix}", self.prefix)
     }
 
+    /// A command running `program` with the caller's environment minus every stray
+    /// `HOOKLINE_*` variable ([`is_stray`]), plus the deployment's environment.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new(program);
+        for (key, _) in std::env::vars_os() {
+            if is_stray(&key) {
+                command.env_remove(&key);
+            }
+        }
+        command.envs(&self.env);
+        command
+    }
+
     /// Runs `binary args…` to completion (a one-off command such as `redrive`).
     pub fn run(&self, binary: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
-        Ok(Command::new(bin_dir().join(binary))
-            .envs(&self.env)
-            .args(args)
-            .output()?)
+        Ok(self.command(bin_dir().join(binary)).args(args).output()?)
     }
 
     /// Starts `binary` on a free port and waits until its `/readyz` answers 200.
@@ -97,6 +126,21 @@ impl Deployment {
 
     /// Like [`start`](Self::start), with extra environment variables.
     pub async fn start_with(&self, binary: &str, extra: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        let mut proc = self.spawn_with(binary, extra)?;
+        // A worker or router is ready once its group assigned it partitions; one that
+        // replaces a killed member waits for that member's session to time out (45 s).
+        proc.wait_ready(Duration::from_secs(90)).await?;
+        Ok(proc)
+    }
+
+    /// Starts `binary` on a free port without waiting for it to be ready (see
+    /// [`Proc::wait_ready`]).
+    pub fn spawn(&self, binary: &str) -> anyhow::Result<Proc> {
+        self.spawn_with(binary, &[])
+    }
+
+    /// Like [`spawn`](Self::spawn), with extra environment variables.
+    pub fn spawn_with(&self, binary: &str, extra: &[(&str, &str)]) -> anyhow::Result<Proc> {
         let addr = free_addr();
         let path = bin_dir().join(binary);
         if !path.exists() {
@@ -108,8 +152,8 @@ impl Deployment {
         let log_path =
             std::env::temp_dir().join(format!("{}{binary}-{}.log", self.prefix, addr.port()));
         let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(&path)
-            .envs(&self.env)
+        let child = self
+            .command(&path)
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .env("HOOKLINE_HTTP_ADDR", addr.to_string())
             .stdout(log.try_clone()?)
@@ -117,14 +161,12 @@ impl Deployment {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("spawning {}", path.display()))?;
-        let mut proc = Proc {
+        Ok(Proc {
             child,
             addr,
             log_path,
             name: binary.to_owned(),
-        };
-        proc.wait_ready(Duration::from_secs(60)).await?;
-        Ok(proc)
+        })
     }
 }
 
@@ -150,7 +192,8 @@ impl Proc {
         format!("http://{}", self.addr)
     }
 
-    async fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<()> {
+    /// Waits until `/readyz` answers 200; fails when the process exits or `patience` passes.
+    pub async fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + patience;
         loop {
@@ -240,6 +283,111 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill_hard();
     }
+}
+
+/// A broker of a test's own: `deploy/local/kafka.sh` on a free port (the next port is
+/// its controller's) with a fresh state directory. It starts in the background, so a
+/// test can start the binaries at the same moment; stopped, and its state removed, when
+/// dropped. The caller's `HOOKLINE_KAFKA_VERSION` and `HOOKLINE_KAFKA_CACHE` apply, as
+/// for the suite's own broker.
+pub struct Broker {
+    port: u16,
+    home: PathBuf,
+    /// `kafka.sh start` while it runs: it returns once the broker answers.
+    starter: Option<Child>,
+}
+
+impl Broker {
+    /// Begins starting a brand-new broker and returns at once.
+    pub fn launch() -> anyhow::Result<Self> {
+        let port = free_port_pair()?;
+        let home = std::env::temp_dir().join(format!(
+            "hookline-broker-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        ));
+        std::fs::create_dir_all(&home)?;
+        let log = std::fs::File::create(home.join("kafka.sh.log"))?;
+        let starter = kafka_sh(port, &home)
+            .arg("start")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("running deploy/local/kafka.sh start")?;
+        Ok(Self {
+            port,
+            home,
+            starter: Some(starter),
+        })
+    }
+
+    /// Its bootstrap address, `127.0.0.1:<port>`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until `kafka.sh start` reported the broker up (it answers on its port and
+    /// logged that it started).
+    pub async fn wait_started(&mut self, patience: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
+        while let Some(starter) = &mut self.starter {
+            match starter.try_wait()? {
+                Some(status) if status.success() => self.starter = None,
+                Some(status) => bail!(
+                    "kafka.sh start failed ({status}):\n{}",
+                    std::fs::read_to_string(self.home.join("kafka.sh.log")).unwrap_or_default()
+                ),
+                None if tokio::time::Instant::now() > deadline => {
+                    bail!("broker not started after {patience:?}")
+                }
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// The last lines of the broker's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.home.join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut starter) = self.starter.take() {
+            let _ = starter.kill();
+            let _ = starter.wait();
+        }
+        let _ = kafka_sh(self.port, &self.home)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn kafka_sh(port: u16, home: &FsPath) -> Command {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/kafka.sh");
+    let mut command = Command::new(script);
+    command
+        .env("HOOKLINE_KAFKA_PORT", port.to_string())
+        .env("HOOKLINE_KAFKA_HOME", home);
+    command
+}
+
+/// A free loopback port whose successor is free too (a broker's controller port).
+fn free_port_pair() -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0")?;
+        let port = first.local_addr()?.port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no two consecutive free ports found")
 }
 
 /// One webhook request as a receiver saw it.
@@ -678,10 +826,32 @@ impl Api {
 
 /// An independent producer (acks=all) to write records straight to a topic.
 pub fn producer() -> anyhow::Result<FutureProducer> {
+    producer_on(&brokers())
+}
+
+/// [`producer`] on the broker at `brokers`.
+pub fn producer_on(brokers: &str) -> anyhow::Result<FutureProducer> {
     Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("acks", "all")
         .create()?)
+}
+
+/// Creates `topic` with `partitions` partitions (replication 1) on the broker at `brokers`.
+pub async fn create_topic_on(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .with_context(|| format!("creating {topic}"))?;
+    for result in results {
+        result.map_err(|(name, code)| anyhow::anyhow!("creating {name}: {code}"))?;
+    }
+    Ok(())
 }
 
 /// Produces one record and waits for its acknowledgement.
@@ -704,8 +874,13 @@ pub async fn produce(
 
 /// Total records on a topic (sum of high watermarks; 0 when it does not exist).
 pub fn record_count(topic: &str) -> anyhow::Result<i64> {
+    record_count_on(&brokers(), topic)
+}
+
+/// [`record_count`] on the broker at `brokers`.
+pub fn record_count_on(brokers: &str, topic: &str) -> anyhow::Result<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", "hookline-test-inspector")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -732,10 +907,15 @@ pub struct Record {
 
 /// Reads every record currently on `topic` (read_committed).
 pub fn read_all(topic: &str) -> anyhow::Result<Vec<Record>> {
+    read_all_on(&brokers(), topic)
+}
+
+/// [`read_all`] on the broker at `brokers`.
+pub fn read_all_on(brokers: &str, topic: &str) -> anyhow::Result<Vec<Record>> {
     use rdkafka::message::{Headers, Message};
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set(
             "group.id",
             format!("hookline-test-reader-{}", ulid::Ulid::new()),

@@ -650,15 +650,18 @@ async fn a_rebalance_lets_revoked_deliveries_finish_and_commits_them() {
         .wait_metric("hookline_delivery_in_flight", 20.0, Duration::from_secs(30))
         .await;
     assert!(busy, "the first worker has deliveries in flight");
-    // A second worker joins: the group rebalances while the first is mid-delivery.
-    p.workers
-        .push(p.deployment.start("hookline-delivery").await.unwrap());
+    // A second worker joins: the group rebalances while the first is mid-delivery. Its
+    // readiness comes only after that rebalance (once it was assigned partitions), so
+    // progress is measured when it starts.
+    let mut second = p.deployment.spawn("hookline-delivery").unwrap();
     let expected = count * paths.len();
     let so_far = p.receiver.received().len();
     assert!(
         so_far < expected / 2,
         "the rebalance comes mid-run ({so_far} of {expected} done)"
     );
+    second.wait_ready(Duration::from_secs(90)).await.unwrap();
+    p.workers.push(second);
 
     let all = p
         .receiver

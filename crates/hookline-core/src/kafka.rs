@@ -1,19 +1,29 @@
 //! Kafka clients built the same way in every binary: base settings, then the
 //! operator's pass-through properties, so that SASL/SSL and tuning reach every client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hookline_domain::position::RecordPosition;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfig};
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::metadata::MetadataTopic;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 
 use crate::config::KafkaArgs;
+use crate::telemetry::Readiness;
+
+/// `topic.metadata.refresh.interval.ms` of group consumers (librdkafka's default is 5
+/// minutes). A subscribed topic missing from the metadata a consumer joined its group
+/// with, such as one created a moment earlier or a retry tier that appears later and
+/// matches the pattern, is only picked up at the next refresh.
+pub const GROUP_METADATA_REFRESH_MS: &str = "5000";
 
 /// A topic a binary needs, with how to create it when missing.
 #[derive(Debug, Clone)]
@@ -115,6 +125,10 @@ pub fn group_consumer_config(args: &KafkaArgs, client_id: &str, group: &str) -> 
             ("auto.offset.reset", "earliest"),
             ("isolation.level", "read_committed"),
             ("partition.assignment.strategy", "cooperative-sticky"),
+            (
+                "topic.metadata.refresh.interval.ms",
+                GROUP_METADATA_REFRESH_MS,
+            ),
         ],
     )
 }
@@ -145,15 +159,22 @@ pub fn reader<C: FromClientConfig>(args: &KafkaArgs, client_id: &str) -> Result<
     .create()
 }
 
-/// Creates the topics that do not exist yet; existing ones are left as they are.
-/// Retries while the cluster is unreachable, up to `patience`.
+/// Creates the topics that do not exist yet (existing ones are left as they are), then
+/// waits until every one of them shows in metadata with a leader for every partition,
+/// so that a consumer subscribing next finds them. Retries while the cluster is
+/// unreachable or still loading; fails after `patience` in all.
 pub async fn ensure_topics(
     args: &KafkaArgs,
     specs: &[TopicSpec],
     patience: Duration,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(args, "hookline-admin", &[]).create()?;
+    // Metadata queries below name single topics; they must never auto-create one.
+    let admin: AdminClient<DefaultClientContext> = client_config(
+        args,
+        "hookline-admin",
+        &[("allow.auto.create.topics", "false")],
+    )
+    .create()?;
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|spec| {
@@ -183,13 +204,154 @@ pub async fn ensure_topics(
             Err(err) => err.to_string(),
         };
         if failure.is_empty() {
-            return Ok(());
+            break;
         }
         if tokio::time::Instant::now() >= deadline {
             anyhow::bail!("could not create topics: {failure}");
         }
         tracing::warn!(%failure, "topic creation failed; retrying");
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Created (or already there) is not yet usable: the broker answering metadata may
+    // not show a new topic for a while, and a consumer that subscribes meanwhile joins
+    // its group without it.
+    let names = specs.iter().map(|spec| spec.name.clone()).collect();
+    await_topics(Arc::new(admin), names, deadline).await
+}
+
+/// Waits until every topic of `names` is in `admin`'s metadata with a leader for every
+/// partition, querying again with backoff (100 ms doubling up to 2 s) until `deadline`.
+async fn await_topics(
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    names: Vec<String>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (client, query) = (Arc::clone(&admin), names.clone());
+        let problems = tokio::task::spawn_blocking(move || {
+            topic_problems(client.inner(), &query, Duration::from_secs(5))
+        })
+        .await
+        .unwrap_or_else(|err| vec![format!("metadata query failed: {err}")]);
+        if problems.is_empty() {
+            tracing::info!(
+                topics = names.len(),
+                waited_ms = started.elapsed().as_millis() as u64,
+                "topics visible in metadata"
+            );
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            anyhow::bail!("topics not usable: {}", problems.join(", "));
+        }
+        tracing::warn!(problems = %problems.join(", "), "waiting for topics to show in metadata");
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Why each topic of `names` is not usable yet as `client` sees the cluster: missing,
+/// in error, or with a partition without leader. Empty when all are usable. Blocking
+/// (one metadata request per topic, each up to `timeout`).
+pub fn topic_problems<C: ClientContext>(
+    client: &Client<C>,
+    names: &[String],
+    timeout: Duration,
+) -> Vec<String> {
+    names
+        .iter()
+        .filter_map(|name| match client.fetch_metadata(Some(name), timeout) {
+            Err(err) => Some(format!("{name}: {err}")),
+            Ok(metadata) => match metadata.topics().iter().find(|t| t.name() == name) {
+                None => Some(format!("{name}: not in metadata")),
+                Some(topic) => topic_problem(topic).map(|problem| format!("{name}: {problem}")),
+            },
+        })
+        .collect()
+}
+
+fn topic_problem(topic: &MetadataTopic) -> Option<String> {
+    if let Some(err) = topic.error() {
+        return Some(RDKafkaErrorCode::from(err).to_string());
+    }
+    if topic.partitions().is_empty() {
+        return Some("no partitions".into());
+    }
+    // Only a missing leader counts: a partition error such as REPLICA_NOT_AVAILABLE
+    // (a follower down) still leaves it usable.
+    topic
+        .partitions()
+        .iter()
+        .find(|p| p.leader() < 0)
+        .map(|p| format!("partition {} has no leader", p.id()))
+}
+
+/// Whether a group consumer has had its first assignment: it joined its group and
+/// fetches from here on. Feed it every rebalance ([`observe`](Self::observe)).
+#[derive(Clone)]
+pub struct FirstAssignment {
+    consumer: &'static str,
+    assigned: Readiness,
+}
+
+impl FirstAssignment {
+    /// Not assigned yet; `consumer` names the consumer in the log.
+    pub fn new(consumer: &'static str) -> Self {
+        Self {
+            consumer,
+            assigned: Readiness::default(),
+        }
+    }
+
+    /// Records an assignment (from `post_rebalance`). Any assignment counts, an empty
+    /// one included: a member with no partitions has still joined.
+    pub fn observe(&self, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            if !self.assigned.get() {
+                tracing::info!(
+                    consumer = self.consumer,
+                    partitions = partitions.count(),
+                    "first assignment: consuming"
+                );
+            }
+            self.assigned.set(true);
+        }
+    }
+
+    /// True from the first assignment on.
+    pub fn readiness(&self) -> Readiness {
+        self.assigned.clone()
+    }
+}
+
+/// The context of a group consumer that needs no rebalance hooks beyond recording its
+/// first assignment.
+pub struct AssignmentContext {
+    first: FirstAssignment,
+}
+
+impl AssignmentContext {
+    /// A context for the consumer named `consumer` in the log.
+    pub fn new(consumer: &'static str) -> Self {
+        Self {
+            first: FirstAssignment::new(consumer),
+        }
+    }
+
+    /// True from the consumer's first assignment on.
+    pub fn readiness(&self) -> Readiness {
+        self.first.readiness()
+    }
+}
+
+impl ClientContext for AssignmentContext {}
+
+impl ConsumerContext for AssignmentContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.first.observe(rebalance);
     }
 }
 
@@ -264,5 +426,32 @@ pub fn record_position<M: Message>(message: &M) -> RecordPosition<'_> {
             .timestamp()
             .to_millis()
             .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(properties: &[(&str, &str)]) -> KafkaArgs {
+        KafkaArgs {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "t.".into(),
+            topic_partitions: 4,
+            topic_replication: 1,
+            properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn group_consumers_refresh_metadata_every_few_seconds_unless_told_otherwise() {
+        let key = "topic.metadata.refresh.interval.ms";
+        let config = group_consumer_config(&args(&[]), "c", "g");
+        assert_eq!(config.get(key), Some(GROUP_METADATA_REFRESH_MS));
+        let config = group_consumer_config(&args(&[(key, "60000")]), "c", "g");
+        assert_eq!(config.get(key), Some("60000"), "the operator's value wins");
     }
 }

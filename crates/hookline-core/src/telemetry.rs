@@ -45,19 +45,35 @@ pub fn registry(binary: &str) -> Registry {
     registry
 }
 
-/// Readiness flag: false until the binary's consumers and views are up.
+/// Readiness flag: false until the binary's consumers and views are up. Clones share
+/// the flag; [`and`](Self::and) makes one that also needs other conditions.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    flag: Arc<AtomicBool>,
+    /// Further conditions, each set by its own part of the process.
+    also: Vec<Readiness>,
+}
 
 impl Readiness {
-    /// Marks the process ready (or not).
+    /// Marks the process ready (or not), as far as this flag goes.
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.flag.store(ready, Ordering::Release);
     }
 
-    /// Whether the process is ready.
+    /// Whether the process is ready: this flag and every condition added with
+    /// [`and`](Self::and).
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.flag.load(Ordering::Acquire) && self.also.iter().all(Readiness::get)
+    }
+
+    /// A readiness sharing this one's flag that is ready only when `other` is too.
+    pub fn and(&self, other: &Readiness) -> Readiness {
+        let mut also = self.also.clone();
+        also.push(other.clone());
+        Readiness {
+            flag: Arc::clone(&self.flag),
+            also,
+        }
     }
 }
 
@@ -160,5 +176,24 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_every_condition() {
+        let view = Readiness::default();
+        let assigned = Readiness::default();
+        let serving = view.and(&assigned);
+        assert!(!serving.get());
+        view.set(true);
+        assert!(!serving.get(), "the assignment is still missing");
+        assigned.set(true);
+        assert!(serving.get());
+        serving.set(false);
+        assert!(!view.get(), "the flag is shared with the original");
     }
 }

@@ -155,10 +155,13 @@ async fn main() -> anyhow::Result<()> {
         grace: cli.shutdown_grace,
     };
     let worker = worker::Worker::new(&cli.kafka, &cli.group, sizing, context, &registry)?;
+    // Ready once the view caught up (set by the worker) and the group assigned the
+    // worker its partitions: before that it consumes nothing.
+    let serving = readiness.and(&worker.assigned());
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(
         cli.http_addr,
-        telemetry::ops_routes(registry, readiness.clone()),
+        telemetry::ops_routes(registry, serving),
         stop.clone(),
     ));
     worker.run(readiness, stop).await?;

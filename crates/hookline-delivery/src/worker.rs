@@ -99,6 +99,7 @@ pub struct RebalanceLog {
     grace: Duration,
     revoked: Mutex<Vec<Tp>>,
     assigned: prometheus::IntGauge,
+    first: kafka::FirstAssignment,
 }
 
 impl RebalanceLog {
@@ -117,6 +118,7 @@ impl RebalanceLog {
             grace,
             revoked: Mutex::new(Vec::new()),
             assigned,
+            first: kafka::FirstAssignment::new("deliveries"),
         })
     }
 
@@ -191,6 +193,7 @@ impl ConsumerContext for RebalanceLog {
                 tracing::warn!(%err, "resuming assigned partitions failed");
             }
         }
+        self.first.observe(rebalance);
         if let Ok(assignment) = consumer.assignment() {
             self.assigned.set(assignment.count() as i64);
         }
@@ -329,6 +332,11 @@ impl Worker {
             lanes_gauge,
             in_flight: 0,
         })
+    }
+
+    /// True once the group gave this worker its first assignment (it really consumes).
+    pub fn assigned(&self) -> Readiness {
+        self.consumer.context().first.readiness()
     }
 
     /// Delivers until `stop` turns true, then drains and commits.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
+use hookline_core::telemetry::Readiness;
 use hookline_domain::attempt::AttemptRecord;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -17,6 +18,8 @@ pub const KEPT_PER_SUBSCRIPTION: usize = 100;
 #[derive(Default)]
 pub struct AttemptLog {
     by_subscription: Mutex<HashMap<String, VecDeque<AttemptRecord>>>,
+    /// True once the consumer got its (first) assignment.
+    assigned: Readiness,
 }
 
 impl AttemptLog {
@@ -29,7 +32,7 @@ impl AttemptLog {
             "hookline-ingest-attempts-{}",
             ulid::Ulid::new().to_string().to_lowercase()
         );
-        let consumer: StreamConsumer = kafka::client_config(
+        let consumer: StreamConsumer<kafka::AssignmentContext> = kafka::client_config(
             args,
             "hookline-ingest-attempts",
             &[
@@ -37,11 +40,18 @@ impl AttemptLog {
                 ("enable.auto.commit", "false"),
                 ("auto.offset.reset", "earliest"),
                 ("isolation.level", "read_committed"),
+                (
+                    "topic.metadata.refresh.interval.ms",
+                    kafka::GROUP_METADATA_REFRESH_MS,
+                ),
             ],
         )
-        .create()?;
+        .create_with_context(kafka::AssignmentContext::new("attempts"))?;
         consumer.subscribe(&[&args.topics().attempts()])?;
-        let log = Arc::new(Self::default());
+        let log = Arc::new(Self {
+            assigned: consumer.context().readiness(),
+            ..Self::default()
+        });
         let filler = Arc::clone(&log);
         tokio::spawn(async move {
             loop {
@@ -63,6 +73,11 @@ impl AttemptLog {
             }
         });
         Ok(log)
+    }
+
+    /// True once the attempts consumer joined its group and reads.
+    pub fn assigned(&self) -> Readiness {
+        self.assigned.clone()
     }
 
     fn add(&self, record: AttemptRecord) {

@@ -117,16 +117,52 @@ async fn main() -> anyhow::Result<()> {
         attempts: attempts::AttemptLog::start(&cli.kafka)?,
         metrics: api::Metrics::register(&registry)?,
     };
+    let starting = Starting {
+        view,
+        producer: state.producer.clone(),
+        events: state.topics.events(),
+        attempts: state.attempts.assigned(),
+    };
     let app = api::routes(state, cli.max_body_bytes, cli.api.admin_token.clone())
         .merge(telemetry::ops_routes(registry, readiness.clone()));
+    tokio::spawn(starting.wait_then_set(readiness));
+    telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()).await
+}
 
-    let ready = readiness.clone();
-    tokio::spawn(async move {
-        while let Err(err) = view.catch_up(Duration::from_secs(10)).await {
+/// What ingest waits for before it is ready: the subscriptions view caught up, the
+/// producer seeing the events topic with leaders, and the attempts log consuming.
+struct Starting {
+    view: Arc<SubscriptionView>,
+    producer: rdkafka::producer::FutureProducer,
+    events: String,
+    attempts: Readiness,
+}
+
+impl Starting {
+    async fn wait_then_set(self, ready: Readiness) {
+        while let Err(err) = self.view.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the subscriptions view");
+            // Some failures are immediate (a partition whose leader is still starting).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        loop {
+            let (producer, topics) = (self.producer.clone(), vec![self.events.clone()]);
+            let problems = tokio::task::spawn_blocking(move || {
+                use rdkafka::producer::Producer as _;
+                kafka::topic_problems(producer.client(), &topics, Duration::from_secs(5))
+            })
+            .await
+            .unwrap_or_else(|err| vec![err.to_string()]);
+            if problems.is_empty() {
+                break;
+            }
+            tracing::warn!(problems = %problems.join(", "), "waiting for the producer's metadata");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        while !self.attempts.get() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         ready.set(true);
         tracing::info!("ready");
-    });
-    telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()).await
+    }
 }

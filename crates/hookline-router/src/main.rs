@@ -105,11 +105,14 @@ async fn main() -> anyhow::Result<()> {
         cloudevents: cli.cloudevents.config(),
     };
     let router = router::Router::new(&cli.kafka, settings, view, &registry)?;
+    // Ready once the view caught up (set by the router) and the group assigned the
+    // router its partitions: before that it routes nothing.
+    let serving = readiness.and(&router.assigned());
 
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(
         cli.http_addr,
-        telemetry::ops_routes(registry, readiness.clone()),
+        telemetry::ops_routes(registry, serving),
         stop.clone(),
     ));
     router.run(readiness, stop).await?;

@@ -209,7 +209,7 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The router of one process.
 pub struct Router {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<kafka::AssignmentContext>,
     producer: FutureProducer,
     view: Arc<SubscriptionView>,
     topics: Topics,
@@ -263,7 +263,8 @@ impl Router {
             // a rebalance of the whole group.
             consumer_config.set("group.instance.id", instance);
         }
-        let consumer: StreamConsumer = consumer_config.create()?;
+        let consumer: StreamConsumer<kafka::AssignmentContext> =
+            consumer_config.create_with_context(kafka::AssignmentContext::new("events"))?;
         let topics = args.topics();
         consumer.subscribe(&[&topics.events()])?;
         let producer =
@@ -281,6 +282,11 @@ impl Router {
             remedies: HashMap::new(),
             backoff: Backoff::default(),
         })
+    }
+
+    /// True once the group gave this router its first assignment (it really consumes).
+    pub fn assigned(&self) -> Readiness {
+        self.consumer.context().readiness()
     }
 
     /// Routes until `stop` turns true; the batch in progress then completes.

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what the demo, the test suite and CI need and the machine lacks: cmake,
+# pkg-config and libssl-dev (librdkafka is built from source), Java and Maven (the local
+# Kafka broker, deploy/local/kafka.sh), kcat and curl (the tests). A Rust toolchain is
+# expected. apt-get runs only when something is missing, through sudo when not root;
+# without apt-get (or without root and sudo) it says what to install and fails.
+#
+#   scripts/setup.sh
+set -euo pipefail
+
+log() { printf 'setup.sh: %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null; then
+  log "cargo not found: install a Rust toolchain (https://rustup.rs)"
+  exit 1
+fi
+
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+command -v kcat >/dev/null || missing+=(kcat)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+# Debian/Ubuntu package names; elsewhere the operator installs the equivalents.
+if ! command -v apt-get >/dev/null; then
+  log "missing: ${missing[*]} (Debian package names); install them with your package manager"
+  exit 1
+fi
+if [ "$(id -u)" -eq 0 ]; then
+  as_root() { "$@"; }
+elif command -v sudo >/dev/null; then
+  as_root() { sudo "$@"; }
+else
+  log "missing: ${missing[*]}; not root and no sudo: run 'apt-get install ${missing[*]}' as root"
+  exit 1
+fi
+log "installing ${missing[*]}"
+as_root apt-get update -qq
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
