@@ -102,7 +102,7 @@ async fn killed_routers_neither_duplicate_nor_lose_a_task() {
     for record in read_all(&deliveries).unwrap() {
         let task: DeliveryTask = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
         *counts
-            .entry((task.event.id, task.subscription_id))
+            .entry((task.event.id.into(), task.subscription_id.into()))
             .or_default() += 1;
     }
     let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
@@ -154,6 +154,7 @@ async fn an_event_whose_tasks_are_too_large_is_dead_lettered_and_routing_goes_on
                 .unwrap()
                 .event
                 .id
+                .into()
         })
         .collect();
     assert_eq!(

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use hookline_core::topics::Topics;
 use hookline_domain::event::Event;
 use hookline_domain::health::SubscriptionHealth;
-use hookline_domain::ids;
+use hookline_domain::ids::{self, SubscriptionId};
 use hookline_domain::subscription::Subscription;
 use rdkafka::producer::FutureProducer;
 use serde_json::json;
@@ -33,7 +33,7 @@ pub struct HealthWriter {
     topics: Topics,
     /// This worker's latest write per subscription, until its view shows it: tasks of
     /// one subscription run concurrently, and the view lags a write by a few ms.
-    recent: Mutex<HashMap<String, (Option<SubscriptionHealth>, Instant)>>,
+    recent: Mutex<HashMap<SubscriptionId, (Option<SubscriptionHealth>, Instant)>>,
     disabled: prometheus::IntCounter,
 }
 
@@ -78,7 +78,7 @@ impl HealthWriter {
         self.recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), (health.clone(), Instant::now()));
+            .insert(SubscriptionId::from(id), (health.clone(), Instant::now()));
         let topic = self.topics.subscription_health();
         match &health {
             Some(health) => {

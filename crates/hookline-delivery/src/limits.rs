@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hookline_domain::breaker::{Admission, BreakerState, CircuitBreaker};
+use hookline_domain::ids::SubscriptionId;
 use hookline_domain::subscription::Subscription;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,7 +25,7 @@ struct SubscriptionLimits {
 /// Limits of every subscription this worker has seen.
 pub struct Limits {
     default_in_flight: u32,
-    by_subscription: Mutex<HashMap<String, Arc<SubscriptionLimits>>>,
+    by_subscription: Mutex<HashMap<SubscriptionId, Arc<SubscriptionLimits>>>,
 }
 
 impl Limits {

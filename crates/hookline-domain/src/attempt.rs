@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{EventId, MessageId, SubscriptionId};
+
 /// Most response-body bytes kept in an attempt record.
 pub const MAX_RESPONSE_BODY: usize = 4096;
 
@@ -11,11 +13,11 @@ pub const MAX_RESPONSE_BODY: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     /// The delivery's `webhook-id`.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// Subscription.
-    pub subscription_id: String,
+    pub subscription_id: SubscriptionId,
     /// Event id.
-    pub event_id: String,
+    pub event_id: EventId,
     /// Event type.
     pub event_type: String,
     /// 1-based attempt number.

@@ -17,10 +17,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::event::{validate_name, Event, FieldError};
-use crate::ids::EVENT_ID_PREFIX;
+use crate::ids;
 use crate::position::RecordPosition;
 
 /// The only CloudEvents `specversion` accepted.
@@ -245,7 +244,7 @@ fn build(
     };
 
     Ok(Event {
-        id: derived_id(&source, &ce_id),
+        id: ids::cloudevent_id(&source, &ce_id),
         event_type,
         tenant,
         occurred_at,
@@ -323,20 +322,6 @@ fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> 
         .iter()
         .find(|(key, _)| key.eq_ignore_ascii_case(name))
         .map(|(_, value)| value.as_slice())
-}
-
-/// The Hookline id of a CloudEvent: `evt_` and the first 128 bits (lowercase hex) of
-/// SHA-256 over the length-prefixed (u64 big-endian) `source` and `id`. CloudEvents
-/// are unique per (source, id), and so is this.
-fn derived_id(source: &str, id: &str) -> String {
-    let mut hasher = Sha256::new();
-    for part in [source.as_bytes(), id.as_bytes()] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part);
-    }
-    let digest = hasher.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{EVENT_ID_PREFIX}{hex}")
 }
 
 #[cfg(test)]
@@ -440,7 +425,7 @@ mod tests {
         let value =
             br#"{"payment_intent": "pi_3PqR8x2eZvKYlo2C1", "amount": 129900, "currency": "eur"}"#;
         let event = read_binary(&[], value).unwrap();
-        assert_eq!(event.id, derived_id(SOURCE, "pi_3PqR8x2eZvKYlo2C1"));
+        assert_eq!(event.id, ids::cloudevent_id(SOURCE, "pi_3PqR8x2eZvKYlo2C1"));
         assert!(event.id.starts_with("evt_"));
         assert_eq!(event.id.len(), 4 + 32);
         assert_eq!(event.event_type, TYPE);
@@ -455,7 +440,7 @@ mod tests {
     #[test]
     fn structured_mode_payment_event() {
         let event = read_structured(&payment_envelope()).unwrap();
-        assert_eq!(event.id, derived_id(SOURCE, "pi_3PqR8x2eZvKYlo2C1"));
+        assert_eq!(event.id, ids::cloudevent_id(SOURCE, "pi_3PqR8x2eZvKYlo2C1"));
         assert_eq!(event.event_type, TYPE);
         assert_eq!(event.tenant, "acme");
         assert_eq!(event.occurred_at, at("2026-03-14T09:26:53.589Z"));
@@ -811,8 +796,8 @@ mod tests {
         );
         // Length prefixes keep the parts apart.
         assert_ne!(
-            derived_id("/payments/eu-1", "a"),
-            derived_id("/payments/eu-", "1a")
+            ids::cloudevent_id("/payments/eu-1", "a"),
+            ids::cloudevent_id("/payments/eu-", "1a")
         );
     }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ids;
+use crate::ids::{self, EventId};
 
 /// Longest accepted event type, tenant or id.
 const MAX_NAME_LEN: usize = 128;
@@ -14,7 +14,7 @@ const MAX_NAME_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Unique id (`evt_…` when Hookline made it; any producer id otherwise).
-    pub id: String,
+    pub id: EventId,
     /// Dotted event type, e.g. `invoice.paid`.
     #[serde(rename = "type")]
     pub event_type: String,
@@ -93,7 +93,7 @@ impl Event {
         }
         let tenant = take_name(&mut object, "tenant", true)?.unwrap_or_default();
         let id = match take_name(&mut object, "id", false)? {
-            Some(id) => id,
+            Some(id) => EventId::from(id),
             None => match defaults {
                 Defaults::Fresh => ids::new_event_id(),
                 Defaults::Record {
@@ -184,7 +184,7 @@ impl Event {
         match self.entity_id() {
             Value::String(entity) => format!("{}/{entity}", self.tenant),
             Value::Number(entity) => format!("{}/{entity}", self.tenant),
-            _ => self.id.clone(),
+            _ => self.id.to_string(),
         }
     }
 

@@ -1,7 +1,110 @@
 //! Identifiers: generated ones are prefixed ULIDs (time-sortable); derived ones are
 //! deterministic hashes, so that re-processing the same input yields the same id.
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// Declares a string newtype for one kind of id: serialized as the bare string, read as
+/// `&str` where text is needed, never mixed up with another kind of id.
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(text: String) -> Self {
+                Self(text)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(text: &str) -> Self {
+                Self(text.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+    };
+}
+
+string_id!(
+    /// An event's id (`evt_…` when Hookline made it; any non-empty text from producers).
+    EventId
+);
+string_id!(
+    /// A subscription's id (`sub_…`).
+    SubscriptionId
+);
+string_id!(
+    /// A delivery's id, sent as `webhook-id` and `idempotency-key` (`msg_…`).
+    MessageId
+);
 
 /// Prefix of event ids.
 pub const EVENT_ID_PREFIX: &str = "evt_";
@@ -11,45 +114,53 @@ pub const SUBSCRIPTION_ID_PREFIX: &str = "sub_";
 pub const MESSAGE_ID_PREFIX: &str = "msg_";
 
 /// A new, time-sortable event id.
-pub fn new_event_id() -> String {
-    format!("{EVENT_ID_PREFIX}{}", ulid::Ulid::new())
+pub fn new_event_id() -> EventId {
+    EventId(format!("{EVENT_ID_PREFIX}{}", ulid::Ulid::new()))
 }
 
 /// A new, time-sortable subscription id.
-pub fn new_subscription_id() -> String {
-    format!("{SUBSCRIPTION_ID_PREFIX}{}", ulid::Ulid::new())
+pub fn new_subscription_id() -> SubscriptionId {
+    SubscriptionId(format!("{SUBSCRIPTION_ID_PREFIX}{}", ulid::Ulid::new()))
 }
 
 /// The id of an event that arrived on a topic without one: a hash of where it sits,
 /// so every router (and every re-read after a crash) derives the same id.
-pub fn derived_event_id(topic: &str, partition: i32, offset: i64) -> String {
-    format!(
+pub fn derived_event_id(topic: &str, partition: i32, offset: i64) -> EventId {
+    EventId(format!(
         "{EVENT_ID_PREFIX}{}",
         short_hash(&[
             topic.as_bytes(),
             &partition.to_be_bytes(),
             &offset.to_be_bytes()
         ])
-    )
+    ))
+}
+
+/// The Hookline id of a CloudEvent: unique per (`source`, `id`), as CloudEvents are.
+pub fn cloudevent_id(source: &str, id: &str) -> EventId {
+    EventId(format!(
+        "{EVENT_ID_PREFIX}{}",
+        short_hash(&[source.as_bytes(), id.as_bytes()])
+    ))
 }
 
 /// The `webhook-id` of one event's delivery to one subscription: stable across
 /// retries, redrives and replays, unique per (event, subscription).
-pub fn message_id(event_id: &str, subscription_id: &str) -> String {
-    format!(
+pub fn message_id(event_id: &str, subscription_id: &str) -> MessageId {
+    MessageId(format!(
         "{MESSAGE_ID_PREFIX}{}",
         short_hash(&[event_id.as_bytes(), subscription_id.as_bytes()])
-    )
+    ))
 }
 
 /// The id of an event Hookline itself publishes (`kind`, e.g. `subscription.disabled`)
 /// about `subject` (e.g. one version of a subscription): two processes publishing the
 /// same fact derive the same id.
-pub fn operational_event_id(kind: &str, subject: &str) -> String {
-    format!(
+pub fn operational_event_id(kind: &str, subject: &str) -> EventId {
+    EventId(format!(
         "{EVENT_ID_PREFIX}{}",
         short_hash(&[kind.as_bytes(), subject.as_bytes()])
-    )
+    ))
 }
 
 /// First 128 bits of SHA-256 over length-prefixed parts, as lowercase hex.

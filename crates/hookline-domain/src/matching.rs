@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::event::Event;
+use crate::ids::SubscriptionId;
 use crate::subscription::{EventTypePattern, Subscription};
 
 /// Enabled subscriptions, indexed by tenant then by pattern.
 #[derive(Debug, Default, Clone)]
 pub struct SubscriptionIndex {
-    by_id: HashMap<String, Arc<Subscription>>,
+    by_id: HashMap<SubscriptionId, Arc<Subscription>>,
     tenants: HashMap<String, TenantRoutes>,
 }
 
@@ -142,7 +143,7 @@ mod tests {
     }
 
     fn ids(found: Vec<Arc<Subscription>>) -> Vec<String> {
-        found.iter().map(|s| s.id.clone()).collect()
+        found.iter().map(|s| s.id.to_string()).collect()
     }
 
     #[test]
@@ -204,7 +205,7 @@ mod tests {
                 let mut expected: Vec<String> = all
                     .iter()
                     .filter(|s| s.wants(tenant, t))
-                    .map(|s| s.id.clone())
+                    .map(|s| s.id.to_string())
                     .collect();
                 expected.sort();
                 assert_eq!(ids(index.matching(tenant, t)), expected, "{tenant} {t}");

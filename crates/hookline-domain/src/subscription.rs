@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::event::{parse_names, validate_name, Event, FieldError};
 use crate::filter::Filter;
 use crate::health::SubscriptionHealth;
+use crate::ids::SubscriptionId;
 use crate::signing::WebhookSecret;
 
 /// Longest accepted description.
@@ -135,7 +136,7 @@ fn deserialize_secret<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookSecret, 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subscription {
     /// `sub_…` id.
-    pub id: String,
+    pub id: SubscriptionId,
     /// Tenant whose events it receives.
     pub tenant: String,
     /// Receiver endpoint.
@@ -194,7 +195,7 @@ impl Subscription {
     pub fn basic(id: &str, tenant: &str, url: &str, event_types: Vec<EventTypePattern>) -> Self {
         let now = Utc::now();
         Self {
-            id: id.to_owned(),
+            id: SubscriptionId::from(id),
             tenant: tenant.to_owned(),
             url: url.to_owned(),
             event_types,
@@ -330,7 +331,7 @@ impl NewSubscription {
     /// Validates the request into a subscription with id `id`, created `now`.
     pub fn into_subscription(
         self,
-        id: String,
+        id: SubscriptionId,
         now: DateTime<Utc>,
     ) -> Result<Subscription, FieldError> {
         let tenant = self

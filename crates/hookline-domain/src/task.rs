@@ -6,15 +6,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::ids;
+use crate::ids::{self, MessageId, SubscriptionId};
 
 /// One event to deliver to one subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryTask {
     /// The `webhook-id`: stable for this (event, subscription) pair.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// Target subscription; its URL and secret are looked up at delivery time.
-    pub subscription_id: String,
+    pub subscription_id: SubscriptionId,
     /// The event.
     pub event: Event,
     /// Attempts already made (0 for a fresh task).
@@ -35,7 +35,7 @@ impl DeliveryTask {
     pub fn new(event: Event, subscription_id: &str, routed_at: DateTime<Utc>) -> Self {
         Self {
             message_id: ids::message_id(&event.id, subscription_id),
-            subscription_id: subscription_id.to_owned(),
+            subscription_id: SubscriptionId::from(subscription_id),
             event,
             attempts: 0,
             routed_at,

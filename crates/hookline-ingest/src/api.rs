@@ -162,7 +162,7 @@ async fn accept_events(
             results.len()
         )));
     }
-    Ok(events.into_iter().map(|e: Event| e.id).collect())
+    Ok(events.into_iter().map(|e: Event| e.id.into()).collect())
 }
 
 /// Writes a subscription record (or a tombstone) and waits until this process's view

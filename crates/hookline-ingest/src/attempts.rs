@@ -85,7 +85,7 @@ impl AttemptLog {
             .by_subscription
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let list = map.entry(record.subscription_id.clone()).or_default();
+        let list = map.entry(record.subscription_id.to_string()).or_default();
         list.push_back(record);
         if list.len() > KEPT_PER_SUBSCRIPTION {
             list.pop_front();

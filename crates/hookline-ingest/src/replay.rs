@@ -70,7 +70,7 @@ pub async fn redrive(
                     if request
                         .subscription_id
                         .as_ref()
-                        .is_none_or(|id| *id == task.subscription_id)
+                        .is_none_or(|id| task.subscription_id == id.as_str())
                     {
                         tasks.push(task);
                     }
@@ -138,7 +138,7 @@ async fn enqueue(
 ) -> anyhow::Result<u64> {
     let payloads: Vec<(String, Vec<u8>)> = tasks
         .iter()
-        .map(|task| Ok((task.subscription_id.clone(), serde_json::to_vec(task)?)))
+        .map(|task| Ok((task.subscription_id.to_string(), serde_json::to_vec(task)?)))
         .collect::<Result<_, serde_json::Error>>()?;
     let results = join_all(payloads.iter().map(|(key, payload)| {
         producer.send(

@@ -616,7 +616,7 @@ impl Router {
                     kind: Kind::Task,
                     isolated: false,
                     topic: topic.to_owned(),
-                    key: Some(task.subscription_id.into_bytes()),
+                    key: Some(String::from(task.subscription_id).into_bytes()),
                     payload: Some(payload),
                     headers: None,
                 })
