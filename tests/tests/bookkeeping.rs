@@ -147,7 +147,7 @@ async fn write_subscription(deployment: &Deployment, subscription: &Subscription
     produce(
         &producer,
         &deployment.topic("subscriptions"),
-        Some(&subscription.id),
+        Some(subscription.id()),
         &serde_json::to_vec(subscription).unwrap(),
     )
     .await
@@ -201,7 +201,7 @@ async fn a_lagging_view_holds_a_task_instead_of_dropping_it() {
     let subscription = Subscription::basic(
         "sub_behindaflood",
         "acme",
-        &receiver.url("held"),
+        receiver.url("held").parse().unwrap(),
         vec![EventTypePattern::parse("*").unwrap()],
     );
     write_subscription(&deployment, &subscription).await;
@@ -210,11 +210,11 @@ async fn a_lagging_view_holds_a_task_instead_of_dropping_it() {
         Defaults::Fresh,
     )
     .unwrap();
-    let task = DeliveryTask::new(event, &subscription.id, Utc::now());
+    let task = DeliveryTask::new(event, subscription.id(), Utc::now());
     produce(
         &producer().unwrap(),
         &deployment.topic("deliveries"),
-        Some(&subscription.id),
+        Some(subscription.id()),
         &serde_json::to_vec(&task).unwrap(),
     )
     .await

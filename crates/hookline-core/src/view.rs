@@ -131,12 +131,11 @@ impl SubscriptionView {
                     index.remove(id);
                 }
                 (Some(id), Some(bytes)) => match serde_json::from_slice::<Subscription>(bytes) {
-                    Ok(mut sub) if sub.id == id => {
-                        sub.health = self.health_of(id).unwrap_or_default();
-                        index.upsert(sub);
+                    Ok(sub) if sub.id() == id => {
+                        index.upsert(sub.with_health(self.health_of(id).unwrap_or_default()));
                     }
                     Ok(sub) => {
-                        tracing::warn!(offset, key = id, id = %sub.id, "subscription record key and id differ; skipped")
+                        tracing::warn!(offset, key = id, id = %sub.id(), "subscription record key and id differ; skipped")
                     }
                     Err(err) => {
                         tracing::warn!(offset, key = id, %err, "unreadable subscription record; skipped")
@@ -172,8 +171,7 @@ impl SubscriptionView {
         }
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         if let Some(current) = index.get(id) {
-            let mut merged = Subscription::clone(current);
-            merged.health = health.unwrap_or_default();
+            let merged = Subscription::clone(current).with_health(health.unwrap_or_default());
             index.upsert(merged);
         }
     }

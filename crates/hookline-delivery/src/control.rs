@@ -62,11 +62,11 @@ impl HealthWriter {
     pub fn health(&self, subscription: &Subscription) -> Option<SubscriptionHealth> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let own = recent
-            .get(&subscription.id)
+            .get(subscription.id())
             .filter(|(_, at)| at.elapsed() < OWN_WRITE_TRUST)
             .map(|(health, _)| health.clone());
         own.unwrap_or_else(|| subscription.current_health().cloned())
-            .filter(|h| h.applies_to(subscription.enabled_revision))
+            .filter(|h| h.applies_to(subscription.enabled_revision()))
     }
 
     /// Since when `subscription` has been failing, if it has.
@@ -93,8 +93,8 @@ impl HealthWriter {
         if self.failing_since(subscription).is_some() {
             return;
         }
-        let health = SubscriptionHealth::failing(subscription.enabled_revision, now);
-        self.write(&subscription.id, Some(health)).await;
+        let health = SubscriptionHealth::failing(subscription.enabled_revision(), now);
+        self.write(subscription.id(), Some(health)).await;
     }
 
     /// Stops the failure clock after a success.
@@ -102,7 +102,7 @@ impl HealthWriter {
         if self.health(subscription).is_none() {
             return;
         }
-        self.write(&subscription.id, None).await;
+        self.write(subscription.id(), None).await;
     }
 
     /// Forgets the health of a deleted subscription (a tombstone, so compaction drops it).
@@ -129,19 +129,19 @@ impl HealthWriter {
         let now = Utc::now();
         let health = self
             .health(subscription)
-            .unwrap_or_else(|| SubscriptionHealth::failing(subscription.enabled_revision, now))
+            .unwrap_or_else(|| SubscriptionHealth::failing(subscription.enabled_revision(), now))
             .disabled(reason, now);
-        self.write(&subscription.id, Some(health)).await;
-        tracing::warn!(subscription = %subscription.id, tenant = %subscription.tenant, reason, "subscription disabled");
+        self.write(subscription.id(), Some(health)).await;
+        tracing::warn!(subscription = %subscription.id(), tenant = %subscription.tenant(), reason, "subscription disabled");
         self.disabled.inc();
 
-        let generation = format!("{}@{}", subscription.id, subscription.enabled_revision);
+        let generation = format!("{}@{}", subscription.id(), subscription.enabled_revision());
         let event = Event {
             id: ids::operational_event_id(SUBSCRIPTION_DISABLED, &generation),
             event_type: SUBSCRIPTION_DISABLED.into(),
-            tenant: subscription.tenant.clone(),
+            tenant: subscription.tenant().to_owned(),
             occurred_at: now,
-            data: json!({"subscription_id": subscription.id, "url": subscription.url, "reason": reason}),
+            data: json!({"subscription_id": subscription.id(), "url": subscription.url(), "reason": reason}),
             channels: Vec::new(),
         };
         produce_json(&self.producer, &self.topics.events(), &event.id, &event).await;

@@ -55,17 +55,17 @@ impl Limits {
     fn of(&self, subscription: &Subscription) -> Arc<SubscriptionLimits> {
         let configured = (
             subscription
-                .max_in_flight
+                .max_in_flight()
                 .unwrap_or(self.default_in_flight)
                 .max(1),
-            subscription.rate_limit,
+            subscription.rate_limit(),
         );
         let mut map = self
             .by_subscription
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = map
-            .get(&subscription.id)
+            .get(subscription.id())
             .filter(|l| l.configured == configured)
         {
             return Arc::clone(existing);
@@ -78,7 +78,7 @@ impl Limits {
                 .and_then(NonZeroU32::new)
                 .map(|per_second| Arc::new(RateLimiter::direct(Quota::per_second(per_second)))),
         });
-        map.insert(subscription.id.clone(), Arc::clone(&limits));
+        map.insert(subscription.id().clone(), Arc::clone(&limits));
         limits
     }
 }

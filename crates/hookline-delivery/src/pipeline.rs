@@ -171,7 +171,7 @@ pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath<'
     let Some(subscription) = find_subscription(context, &task.subscription_id).await else {
         return skip_deleted(context, &task).await;
     };
-    if subscription.tenant != task.event.tenant {
+    if subscription.tenant() != task.event.tenant {
         context.metrics.task("invalid");
         dead_letter(
             context,
@@ -269,7 +269,7 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
         Err(step) => return step,
     };
     let subscription = subscription.as_ref();
-    let endpoint = Breakers::endpoint(&subscription.url);
+    let endpoint = Breakers::endpoint(subscription.url().as_str());
     let result = match context.breakers.admit(&endpoint) {
         Admission::Reject => {
             drop(slot);
@@ -353,14 +353,14 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
             error,
         } => {
             if failed {
-                tracing::info!(message_id = %task.message_id, subscription = %subscription.id, attempt = attempts, %error, "attempt failed");
+                tracing::info!(message_id = %task.message_id, subscription = %subscription.id(), attempt = attempts, %error, "attempt failed");
                 context.health.mark_failing(subscription, now).await;
             }
             task.attempts = attempts;
             Step::Retry {
                 wait,
                 error,
-                ordered: subscription.ordered,
+                ordered: subscription.ordered(),
             }
         }
     }

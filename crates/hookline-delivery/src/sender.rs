@@ -109,10 +109,8 @@ impl Sender {
     }
 
     async fn send(&self, subscription: &Subscription, task: &DeliveryTask) -> Outcome {
-        let url = match reqwest::Url::parse(&subscription.url) {
-            Ok(url) => url,
-            Err(err) => return failed("error", None, format!("invalid URL: {err}")),
-        };
+        // Parsed once, when the subscription was validated.
+        let url = subscription.url().clone();
         // Literal addresses never reach the resolver: check them here.
         let literal: Option<IpAddr> = match url.host() {
             Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
@@ -122,7 +120,7 @@ impl Sender {
         if let Some(ip) = literal.filter(|ip| !self.policy.permits(*ip)) {
             return failed("blocked", None, format!("address {ip} is not permitted"));
         }
-        let body_json = match subscription.payload {
+        let body_json = match subscription.payload() {
             PayloadMode::Full => task.event.webhook_body(),
             PayloadMode::Thin => task.event.thin_webhook_body(),
         };
@@ -131,11 +129,13 @@ impl Sender {
             Err(err) => return failed("error", None, err.to_string()),
         };
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = subscription.secret.sign(&task.message_id, timestamp, &body);
+        let signature = subscription
+            .secret()
+            .sign(&task.message_id, timestamp, &body);
         let mut headers = HeaderMap::new();
         // The subscription's own headers first: Hookline's below always win (names that
         // collide with them are refused when the subscription is saved).
-        for (name, value) in &subscription.headers {
+        for (name, value) in subscription.headers() {
             if let (Ok(name), Ok(value)) = (
                 reqwest::header::HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),

@@ -428,7 +428,7 @@ impl Worker {
         // process's view does not know yet may be an ordered one: it takes the lane too
         // (the lane's task catches the view up and then knows).
         let id = message.key().and_then(|key| std::str::from_utf8(key).ok());
-        let needs_lane = id.is_some_and(|id| self.context.view.get(id).is_none_or(|s| s.ordered));
+        let needs_lane = id.is_some_and(|id| self.context.view.get(id).is_none_or(|s| s.ordered()));
         if let (true, Some(id)) = (needs_lane, id) {
             let lane = self.lanes.entry(id.to_owned()).or_insert_with(|| {
                 self.lanes_gauge.inc();
@@ -604,7 +604,7 @@ fn spawn_lane(context: Arc<Context>, finisher: Finisher) -> Lane {
                 .unwrap_or_default();
             let ordered = find_subscription(&context, id)
                 .await
-                .is_some_and(|s| s.ordered);
+                .is_some_and(|s| s.ordered());
             if ordered {
                 let still_owned = || finisher.is_current(&tp, generation);
                 process(

@@ -47,15 +47,13 @@ fn subscription(i: usize) -> Subscription {
     });
     let patterns = vec![EventTypePattern::parse(&pattern).expect("valid pattern")];
     let tenant = format!("tenant-{}", i % TENANTS);
-    Subscription {
-        filter,
-        ..Subscription::basic(
-            &format!("sub_{i:08}"),
-            &tenant,
-            "https://erp.example/hooks",
-            patterns,
-        )
-    }
+    Subscription::basic(
+        &format!("sub_{i:08}"),
+        &tenant,
+        "https://erp.example/hooks".parse().expect("valid URL"),
+        patterns,
+    )
+    .with_filter(filter)
 }
 
 fn main() {

@@ -64,24 +64,29 @@ impl SubscriptionIndex {
 
     /// Adds or replaces a subscription.
     pub fn upsert(&mut self, subscription: Subscription) {
-        self.remove(&subscription.id);
+        self.remove(subscription.id());
         let subscription = Arc::new(subscription);
-        if subscription.enabled {
-            let routes = self.tenants.entry(subscription.tenant.clone()).or_default();
-            for pattern in &subscription.event_types {
+        // Only active subscriptions are routed to: not those disabled by their operator
+        // or by the pipeline (health).
+        if subscription.is_active() {
+            let routes = self
+                .tenants
+                .entry(subscription.tenant().to_owned())
+                .or_default();
+            for pattern in subscription.event_types() {
                 routes.slot(pattern).push(Arc::clone(&subscription));
             }
         }
-        self.by_id.insert(subscription.id.clone(), subscription);
+        self.by_id.insert(subscription.id().clone(), subscription);
     }
 
     /// Removes a subscription; returns it if it was there.
     pub fn remove(&mut self, id: &str) -> Option<Arc<Subscription>> {
         let old = self.by_id.remove(id)?;
-        if let Some(routes) = self.tenants.get_mut(&old.tenant) {
-            for pattern in &old.event_types {
+        if let Some(routes) = self.tenants.get_mut(old.tenant()) {
+            for pattern in old.event_types() {
                 let slot = routes.slot(pattern);
-                slot.retain(|s| s.id != id);
+                slot.retain(|s| s.id() != id);
                 if slot.is_empty() {
                     match pattern {
                         EventTypePattern::Exact(t) => drop(routes.exact.remove(t)),
@@ -91,7 +96,7 @@ impl SubscriptionIndex {
                 }
             }
             if routes.is_empty() {
-                self.tenants.remove(&old.tenant);
+                self.tenants.remove(old.tenant());
             }
         }
         Some(old)
@@ -121,8 +126,8 @@ impl SubscriptionIndex {
                 found.extend(subs.iter().cloned());
             }
         }
-        found.sort_by(|a, b| a.id.cmp(&b.id));
-        found.dedup_by(|a, b| a.id == b.id);
+        found.sort_by(|a, b| a.id().cmp(b.id()));
+        found.dedup_by(|a, b| a.id() == b.id());
         found
     }
 }
@@ -136,14 +141,17 @@ mod tests {
             .iter()
             .map(|p| EventTypePattern::parse(p).unwrap())
             .collect();
-        Subscription {
-            enabled,
-            ..Subscription::basic(id, tenant, "https://erp.example/hooks", patterns)
-        }
+        Subscription::basic(
+            id,
+            tenant,
+            "https://erp.example/hooks".parse().unwrap(),
+            patterns,
+        )
+        .with_enabled(enabled)
     }
 
     fn ids(found: Vec<Arc<Subscription>>) -> Vec<String> {
-        found.iter().map(|s| s.id.to_string()).collect()
+        found.iter().map(|s| s.id().to_string()).collect()
     }
 
     #[test]
@@ -205,7 +213,7 @@ mod tests {
                 let mut expected: Vec<String> = all
                     .iter()
                     .filter(|s| s.wants(tenant, t))
-                    .map(|s| s.id.to_string())
+                    .map(|s| s.id().to_string())
                     .collect();
                 expected.sort();
                 assert_eq!(ids(index.matching(tenant, t)), expected, "{tenant} {t}");

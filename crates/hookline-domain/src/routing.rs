@@ -58,7 +58,7 @@ pub fn route_record(
     let tasks = index
         .matching_event(&event)
         .iter()
-        .map(|sub| DeliveryTask::new(event.clone(), &sub.id, now))
+        .map(|sub| DeliveryTask::new(event.clone(), sub.id(), now))
         .collect();
     Ok((event, tasks))
 }
@@ -75,7 +75,7 @@ mod tests {
             index.upsert(Subscription::basic(
                 id,
                 "acme",
-                "https://erp.example/hooks",
+                "https://erp.example/hooks".parse().unwrap(),
                 patterns,
             ));
         }

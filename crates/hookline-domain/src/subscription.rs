@@ -132,72 +132,186 @@ fn deserialize_secret<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookSecret, 
     WebhookSecret::parse(&text).map_err(serde::de::Error::custom)
 }
 
-/// A subscription as stored on the subscriptions topic.
+/// A subscription as stored on the subscriptions topic. Fields are private: a
+/// subscription is made only by validation ([`NewSubscription::into_subscription`],
+/// [`SubscriptionPatch::apply`]) or [`Subscription::basic`], and read through its
+/// accessors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subscription {
     /// `sub_…` id.
-    pub id: SubscriptionId,
+    id: SubscriptionId,
     /// Tenant whose events it receives.
-    pub tenant: String,
+    tenant: String,
     /// Receiver endpoint.
-    pub url: String,
+    url: url::Url,
     /// Event types it receives.
-    pub event_types: Vec<EventTypePattern>,
+    event_types: Vec<EventTypePattern>,
     /// Disabled subscriptions receive nothing.
-    pub enabled: bool,
+    enabled: bool,
     /// Free text for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    description: Option<String>,
     /// Signing secret (see the docs: stored in the topic as-is until encryption at rest).
     #[serde(
         serialize_with = "serialize_secret",
         deserialize_with = "deserialize_secret"
     )]
-    pub secret: WebhookSecret,
+    secret: WebhookSecret,
     /// Only events whose `data` satisfies this filter (see `docs/filters.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filter: Option<Filter>,
+    filter: Option<Filter>,
     /// Only events published on one of these channels (all events when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub channels: Vec<String>,
+    channels: Vec<String>,
     /// Full event or identifiers only.
     #[serde(default)]
-    pub payload: PayloadMode,
+    payload: PayloadMode,
     /// Extra headers sent with every delivery.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    headers: BTreeMap<String, String>,
     /// Deliver one at a time, in routing order, retrying in place (see the docs).
     #[serde(default, skip_serializing_if = "is_false")]
-    pub ordered: bool,
+    ordered: bool,
     /// Most requests in flight to this subscription at once (worker default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_in_flight: Option<u32>,
+    max_in_flight: Option<u32>,
     /// Most requests per second to this subscription (unlimited when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<u32>,
+    rate_limit: Option<u32>,
     /// Enable generation: starts at 0 and grows each time an operator enables the
     /// subscription, which voids delivery health recorded for earlier generations (an
     /// automatic disable, the failure clock).
     #[serde(default)]
-    pub enabled_revision: u64,
+    enabled_revision: u64,
     /// Delivery health, merged in by the subscriptions view from the health topic;
     /// never part of the configuration record (workers own it, the API does not).
     #[serde(skip)]
-    pub health: SubscriptionHealth,
+    health: SubscriptionHealth,
     /// Creation time.
-    pub created_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
     /// Last change.
-    pub updated_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
 impl Subscription {
+    /// Its id.
+    pub fn id(&self) -> &SubscriptionId {
+        &self.id
+    }
+
+    /// The tenant whose events it receives.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The receiver endpoint, parsed once when the subscription was validated.
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+
+    /// The event types it receives.
+    pub fn event_types(&self) -> &[EventTypePattern] {
+        &self.event_types
+    }
+
+    /// Whether its operator enabled it (see [`is_active`](Self::is_active) for whether
+    /// it receives deliveries).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Free text for operators.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The signing secret.
+    pub fn secret(&self) -> &WebhookSecret {
+        &self.secret
+    }
+
+    /// Its payload filter, if any.
+    pub fn filter(&self) -> Option<&Filter> {
+        self.filter.as_ref()
+    }
+
+    /// The channels it listens on (all when empty).
+    pub fn channels(&self) -> &[String] {
+        &self.channels
+    }
+
+    /// Full event or identifiers only.
+    pub fn payload(&self) -> PayloadMode {
+        self.payload
+    }
+
+    /// Extra headers sent with every delivery.
+    pub fn headers(&self) -> &BTreeMap<String, String> {
+        &self.headers
+    }
+
+    /// Whether it is delivered one task at a time, in order.
+    pub fn ordered(&self) -> bool {
+        self.ordered
+    }
+
+    /// Its own limit of requests in flight, if it sets one.
+    pub fn max_in_flight(&self) -> Option<u32> {
+        self.max_in_flight
+    }
+
+    /// Its own limit of requests per second, if it sets one.
+    pub fn rate_limit(&self) -> Option<u32> {
+        self.rate_limit
+    }
+
+    /// Its enable generation (see the field's documentation).
+    pub fn enabled_revision(&self) -> u64 {
+        self.enabled_revision
+    }
+
+    /// When it was created.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    /// When its configuration last changed.
+    pub fn updated_at(&self) -> DateTime<Utc> {
+        self.updated_at
+    }
+
+    /// This subscription with `health` merged in (the view does this; health is never
+    /// part of the configuration record).
+    pub fn with_health(mut self, health: SubscriptionHealth) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// This subscription with `filter` (tests and benchmarks; the API validates
+    /// filters through [`NewSubscription`]).
+    pub fn with_filter(mut self, filter: Option<Filter>) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// This subscription enabled or disabled by its operator.
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
     /// An enabled subscription with a fresh secret and no options, created now.
-    pub fn basic(id: &str, tenant: &str, url: &str, event_types: Vec<EventTypePattern>) -> Self {
+    pub fn basic(
+        id: &str,
+        tenant: &str,
+        url: url::Url,
+        event_types: Vec<EventTypePattern>,
+    ) -> Self {
         let now = Utc::now();
         Self {
             id: SubscriptionId::from(id),
             tenant: tenant.to_owned(),
-            url: url.to_owned(),
+            url,
             event_types,
             enabled: true,
             description: None,
@@ -427,7 +541,7 @@ impl SubscriptionPatch {
     }
 }
 
-fn validate_url(text: &str) -> Result<String, FieldError> {
+fn validate_url(text: &str) -> Result<url::Url, FieldError> {
     let url =
         url::Url::parse(text).map_err(|e| FieldError::new("url", format!("invalid URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -439,7 +553,7 @@ fn validate_url(text: &str) -> Result<String, FieldError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(FieldError::new("url", "must not carry credentials"));
     }
-    Ok(url.to_string())
+    Ok(url)
 }
 
 fn validate_patterns(patterns: Vec<String>) -> Result<Vec<EventTypePattern>, FieldError> {

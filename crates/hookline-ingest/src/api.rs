@@ -216,10 +216,10 @@ async fn create_subscription(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request: NewSubscription = json_body(body)?;
     let subscription = request.into_subscription(ids::new_subscription_id(), Utc::now())?;
-    write_subscription(&state, &subscription.id, Some(&subscription)).await?;
-    tracing::info!(id = %subscription.id, tenant = %subscription.tenant, "subscription created");
+    write_subscription(&state, subscription.id(), Some(&subscription)).await?;
+    tracing::info!(id = %subscription.id(), tenant = %subscription.tenant(), "subscription created");
     let mut shown = public(&subscription);
-    shown["secret"] = json!(subscription.secret.expose());
+    shown["secret"] = json!(subscription.secret().expose());
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
@@ -236,10 +236,10 @@ async fn list_subscriptions(
         .view
         .read()
         .iter()
-        .filter(|s| query.tenant.as_ref().is_none_or(|t| &s.tenant == t))
+        .filter(|s| query.tenant.as_ref().is_none_or(|t| s.tenant() == t))
         .cloned()
         .collect();
-    found.sort_by(|a, b| a.id.cmp(&b.id));
+    found.sort_by(|a, b| a.id().cmp(b.id()));
     Json(json!({ "data": found.iter().map(|s| public(s)).collect::<Vec<_>>() }))
 }
 
@@ -262,7 +262,7 @@ async fn get_secret(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(
-        json!({ "secret": find(&state, &id)?.secret.expose() }),
+        json!({ "secret": find(&state, &id)?.secret().expose() }),
     ))
 }
 

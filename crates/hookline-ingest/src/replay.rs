@@ -117,7 +117,7 @@ pub async fn replay(
             };
             match parse_record(record, &cloudevents) {
                 Ok(event) if subscription.accepts(&event) => {
-                    tasks.push(DeliveryTask::new(event, &subscription.id, now));
+                    tasks.push(DeliveryTask::new(event, subscription.id(), now));
                 }
                 Ok(_) => {}
                 Err(_) => report.unreadable += 1,
