@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
-use hookline_domain::attempt::AttemptRecord;
+use hookline_domain::attempt::{AttemptOutcome, AttemptRecord, TaskOutcome};
 use hookline_domain::breaker::Admission;
 use hookline_domain::decision::{decide, AttemptResult, Circumstances, Decision};
 use hookline_domain::retry::{DueClock, RetrySchedule, Wait};
@@ -100,8 +100,12 @@ impl Metrics {
         })
     }
 
-    fn task(&self, outcome: &str) {
-        self.tasks.with_label_values(&[outcome]).inc();
+    fn task(&self, outcome: TaskOutcome) {
+        self.tasks.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    fn attempt(&self, outcome: AttemptOutcome) {
+        self.attempts.with_label_values(&[outcome.as_str()]).inc();
     }
 }
 
@@ -157,13 +161,13 @@ pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath<'
     let task: DeliveryTask = match message.payload().map(serde_json::from_slice) {
         Some(Ok(task)) => task,
         Some(Err(err)) => {
-            context.metrics.task("invalid");
+            context.metrics.task(TaskOutcome::Invalid);
             tracing::warn!(topic = message.topic(), offset = message.offset(), %err, "unreadable delivery task");
             dead_letter(context, &message, &format!("unreadable task: {err}"), None).await;
             return;
         }
         None => {
-            context.metrics.task("invalid");
+            context.metrics.task(TaskOutcome::Invalid);
             dead_letter(context, &message, "task record has no value", None).await;
             return;
         }
@@ -172,7 +176,7 @@ pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath<'
         return skip_deleted(context, &task).await;
     };
     if subscription.tenant() != task.event.tenant {
-        context.metrics.task("invalid");
+        context.metrics.task(TaskOutcome::Invalid);
         dead_letter(
             context,
             &message,
@@ -225,7 +229,7 @@ enum Step {
 
 /// Drops a task whose subscription a caught-up view shows deleted.
 async fn skip_deleted(context: &Context, task: &DeliveryTask) {
-    context.metrics.task("skipped_deleted");
+    context.metrics.task(TaskOutcome::SkippedDeleted);
     tracing::info!(message_id = %task.message_id, subscription = %task.subscription_id, "subscription deleted; task dropped");
     let id = &task.subscription_id;
     context
@@ -243,7 +247,7 @@ async fn active_subscription(
 ) -> Result<Arc<Subscription>, Step> {
     let subscription = find_subscription(context, id).await.ok_or(Step::Deleted)?;
     if !subscription.is_active() {
-        context.metrics.task("dead_lettered");
+        context.metrics.task(TaskOutcome::DeadLettered);
         dead_letter(context, message, "subscription disabled", None).await;
         return Err(Step::Finished);
     }
@@ -273,11 +277,7 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
     let result = match context.breakers.admit(&endpoint) {
         Admission::Reject => {
             drop(slot);
-            context
-                .metrics
-                .attempts
-                .with_label_values(&["circuit_open"])
-                .inc();
+            context.metrics.attempt(AttemptOutcome::CircuitOpen);
             let remaining = context.breakers.remaining_cooldown(&endpoint);
             AttemptResult::CircuitOpen(remaining.max(Duration::from_millis(100)))
         }
@@ -288,11 +288,11 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
             context.breakers.record(&endpoint, delivered);
             drop(slot);
             let class = outcome.class();
-            context.metrics.attempts.with_label_values(&[class]).inc();
+            context.metrics.attempt(class);
             context
                 .metrics
                 .attempt_seconds
-                .with_label_values(&[class])
+                .with_label_values(&[class.as_str()])
                 .observe(elapsed.as_secs_f64());
             record_attempt(context, task, &outcome, elapsed, started_at).await;
             match outcome {
@@ -321,7 +321,7 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
     };
     match decide(result, circumstances) {
         Decision::Delivered => {
-            context.metrics.task("delivered");
+            context.metrics.task(TaskOutcome::Delivered);
             let since_routed = (now - task.routed_at).num_microseconds().unwrap_or(0);
             context
                 .metrics
@@ -337,13 +337,13 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
             status,
         } => {
             context.health.disable(subscription, &reason).await;
-            context.metrics.task("dead_lettered");
+            context.metrics.task(TaskOutcome::DeadLettered);
             dead_letter(context, message, &why, status).await;
             Step::Finished
         }
         Decision::DeadLetter { reason, status } => {
             context.health.mark_failing(subscription, now).await;
-            context.metrics.task("dead_lettered");
+            context.metrics.task(TaskOutcome::DeadLettered);
             dead_letter(context, message, &reason, status).await;
             Step::Finished
         }
@@ -392,7 +392,7 @@ async fn reschedule(context: &Context, mut task: DeliveryTask, wait: Wait, error
         let outcome = match enqueued {
             Ok(delivery) => match delivery.await {
                 Ok(Ok(_)) => {
-                    context.metrics.task("retry_scheduled");
+                    context.metrics.task(TaskOutcome::RetryScheduled);
                     return;
                 }
                 Ok(Err((err, _))) => err.to_string(),
@@ -428,7 +428,7 @@ async fn record_attempt(
         event_id: task.event.id.clone(),
         event_type: task.event.event_type.clone(),
         attempt: task.attempts + 1,
-        outcome: outcome.class().to_owned(),
+        outcome: outcome.class(),
         status,
         error,
         response_body: body.filter(|b| !b.is_empty()),

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hookline_domain::attempt::{truncate_body, MAX_RESPONSE_BODY};
+use hookline_domain::attempt::{truncate_body, AttemptOutcome, MAX_RESPONSE_BODY};
 use hookline_domain::egress::EgressPolicy;
 use hookline_domain::subscription::{PayloadMode, Subscription};
 use hookline_domain::task::DeliveryTask;
@@ -49,9 +49,8 @@ pub enum Outcome {
     },
     /// Anything else.
     Failed {
-        /// Short class for metrics: `http_4xx`, `http_5xx`, `http_3xx`, `timeout`,
-        /// `connect`, `blocked`, `error`.
-        class: &'static str,
+        /// What kind of failure.
+        class: AttemptOutcome,
         /// HTTP status, when there was an answer.
         status: Option<u16>,
         /// Human-readable detail (no secrets).
@@ -64,11 +63,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The metrics class: `success` or the failure class.
-    pub fn class(&self) -> &'static str {
+    /// Its class, for metrics, attempt records and logs.
+    pub fn class(&self) -> AttemptOutcome {
         match self {
-            Self::Delivered { .. } => "success",
-            Self::Failed { class, .. } => class,
+            Self::Delivered { .. } => AttemptOutcome::Success,
+            Self::Failed { class, .. } => *class,
         }
     }
 }
@@ -118,7 +117,11 @@ impl Sender {
             _ => None,
         };
         if let Some(ip) = literal.filter(|ip| !self.policy.permits(*ip)) {
-            return failed("blocked", None, format!("address {ip} is not permitted"));
+            return failed(
+                AttemptOutcome::Blocked,
+                None,
+                format!("address {ip} is not permitted"),
+            );
         }
         let body_json = match subscription.payload() {
             PayloadMode::Full => task.event.webhook_body(),
@@ -126,7 +129,7 @@ impl Sender {
         };
         let body = match serde_json::to_vec(&body_json) {
             Ok(body) => body,
-            Err(err) => return failed("error", None, err.to_string()),
+            Err(err) => return failed(AttemptOutcome::Error, None, err.to_string()),
         };
         let timestamp = chrono::Utc::now().timestamp();
         let signature = subscription
@@ -167,15 +170,19 @@ impl Sender {
             .await
         {
             Ok(response) => classify(response).await,
-            Err(err) if err.is_timeout() => failed("timeout", None, "request timed out".into()),
-            Err(err) if err.is_connect() => failed("connect", None, error_chain(&err)),
-            Err(err) => failed("error", None, error_chain(&err)),
+            Err(err) if err.is_timeout() => {
+                failed(AttemptOutcome::Timeout, None, "request timed out".into())
+            }
+            Err(err) if err.is_connect() => {
+                failed(AttemptOutcome::Connect, None, error_chain(&err))
+            }
+            Err(err) => failed(AttemptOutcome::Error, None, error_chain(&err)),
         }
     }
 }
 
 /// A failure without an HTTP answer.
-fn failed(class: &'static str, status: Option<u16>, detail: String) -> Outcome {
+fn failed(class: AttemptOutcome, status: Option<u16>, detail: String) -> Outcome {
     Outcome::Failed {
         class,
         status,
@@ -211,14 +218,8 @@ async fn classify(response: reqwest::Response) -> Outcome {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let class = match status.as_u16() {
-        300..=399 => "http_3xx",
-        400..=499 => "http_4xx",
-        500..=599 => "http_5xx",
-        _ => "http_other",
-    };
     Outcome::Failed {
-        class,
+        class: AttemptOutcome::of_status(status.as_u16()),
         status: Some(status.as_u16()),
         detail: format!("HTTP {status}"),
         retry_after,

@@ -6,6 +6,121 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{EventId, MessageId, SubscriptionId};
 
+/// How one attempt ended, in one spelling for metrics labels, attempt records and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// A 2xx answer.
+    Success,
+    /// A 3xx answer (redirects are never followed).
+    #[serde(rename = "http_3xx")]
+    Http3xx,
+    /// A 4xx answer.
+    #[serde(rename = "http_4xx")]
+    Http4xx,
+    /// A 5xx answer.
+    #[serde(rename = "http_5xx")]
+    Http5xx,
+    /// Any other status.
+    HttpOther,
+    /// No answer within the request timeout.
+    Timeout,
+    /// The connection could not be made.
+    Connect,
+    /// The egress policy refused the address.
+    Blocked,
+    /// Any other failure.
+    Error,
+    /// Not attempted: the endpoint's circuit was open.
+    CircuitOpen,
+}
+
+impl AttemptOutcome {
+    /// Every outcome, e.g. to initialise metric series.
+    pub const ALL: [Self; 10] = [
+        Self::Success,
+        Self::Http3xx,
+        Self::Http4xx,
+        Self::Http5xx,
+        Self::HttpOther,
+        Self::Timeout,
+        Self::Connect,
+        Self::Blocked,
+        Self::Error,
+        Self::CircuitOpen,
+    ];
+
+    /// Its name: `success`, `http_5xx`, `timeout`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Http3xx => "http_3xx",
+            Self::Http4xx => "http_4xx",
+            Self::Http5xx => "http_5xx",
+            Self::HttpOther => "http_other",
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Blocked => "blocked",
+            Self::Error => "error",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
+
+    /// The outcome of an answer with `status`.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            200..=299 => Self::Success,
+            300..=399 => Self::Http3xx,
+            400..=499 => Self::Http4xx,
+            500..=599 => Self::Http5xx,
+            _ => Self::HttpOther,
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a delivery task ended in one worker, in one spelling for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskOutcome {
+    /// Delivered (2xx).
+    Delivered,
+    /// Handed to a retry tier.
+    RetryScheduled,
+    /// Written to the deliveries DLQ.
+    DeadLettered,
+    /// Dropped: a caught-up view shows its subscription deleted.
+    SkippedDeleted,
+    /// Unreadable or inconsistent task (dead-lettered).
+    Invalid,
+}
+
+impl TaskOutcome {
+    /// Every outcome.
+    pub const ALL: [Self; 5] = [
+        Self::Delivered,
+        Self::RetryScheduled,
+        Self::DeadLettered,
+        Self::SkippedDeleted,
+        Self::Invalid,
+    ];
+
+    /// Its name: `delivered`, `retry_scheduled`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::RetryScheduled => "retry_scheduled",
+            Self::DeadLettered => "dead_lettered",
+            Self::SkippedDeleted => "skipped_deleted",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
 /// Most response-body bytes kept in an attempt record.
 pub const MAX_RESPONSE_BODY: usize = 4096;
 
@@ -22,8 +137,8 @@ pub struct AttemptRecord {
     pub event_type: String,
     /// 1-based attempt number.
     pub attempt: u32,
-    /// `success` or an error class (`http_5xx`, `timeout`, `connect`, `circuit_open`, …).
-    pub outcome: String,
+    /// `success` or an error class (`http_5xx`, `timeout`, `connect`, …).
+    pub outcome: AttemptOutcome,
     /// HTTP status, when there was an answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -52,6 +167,23 @@ pub fn truncate_body(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcomes_have_one_spelling() {
+        for outcome in AttemptOutcome::ALL {
+            let json = serde_json::to_value(outcome).unwrap();
+            assert_eq!(json, serde_json::json!(outcome.as_str()));
+            assert_eq!(
+                serde_json::from_value::<AttemptOutcome>(json).unwrap(),
+                outcome
+            );
+        }
+        assert_eq!(AttemptOutcome::of_status(204), AttemptOutcome::Success);
+        assert_eq!(AttemptOutcome::of_status(302), AttemptOutcome::Http3xx);
+        assert_eq!(AttemptOutcome::of_status(429), AttemptOutcome::Http4xx);
+        assert_eq!(AttemptOutcome::of_status(503), AttemptOutcome::Http5xx);
+        assert_eq!(AttemptOutcome::of_status(600), AttemptOutcome::HttpOther);
+    }
 
     #[test]
     fn bodies_are_cut_to_the_limit() {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::ApiError;
-use crate::http::{body_bytes, json_body, require_bearer};
+use crate::http::{body_bytes, decode_json, require_bearer, ApiJson};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -118,7 +118,7 @@ async fn post_events(
     let outcome = accept_events(&state, body).await;
     let status = outcome
         .as_ref()
-        .map_or_else(|e| e.status, |_| StatusCode::ACCEPTED);
+        .map_or_else(ApiError::status, |_| StatusCode::ACCEPTED);
     state.metrics.request("events", status);
     outcome.map(|ids| (StatusCode::ACCEPTED, Json(json!({ "ids": ids }))))
 }
@@ -128,15 +128,17 @@ async fn accept_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Vec<String>, ApiError> {
     let bytes = body_bytes(body)?;
-    let events = parse_batch(&bytes, state.max_batch_events).inspect_err(|_| {
-        state.metrics.events.with_label_values(&["invalid"]).inc();
-    })?;
+    let events = decode_json(&bytes)
+        .and_then(|body| Ok(parse_batch(body, state.max_batch_events)?))
+        .inspect_err(|_| {
+            state.metrics.events.with_label_values(&["invalid"]).inc();
+        })?;
     let topic = state.topics.events();
     let payloads: Vec<(String, Vec<u8>)> = events
         .iter()
         .map(|event| Ok((event.partition_key(), serde_json::to_vec(event)?)))
         .collect::<Result<_, serde_json::Error>>()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let sends = payloads.iter().map(|(key, payload)| {
         state.producer.send(
             FutureRecord::to(&topic).key(key).payload(payload),
@@ -176,7 +178,7 @@ async fn write_subscription(
     let payload = subscription
         .map(serde_json::to_vec)
         .transpose()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut record = FutureRecord::<str, Vec<u8>>::to(&topic).key(id);
     if let Some(payload) = payload.as_ref() {
         record = record.payload(payload);
@@ -212,9 +214,8 @@ fn public(subscription: &Subscription) -> Value {
 
 async fn create_subscription(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    ApiJson(request): ApiJson<NewSubscription>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request: NewSubscription = json_body(body)?;
     let subscription = request.into_subscription(ids::new_subscription_id(), Utc::now())?;
     write_subscription(&state, subscription.id(), Some(&subscription)).await?;
     tracing::info!(id = %subscription.id(), tenant = %subscription.tenant(), "subscription created");
@@ -269,9 +270,8 @@ async fn get_secret(
 async fn patch_subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    ApiJson(patch): ApiJson<SubscriptionPatch>,
 ) -> Result<Json<Value>, ApiError> {
-    let patch: SubscriptionPatch = json_body(body)?;
     let current = find(&state, &id)?;
     let next = patch.apply(&current, Utc::now())?;
     write_subscription(&state, &id, Some(&next)).await?;
@@ -316,9 +316,8 @@ struct ReplayRequest {
 async fn replay_subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    ApiJson(request): ApiJson<ReplayRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let request: ReplayRequest = json_body(body)?;
     let subscription = find(&state, &id)?;
     let report = crate::replay::replay(
         &state.kafka,
@@ -336,14 +335,14 @@ async fn replay_subscription(
 
 async fn redrive_dlq(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    ApiJson(request): ApiJson<crate::replay::RedriveRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let request: crate::replay::RedriveRequest = json_body(body)?;
     if request.subscription_id.is_none() && request.since.is_none() {
-        return Err(ApiError::invalid(hookline_domain::event::FieldError::new(
+        return Err(hookline_domain::event::FieldError::new(
             "subscription_id",
             "give a subscription_id, a since, or both",
-        )));
+        )
+        .into());
     }
     let report = crate::replay::redrive(&state.kafka, &state.topics, &state.producer, request)
         .await

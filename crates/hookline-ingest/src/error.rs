@@ -1,6 +1,6 @@
-//! The one error type of the HTTP APIs: a status, a stable code, a message and,
-//! for validation errors, the offending field. Rendered as
-//! `{"error": {"code", "message", "field"?}}`.
+//! The one error type of the HTTP APIs, built from an [`ErrorKind`] that fixes its
+//! status and code, with a message and, for validation errors, the offending field.
+//! Rendered as `{"error": {"code", "message", "field"?}}`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -8,14 +8,62 @@ use serde_json::json;
 
 use hookline_domain::event::FieldError;
 
+/// What went wrong; decides the status and the machine-readable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 400: the body is not JSON.
+    MalformedJson,
+    /// 400: the request could not be read.
+    BadRequest,
+    /// 401: missing or wrong bearer token.
+    Unauthorized,
+    /// 404: no such resource.
+    NotFound,
+    /// 413: the body is over the limit.
+    PayloadTooLarge,
+    /// 422: a field failed validation.
+    InvalidField,
+    /// 500: a bug on our side.
+    Internal,
+    /// 503: Kafka (or another dependency) did not take the write.
+    Unavailable,
+}
+
+impl ErrorKind {
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::MalformedJson | Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidField => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable code, e.g. `invalid_field`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed_json",
+            Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::InvalidField => "invalid_field",
+            Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// An API error, ready to become a response.
 #[derive(Debug, thiserror::Error)]
-#[error("{code}: {message}")]
+#[error("{}: {message}", kind.code())]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Machine-readable code, e.g. `invalid_field`.
-    pub code: &'static str,
+    /// What went wrong.
+    pub kind: ErrorKind,
     /// Human-readable explanation.
     pub message: String,
     /// The request field at fault, if one is.
@@ -23,72 +71,85 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error without a field.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error of `kind` without a field.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
-            status,
-            code,
+            kind,
             message: message.into(),
             field: None,
         }
     }
 
-    /// 422: a field failed validation.
-    pub fn invalid(err: FieldError) -> Self {
-        let status = if err.field == "$" && err.message.starts_with("malformed JSON") {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
-        };
-        let code = if status == StatusCode::BAD_REQUEST {
-            "malformed_json"
-        } else {
-            "invalid_field"
-        };
-        Self {
-            status,
-            code,
-            message: err.message,
-            field: Some(err.field),
-        }
+    /// The same error, blaming `field`.
+    pub fn at(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
     }
 
     /// 404 for a missing resource.
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        Self::new(ErrorKind::NotFound, format!("{what} not found"))
     }
 
     /// 503: Kafka (or another dependency) did not take the write.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    /// 500: something that cannot fail did.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
     }
 
     /// 401: missing or wrong bearer token.
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid bearer token",
-        )
+        Self::new(ErrorKind::Unauthorized, "missing or invalid bearer token")
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
     }
 }
 
+/// A validation error is a 422 naming the field.
 impl From<FieldError> for ApiError {
     fn from(err: FieldError) -> Self {
-        Self::invalid(err)
+        Self::new(ErrorKind::InvalidField, err.message).at(err.field)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
+        let status = self.status();
+        let mut error = json!({"code": self.kind.code(), "message": self.message});
         if let Some(field) = self.field {
             error["field"] = json!(field);
         }
-        (self.status, axum::Json(json!({ "error": error }))).into_response()
+        (status, axum::Json(json!({ "error": error }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_decide_status_and_code() {
+        let err = ApiError::from(FieldError::new("url", "must have a host"));
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err.kind.code(), "invalid_field");
+        assert_eq!(err.field.as_deref(), Some("url"));
+        let err = ApiError::new(ErrorKind::MalformedJson, "expected value").at("$");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(err.kind.code(), "malformed_json");
+        assert_eq!(
+            ApiError::not_found("subscription").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::unavailable("x").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

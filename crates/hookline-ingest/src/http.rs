@@ -3,15 +3,14 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
-use hookline_domain::event::FieldError;
+use crate::error::{ApiError, ErrorKind};
 
 /// Middleware: when a token is configured, requests need `Authorization: Bearer <token>`.
 pub async fn require_bearer(
@@ -36,24 +35,38 @@ pub async fn require_bearer(
 /// The request body, or a JSON error (413 when over the limit).
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "payload_too_large", rejection.body_text())
+        let kind = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorKind::PayloadTooLarge
         } else {
-            ApiError::new(status, "bad_request", rejection.body_text())
-        }
+            ErrorKind::BadRequest
+        };
+        ApiError::new(kind, rejection.body_text())
     })
 }
 
 /// Decodes a JSON body into `T`: 400 for malformed JSON, 422 for a wrong shape.
-pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body_bytes(body)?;
-    serde_json::from_slice(&bytes).map_err(|err| {
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|err| {
         use serde_json::error::Category;
-        let prefix = match err.classify() {
-            Category::Data => "invalid body",
-            _ => "malformed JSON",
-        };
-        ApiError::invalid(FieldError::new("$", format!("{prefix}: {err}")))
+        match err.classify() {
+            Category::Data => {
+                ApiError::new(ErrorKind::InvalidField, format!("invalid body: {err}"))
+            }
+            _ => ApiError::new(ErrorKind::MalformedJson, format!("malformed JSON: {err}")),
+        }
+        .at("$")
     })
+}
+
+/// A JSON body extractor that rejects with the API's own error type (400 malformed,
+/// 413 too large, 422 wrong shape) instead of axum's plain-text rejections.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(Bytes::from_request(request, state).await)?;
+        decode_json(&bytes).map(ApiJson)
+    }
 }
