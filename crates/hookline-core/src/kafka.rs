@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hookline_domain::backoff::Backoff;
 use hookline_domain::position::RecordPosition;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::metadata::MetadataTopic;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -227,7 +228,7 @@ async fn await_topics(
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let (client, query) = (Arc::clone(&admin), names.clone());
         let problems = tokio::task::spawn_blocking(move || {
@@ -248,8 +249,7 @@ async fn await_topics(
             anyhow::bail!("topics not usable: {}", problems.join(", "));
         }
         tracing::warn!(problems = %problems.join(", "), "waiting for topics to show in metadata");
-        tokio::time::sleep(backoff.min(deadline - now)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
     }
 }
 
@@ -364,23 +364,48 @@ pub async fn high_watermarks<C: Consumer + Send + Sync + 'static>(
     timeout: Duration,
 ) -> Result<Vec<(i32, i64)>, KafkaError> {
     tokio::task::spawn_blocking(move || {
-        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        partitions
-            .into_iter()
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(&topic, p, timeout)
-                    .map(|(_, high)| (p, high))
-            })
-            .collect()
+        let marks = watermarks(consumer.as_ref(), &topic, timeout)?;
+        Ok(marks.into_iter().map(|m| (m.partition, m.high)).collect())
     })
     .await
     .unwrap_or(Err(KafkaError::Canceled))
+}
+
+/// Where one partition begins and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    /// The partition.
+    pub partition: i32,
+    /// Its first offset.
+    pub low: i64,
+    /// The offset its next record will get.
+    pub high: i64,
+}
+
+/// The watermarks of every partition of `topic` (none when it does not exist).
+/// Blocking: call from a blocking context or a plain thread.
+pub fn watermarks<C: Consumer>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<Watermarks>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    partitions
+        .into_iter()
+        .map(|partition| {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+            Ok(Watermarks {
+                partition,
+                low,
+                high,
+            })
+        })
+        .collect()
 }
 
 /// A record's headers as (name, value) pairs; a null value becomes empty.
@@ -414,6 +439,24 @@ pub fn dead_letter_headers<M: Message>(message: &M, reason: &str) -> OwnedHeader
             value: Some(value),
         })
     })
+}
+
+/// The next record of `consumer`. A failed read is logged (naming `what` is read) and
+/// tried again after a short backoff, so callers see records only. Cancel-safe.
+pub async fn next_record<'a, C: ConsumerContext + 'static>(
+    consumer: &'a StreamConsumer<C>,
+    what: &str,
+) -> BorrowedMessage<'a> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        match consumer.recv().await {
+            Ok(message) => return message,
+            Err(err) => {
+                tracing::warn!(%err, what, "read failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
 }
 
 /// Where `message` sits, with its Kafka timestamp.

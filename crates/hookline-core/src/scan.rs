@@ -36,19 +36,12 @@ pub fn scan_topic(
         ],
     )
     .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-
     // Where each partition ends now, and where the range starts.
     let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut starts = TopicPartitionList::new();
-    for &partition in &partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
-        ends.insert(partition, high);
+    for marks in crate::kafka::watermarks(&consumer, topic, TIMEOUT)? {
+        let partition = marks.partition;
+        ends.insert(partition, marks.high);
         let start = match since {
             Some(at) => Offset::Offset(at.timestamp_millis()),
             None => Offset::Beginning,

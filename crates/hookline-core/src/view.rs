@@ -106,19 +106,12 @@ impl SubscriptionView {
 
     async fn run(self: Arc<Self>) {
         loop {
-            match self.consumer.recv().await {
-                Ok(message) => {
-                    let key = message.key().map(String::from_utf8_lossy);
-                    if message.topic() == self.health_topic {
-                        self.apply_health(key.as_deref(), message.payload(), message.offset());
-                    } else {
-                        self.apply(key.as_deref(), message.payload(), message.offset());
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "subscriptions topic read failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+            let message = kafka::next_record(&self.consumer, "subscriptions").await;
+            let key = message.key().map(String::from_utf8_lossy);
+            if message.topic() == self.health_topic {
+                self.apply_health(key.as_deref(), message.payload(), message.offset());
+            } else {
+                self.apply(key.as_deref(), message.payload(), message.offset());
             }
         }
     }

@@ -17,7 +17,7 @@ use hookline_domain::subscription::Subscription;
 use rdkafka::producer::FutureProducer;
 use serde_json::json;
 
-use crate::produce::{produce_durably, produce_json};
+use hookline_core::produce::{produce_durably, produce_json, OutRecord};
 
 /// Type of the operational event published when the pipeline disables a subscription.
 pub const SUBSCRIPTION_DISABLED: &str = "subscription.disabled";
@@ -84,7 +84,7 @@ impl HealthWriter {
             Some(health) => {
                 produce_json(&self.producer, &topic, id, health).await;
             }
-            None => produce_durably(&self.producer, &topic, id.as_bytes(), None, None).await,
+            None => produce_durably(&self.producer, &OutRecord::new(topic, id, None)).await,
         }
     }
 

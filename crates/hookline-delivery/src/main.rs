@@ -5,7 +5,6 @@
 mod control;
 mod limits;
 mod pipeline;
-mod produce;
 mod sender;
 mod worker;
 

@@ -10,6 +10,7 @@ use chrono::Utc;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
 use hookline_domain::attempt::{AttemptOutcome, AttemptRecord, TaskOutcome};
+use hookline_domain::backoff::Backoff;
 use hookline_domain::breaker::Admission;
 use hookline_domain::decision::{decide, AttemptResult, Circumstances, Decision};
 use hookline_domain::retry::{DueClock, RetrySchedule, Wait};
@@ -23,8 +24,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::control::HealthWriter;
 use crate::limits::{Breakers, Limits};
-use crate::produce::{produce_durably, produce_json};
 use crate::sender::{Outcome, Sender};
+use hookline_core::produce::{produce_durably, produce_json, OutRecord};
 
 /// Delivery metrics.
 pub struct Metrics {
@@ -370,7 +371,7 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
 /// record enqueued under one lock, so records enter each tier partition in due order.
 async fn reschedule(context: &Context, mut task: DeliveryTask, wait: Wait, error: String) {
     task.last_error = Some(error);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let enqueued = {
             let mut clock = context.due_clock.lock().unwrap_or_else(|p| p.into_inner());
@@ -401,8 +402,7 @@ async fn reschedule(context: &Context, mut task: DeliveryTask, wait: Wait, error
             Err(err) => err.to_string(),
         };
         tracing::error!(error = %outcome, "retry hand-over failed; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -450,7 +450,7 @@ pub async fn find_subscription(context: &Context, id: &str) -> Option<Arc<Subscr
             return Some(found);
         }
     }
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut held = false;
     loop {
         match context.view.catch_up(context.view_patience).await {
@@ -461,8 +461,7 @@ pub async fn find_subscription(context: &Context, id: &str) -> Option<Arc<Subscr
                     context.metrics.view_lagging.inc();
                     tracing::warn!(%err, subscription = id, "subscriptions view lagging; task held");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
@@ -488,14 +487,13 @@ async fn dead_letter(context: &Context, message: &OwnedMessage, reason: &str, st
         reason,
         "task dead-lettered"
     );
-    produce_durably(
-        &context.producer,
-        &context.topics.deliveries_dlq(),
+    let record = OutRecord::new(
+        context.topics.deliveries_dlq(),
         message.key().unwrap_or_default(),
-        message.payload(),
-        Some(headers),
+        message.payload().map(<[u8]>::to_vec),
     )
-    .await;
+    .with_headers(headers);
+    produce_durably(&context.producer, &record).await;
 }
 
 /// When a held retry record falls due.

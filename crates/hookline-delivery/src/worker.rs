@@ -366,16 +366,10 @@ impl Worker {
                 _ = stop.wait_for(|s| *s) => break,
                 _ = prune.tick() => self.prune_lanes(),
                 () = sleep_until(next_due) => self.release_due(&finisher),
-                received = consumer.recv(), if self.in_flight < self.limits.concurrency => {
-                    // A rebalance runs inside `recv`: forget what it revoked first.
+                message = kafka::next_record(&consumer, "deliveries"), if self.in_flight < self.limits.concurrency => {
+                    // A rebalance runs inside the read: forget what it revoked first.
                     self.forget_revoked();
-                    match received {
-                        Ok(message) => self.on_message(message.detach(), &finisher),
-                        Err(err) => {
-                            tracing::warn!(%err, "deliveries read failed");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
+                    self.on_message(message.detach(), &finisher);
                 }
             }
         }

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod attempt;
+pub mod backoff;
 pub mod breaker;
 pub mod cloudevents;
 pub mod decision;

@@ -12,15 +12,15 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use chrono::Utc;
-use futures::future::join_all;
 use hookline_core::config::KafkaArgs;
+use hookline_core::produce::{send_all, OutRecord};
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
 use hookline_domain::event::{parse_batch, Event};
 use hookline_domain::ids;
 use hookline_domain::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 use prometheus::{IntCounterVec, Opts, Registry};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -134,25 +134,19 @@ async fn accept_events(
             state.metrics.events.with_label_values(&["invalid"]).inc();
         })?;
     let topic = state.topics.events();
-    let payloads: Vec<(String, Vec<u8>)> = events
+    let records: Vec<OutRecord> = events
         .iter()
-        .map(|event| Ok((event.partition_key(), serde_json::to_vec(event)?)))
+        .map(|event| OutRecord::json(&topic, event.partition_key(), event))
         .collect::<Result<_, serde_json::Error>>()
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let sends = payloads.iter().map(|(key, payload)| {
-        state.producer.send(
-            FutureRecord::to(&topic).key(key).payload(payload),
-            PRODUCE_TIMEOUT,
-        )
-    });
-    let results = join_all(sends).await;
+    let results = send_all(&state.producer, &records, PRODUCE_TIMEOUT).await;
     let failed = results.iter().filter(|r| r.is_err()).count();
     state
         .metrics
         .events
         .with_label_values(&["accepted"])
         .inc_by((results.len() - failed) as u64);
-    if let Some(Err((err, _))) = results.iter().find(|r| r.is_err()) {
+    if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
         state
             .metrics
             .events
@@ -174,23 +168,20 @@ async fn write_subscription(
     id: &str,
     subscription: Option<&Subscription>,
 ) -> Result<(), ApiError> {
-    let topic = state.topics.subscriptions();
     let payload = subscription
         .map(serde_json::to_vec)
         .transpose()
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut record = FutureRecord::<str, Vec<u8>>::to(&topic).key(id);
-    if let Some(payload) = payload.as_ref() {
-        record = record.payload(payload);
-    }
-    let delivery = state
-        .producer
-        .send(record, PRODUCE_TIMEOUT)
-        .await
-        .map_err(|(err, _)| ApiError::unavailable(format!("subscription not stored: {err}")))?;
+    let record = OutRecord::new(state.topics.subscriptions(), id, payload);
+    let results = send_all(&state.producer, [&record], PRODUCE_TIMEOUT).await;
+    let (_, offset) = results
+        .into_iter()
+        .next()
+        .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+        .map_err(|err| ApiError::unavailable(format!("subscription not stored: {err}")))?;
     state
         .view
-        .wait_for_offset(delivery.offset, VIEW_TIMEOUT)
+        .wait_for_offset(offset, VIEW_TIMEOUT)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))
 }

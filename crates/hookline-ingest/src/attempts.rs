@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
@@ -55,20 +54,13 @@ impl AttemptLog {
         let filler = Arc::clone(&log);
         tokio::spawn(async move {
             loop {
-                match consumer.recv().await {
-                    Ok(message) => match message
-                        .payload()
-                        .map(serde_json::from_slice::<AttemptRecord>)
-                    {
-                        Some(Ok(record)) => filler.add(record),
-                        _ => {
-                            tracing::debug!(offset = message.offset(), "unreadable attempt record")
-                        }
-                    },
-                    Err(err) => {
-                        tracing::warn!(%err, "attempts topic read failed");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
+                let message = kafka::next_record(&consumer, "attempts").await;
+                match message
+                    .payload()
+                    .map(serde_json::from_slice::<AttemptRecord>)
+                {
+                    Some(Ok(record)) => filler.add(record),
+                    _ => tracing::debug!(offset = message.offset(), "unreadable attempt record"),
                 }
             }
         });

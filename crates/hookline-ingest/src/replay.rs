@@ -3,9 +3,9 @@
 //! subscription ids), so receivers de-duplicate what they already had.
 
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka::record_headers;
+use hookline_core::produce::{send_all, OutRecord};
 use hookline_core::scan::scan_topic;
 use hookline_core::topics::Topics;
 use hookline_domain::cloudevents::CloudEventsConfig;
@@ -13,7 +13,7 @@ use hookline_domain::routing::{parse_record, EventRecord};
 use hookline_domain::subscription::Subscription;
 use hookline_domain::task::DeliveryTask;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 
 /// Which dead letters to redrive.
@@ -136,18 +136,12 @@ async fn enqueue(
     topic: &str,
     tasks: Vec<DeliveryTask>,
 ) -> anyhow::Result<u64> {
-    let payloads: Vec<(String, Vec<u8>)> = tasks
+    let records: Vec<OutRecord> = tasks
         .iter()
-        .map(|task| Ok((task.subscription_id.to_string(), serde_json::to_vec(task)?)))
+        .map(|task| OutRecord::json(topic, task.subscription_id.as_str(), task))
         .collect::<Result<_, serde_json::Error>>()?;
-    let results = join_all(payloads.iter().map(|(key, payload)| {
-        producer.send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            std::time::Duration::from_secs(30),
-        )
-    }))
-    .await;
-    if let Some(Err((err, _))) = results.iter().find(|r| r.is_err()) {
+    let results = send_all(producer, &records, std::time::Duration::from_secs(30)).await;
+    if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
         anyhow::bail!("Kafka did not acknowledge every re-queued task: {err}");
     }
     Ok(results.len() as u64)

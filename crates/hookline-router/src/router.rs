@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::future::join_all;
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
+use hookline_core::produce::{send_all, OutRecord};
 use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
+use hookline_domain::backoff::Backoff;
 use hookline_domain::cloudevents::CloudEventsConfig;
 use hookline_domain::event::FieldError;
 use hookline_domain::routing::{route_record, EventRecord};
@@ -22,10 +23,9 @@ use hookline_domain::task::DeliveryTask;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -112,10 +112,7 @@ struct Outgoing {
     kind: Kind,
     /// Produced on its own (nothing else in flight), so that a refusal is its own.
     isolated: bool,
-    topic: String,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: Option<OwnedHeaders>,
+    record: OutRecord,
 }
 
 /// One event record routed: its outcome and what to produce for it.
@@ -179,26 +176,6 @@ enum Next {
     Continue,
     /// The batch was rewound; route it again after this wait.
     RetryAfter(Duration),
-}
-
-/// Doubling waits between tries of the same batch, bounded, reset by a commit.
-#[derive(Debug, Default)]
-struct Backoff {
-    tries: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let wait = RETRY_BACKOFF_MIN
-            .saturating_mul(1u32 << self.tries.min(16))
-            .min(RETRY_BACKOFF_MAX);
-        self.tries = self.tries.saturating_add(1);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.tries = 0;
-    }
 }
 
 /// Calls of a timed-out abort before the router gives up on it.
@@ -280,7 +257,7 @@ impl Router {
             cloudevents: settings.cloudevents,
             metrics: Metrics::register(registry)?,
             remedies: HashMap::new(),
-            backoff: Backoff::default(),
+            backoff: Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX),
         })
     }
 
@@ -329,19 +306,7 @@ impl Router {
     }
 
     async fn next_batch(&self) -> Vec<OwnedMessage> {
-        let mut batch = Vec::new();
-        loop {
-            match self.consumer.recv().await {
-                Ok(message) => {
-                    batch.push(message.detach());
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "events topic read failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
+        let mut batch = vec![kafka::next_record(&self.consumer, "events").await.detach()];
         let deadline = tokio::time::Instant::now() + BATCH_LINGER;
         while batch.len() < self.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
@@ -370,7 +335,7 @@ impl Router {
             self.metrics.view_stale.inc();
             readiness.set(false);
             self.rewind(batch)?;
-            let wait = self.backoff.next();
+            let wait = self.backoff.next_delay();
             tracing::warn!(
                 %err,
                 records = batch.len(),
@@ -405,7 +370,7 @@ impl Router {
                 let wait = if self.remedy(batch, &outgoing, &failure.refused) {
                     Duration::ZERO
                 } else {
-                    self.backoff.next()
+                    self.backoff.next_delay()
                 };
                 Ok(Next::RetryAfter(wait))
             }
@@ -615,10 +580,7 @@ impl Router {
                     source,
                     kind: Kind::Task,
                     isolated: false,
-                    topic: topic.to_owned(),
-                    key: Some(String::from(task.subscription_id).into_bytes()),
-                    payload: Some(payload),
-                    headers: None,
+                    record: OutRecord::new(topic, task.subscription_id.as_str(), Some(payload)),
                 })
             })
             .collect()
@@ -630,10 +592,12 @@ impl Router {
             source,
             kind: Kind::DeadLetter,
             isolated: false,
-            topic: self.topics.events_dlq(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers: Some(headers),
+            record: OutRecord {
+                topic: self.topics.events_dlq(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers: Some(headers),
+            },
         }
     }
 
@@ -644,13 +608,15 @@ impl Router {
             source,
             kind: Kind::DeadLetter,
             isolated: true,
-            topic: self.topics.events_dlq(),
-            key: message
-                .key()
-                .filter(|key| key.len() <= MINIMAL_KEY_BYTES)
-                .map(<[u8]>::to_vec),
-            payload: None,
-            headers: Some(kafka::dead_letter_headers(message, reason)),
+            record: OutRecord {
+                topic: self.topics.events_dlq(),
+                key: message
+                    .key()
+                    .filter(|key| key.len() <= MINIMAL_KEY_BYTES)
+                    .map(<[u8]>::to_vec),
+                payload: None,
+                headers: Some(kafka::dead_letter_headers(message, reason)),
+            },
         }
     }
 
@@ -669,24 +635,16 @@ impl Router {
             let Some(records) = outgoing.get(group) else {
                 continue;
             };
-            let results = join_all(records.iter().map(|out| {
-                let mut record = FutureRecord::<[u8], [u8]>::to(&out.topic);
-                if let Some(key) = &out.key {
-                    record = record.key(key.as_slice());
-                }
-                if let Some(payload) = &out.payload {
-                    record = record.payload(payload.as_slice());
-                }
-                if let Some(headers) = &out.headers {
-                    record = record.headers(headers.clone());
-                }
-                self.producer.send(record, Timeout::After(TXN_TIMEOUT))
-            }))
+            let results = send_all(
+                &self.producer,
+                records.iter().map(|out| &out.record),
+                TXN_TIMEOUT,
+            )
             .await;
             let mut first = None;
             let mut refused = Vec::new();
             for (offset, result) in results.into_iter().enumerate() {
-                if let Err((err, _)) = result {
+                if let Err(err) = result {
                     if let Some(reason) = permanent_refusal(&err) {
                         refused.push(Refusal {
                             outgoing: start + offset,
@@ -871,10 +829,12 @@ mod tests {
             source,
             kind: Kind::Task,
             isolated,
-            topic: "t".into(),
-            key: None,
-            payload: None,
-            headers: None,
+            record: OutRecord {
+                topic: "t".into(),
+                key: None,
+                payload: None,
+                headers: None,
+            },
         }
     }
 
@@ -985,19 +945,6 @@ mod tests {
             },
         ];
         assert_eq!(refusals_by_source(&outgoing, &with_other).len(), 2);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_bound_and_resets() {
-        let mut backoff = Backoff::default();
-        assert_eq!(backoff.next(), Duration::from_millis(200));
-        assert_eq!(backoff.next(), Duration::from_millis(400));
-        for _ in 0..100 {
-            assert!(backoff.next() <= RETRY_BACKOFF_MAX);
-        }
-        assert_eq!(backoff.next(), RETRY_BACKOFF_MAX);
-        backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(200));
     }
 
     #[test]
