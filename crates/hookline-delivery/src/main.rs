@@ -2,12 +2,7 @@
 //! subscribers' endpoints, with non-blocking retries through delay-tier topics.
 //! Scale out by starting more workers in the same consumer group.
 
-mod control;
-mod limits;
-mod pipeline;
-mod sender;
-mod worker;
-
+use hookline_delivery::{control, limits, pipeline, sender, worker};
 use std::net::SocketAddr;
 use std::time::Duration;
 

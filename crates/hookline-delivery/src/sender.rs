@@ -238,3 +238,130 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+    use chrono::Utc;
+    use hookline_domain::event::{Defaults, Event};
+    use hookline_domain::subscription::EventTypePattern;
+
+    /// A real HTTP server on loopback answering each path its own way.
+    async fn receiver() -> String {
+        let app = axum::Router::new()
+            .route(
+                "/ok",
+                post(|headers: HeaderMap| async move {
+                    // The Standard Webhooks headers are all there.
+                    let all = ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                        .iter()
+                        .all(|h| headers.contains_key(*h));
+                    if all {
+                        StatusCode::NO_CONTENT
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    }
+                }),
+            )
+            .route(
+                "/busy",
+                post(|| async { (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "7")]) }),
+            )
+            .route(
+                "/moved",
+                post(|| async { (StatusCode::FOUND, [("location", "/ok")]) }),
+            )
+            .route(
+                "/slow",
+                post(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    StatusCode::OK
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    fn task_for(subscription: &Subscription) -> DeliveryTask {
+        let event = Event::from_json(
+            serde_json::json!({"type": "invoice.paid", "tenant": "acme", "data": {"n": 1}}),
+            Defaults::Fresh,
+        )
+        .unwrap();
+        DeliveryTask::new(event, subscription.id(), Utc::now())
+    }
+
+    async fn attempt(sender: &Sender, url: &str) -> Outcome {
+        let subscription = Subscription::basic(
+            "sub_sender",
+            "acme",
+            url.parse().unwrap(),
+            vec![EventTypePattern::parse("*").unwrap()],
+        );
+        sender
+            .attempt(&subscription, &task_for(&subscription))
+            .await
+            .0
+    }
+
+    fn loopback_allowed(timeout: Duration) -> Sender {
+        let allow = EgressPolicy::parse_allow_list("127.0.0.0/8").unwrap();
+        Sender::new(EgressPolicy::new(allow), timeout).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_are_classified() {
+        let base = receiver().await;
+        let sender = loopback_allowed(Duration::from_secs(1));
+        assert!(matches!(
+            attempt(&sender, &format!("{base}/ok")).await,
+            Outcome::Delivered { status: 204, .. }
+        ));
+        match attempt(&sender, &format!("{base}/busy")).await {
+            Outcome::Failed {
+                class,
+                status,
+                retry_after,
+                ..
+            } => {
+                assert_eq!(class, AttemptOutcome::Http5xx);
+                assert_eq!(status, Some(503));
+                assert_eq!(retry_after, Some(Duration::from_secs(7)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Redirects are never followed: a 3xx is a failed attempt.
+        assert_eq!(
+            attempt(&sender, &format!("{base}/moved")).await.class(),
+            AttemptOutcome::Http3xx
+        );
+        assert_eq!(
+            attempt(&sender, &format!("{base}/slow")).await.class(),
+            AttemptOutcome::Timeout
+        );
+    }
+
+    #[tokio::test]
+    async fn private_addresses_are_refused_unless_allowed() {
+        let base = receiver().await;
+        let sender = Sender::new(EgressPolicy::new(Vec::new()), Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            attempt(&sender, &format!("{base}/ok")).await.class(),
+            AttemptOutcome::Blocked
+        );
+        // By name too: the resolver drops every address that is not permitted, so the
+        // connection is never made.
+        let port = base.rsplit(':').next().unwrap();
+        match attempt(&sender, &format!("http://localhost:{port}/ok")).await {
+            Outcome::Failed { class, detail, .. } => {
+                assert_eq!(class, AttemptOutcome::Connect);
+                assert!(detail.contains("no permitted address"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

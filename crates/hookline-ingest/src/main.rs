@@ -2,12 +2,7 @@
 //! the events topic; serves the control plane (subscriptions, attempts, replay,
 //! dead-letter redrive) over Kafka topics.
 
-mod api;
-mod attempts;
-mod error;
-mod http;
-mod replay;
-
+use hookline_ingest::{api, attempts, replay};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

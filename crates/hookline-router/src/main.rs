@@ -3,8 +3,7 @@
 //! Each batch is one Kafka transaction (tasks and consumer offsets together), so
 //! routing is exactly-once for `read_committed` readers.
 
-mod router;
-
+use hookline_router::router;
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,10 @@
+//! Ingest as a library: the HTTP API ([`api`]) with its error type ([`error`]) and
+//! body handling ([`http`]), the attempts log ([`attempts`]), replay and redrive
+//! ([`replay`]). The binary wires them.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod attempts;
+pub mod error;
+pub mod http;
+pub mod replay;

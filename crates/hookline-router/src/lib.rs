@@ -1,0 +1,4 @@
+//! The router as a library: the routing loop ([`router`]). The binary wires it.
+#![warn(missing_docs)]
+
+pub mod router;
