@@ -11,7 +11,7 @@
 //! shell never changes what a test runs.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path as FsPath, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,6 +64,9 @@ pub struct Deployment {
     pub prefix: String,
     /// Environment passed to every binary.
     pub env: HashMap<String, String>,
+    /// The environment the binaries are started from, stray variables and all; `None`
+    /// for this process's own (see [`with_caller_env`](Self::with_caller_env)).
+    caller_env: Option<Vec<(OsString, OsString)>>,
 }
 
 impl Deployment {
@@ -87,7 +90,30 @@ impl Deployment {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        Self { prefix, env }
+        Self {
+            prefix,
+            env,
+            caller_env: None,
+        }
+    }
+
+    /// Starts the binaries from `caller_env` instead of this process's environment, as
+    /// if the tests had been run from a shell that exported exactly that. Stray
+    /// `HOOKLINE_*` variables in it are dropped all the same ([`command`](Self::command)).
+    /// Lets a test try settings of the caller's without changing the environment of a
+    /// test process shared with other tests.
+    pub fn with_caller_env<K, V>(mut self, caller_env: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        self.caller_env = Some(
+            caller_env
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
     }
 
     /// Sets one more environment variable for binaries started after this.
@@ -101,16 +127,19 @@ impl Deployment {
         format!("{}{suffix}", self.prefix)
     }
 
-    /// A command running `program` with the caller's environment minus every stray
+    /// A command running `program` with the caller's environment (this process's, or
+    /// the one given to [`with_caller_env`](Self::with_caller_env)) minus every stray
     /// `HOOKLINE_*` variable ([`is_stray`]), plus the deployment's environment.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let caller: Vec<(OsString, OsString)> = match &self.caller_env {
+            Some(env) => env.clone(),
+            None => std::env::vars_os().collect(),
+        };
         let mut command = Command::new(program);
-        for (key, _) in std::env::vars_os() {
-            if is_stray(&key) {
-                command.env_remove(&key);
-            }
-        }
-        command.envs(&self.env);
+        command
+            .env_clear()
+            .envs(caller.into_iter().filter(|(key, _)| !is_stray(key)))
+            .envs(&self.env);
         command
     }
 

@@ -1,19 +1,28 @@
 //! The harness itself: a `HOOKLINE_*` setting exported in the caller's shell never
-//! reaches the binaries a test starts. A test binary of its own with a single test,
-//! because it changes its own process environment (no other test thread reads it).
+//! reaches the binaries a test starts. The stray settings go into an explicit caller
+//! environment ([`Deployment::with_caller_env`]), not into this process's, which other
+//! tests share.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 
 use hookline_e2e::Deployment;
 
-#[test]
-fn stray_hookline_settings_of_the_caller_do_not_reach_the_binaries() {
-    // Either of the first two would make a binary exit at start-up.
-    std::env::set_var("HOOKLINE_DELIVERY_TIMEOUT", "not-a-duration");
-    std::env::set_var("HOOKLINE_KAFKA_PROPERTIES", "hookline.no.such.property=1");
-    std::env::set_var("HOOKLINE_TOPIC_PREFIX", "stray.");
-    std::env::set_var("HOOKLINE_TEST_MARKER", "kept");
-    let deployment = Deployment::new();
+#[tokio::test]
+async fn stray_hookline_settings_of_the_caller_do_not_reach_the_binaries() {
+    // This process's environment plus stray settings, as a developer's shell might
+    // export them. Either of the first two would make a binary exit at start-up.
+    let mut caller: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    caller.extend(
+        [
+            ("HOOKLINE_DELIVERY_TIMEOUT", "not-a-duration"),
+            ("HOOKLINE_KAFKA_PROPERTIES", "hookline.no.such.property=1"),
+            ("HOOKLINE_TOPIC_PREFIX", "stray."),
+            ("HOOKLINE_TEST_MARKER", "kept"),
+        ]
+        .map(|(k, v)| (k.into(), v.into())),
+    );
+    let deployment = Deployment::new().with_caller_env(caller);
 
     // What a child process sees, through the same command the harness starts binaries with.
     let output = deployment.command("env").output().expect("run env");
@@ -40,11 +49,12 @@ fn stray_hookline_settings_of_the_caller_do_not_reach_the_binaries() {
         Some("kept"),
         "the harness's own HOOKLINE_TEST_* settings stay"
     );
+    assert!(
+        seen.contains_key("PATH"),
+        "the rest of the caller's environment is passed on"
+    );
 
     // A real binary starts and gets ready despite the stray settings above.
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let started = deployment.start("hookline-delivery").await;
-        assert!(started.is_ok(), "{:?}", started.err());
-    });
+    let started = deployment.start("hookline-delivery").await;
+    assert!(started.is_ok(), "{:?}", started.err());
 }
