@@ -1,8 +1,11 @@
 //! A JSON client of ingest's HTTP API.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::wait::eventually;
 
 /// A JSON API client for ingest.
 pub struct Api {
@@ -39,6 +42,21 @@ impl Api {
             .1)
     }
 
+    /// A subscription's attempts, newest first (none when they cannot be read).
+    pub async fn attempts(&self, id: &str) -> Vec<Value> {
+        match self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/subscriptions/{id}/attempts"),
+                None,
+            )
+            .await
+        {
+            Ok((_, body)) => body["data"].as_array().cloned().unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Polls a subscription's attempts (newest first) until `done` holds or `patience`
     /// passes; returns the last list read.
     pub async fn wait_attempts(
@@ -47,24 +65,17 @@ impl Api {
         patience: Duration,
         done: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            let attempts = match self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/v1/subscriptions/{id}/attempts"),
-                    None,
-                )
-                .await
-            {
-                Ok((_, body)) => body["data"].as_array().cloned().unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
-            if done(&attempts) || tokio::time::Instant::now() > deadline {
-                return attempts;
+        let last = Mutex::new(Vec::new());
+        eventually(patience, || async {
+            let attempts = self.attempts(id).await;
+            let held = done(&attempts);
+            if let Ok(mut last) = last.lock() {
+                *last = attempts;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            held
+        })
+        .await;
+        last.into_inner().unwrap_or_default()
     }
 
     /// Any request; returns status and JSON body (Null when empty).

@@ -7,10 +7,12 @@ use std::path::{Path as FsPath, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+
+use crate::wait::eventually;
 
 /// The broker the tests use.
 pub fn brokers() -> String {
@@ -61,21 +63,36 @@ impl Broker {
     /// Waits until `kafka.sh start` reported the broker up (it answers on its port and
     /// logged that it started).
     pub async fn wait_started(&mut self, patience: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + patience;
-        while let Some(starter) = &mut self.starter {
-            match starter.try_wait()? {
-                Some(status) if status.success() => self.starter = None,
-                Some(status) => bail!(
-                    "kafka.sh start failed ({status}):\n{}",
-                    std::fs::read_to_string(self.home.join("kafka.sh.log")).unwrap_or_default()
-                ),
-                None if tokio::time::Instant::now() > deadline => {
-                    bail!("broker not started after {patience:?}")
+        let mut failure = None;
+        let started = eventually(patience, || {
+            let Some(starter) = &mut self.starter else {
+                return true;
+            };
+            match starter.try_wait() {
+                Ok(None) => false,
+                Ok(Some(status)) if status.success() => {
+                    self.starter = None;
+                    true
                 }
-                None => tokio::time::sleep(Duration::from_millis(100)).await,
+                Ok(Some(status)) => {
+                    failure = Some(anyhow!(
+                        "kafka.sh start failed ({status}):\n{}",
+                        std::fs::read_to_string(self.home.join("kafka.sh.log")).unwrap_or_default()
+                    ));
+                    true
+                }
+                Err(err) => {
+                    failure = Some(err.into());
+                    true
+                }
             }
+        })
+        .await;
+        match failure {
+            Some(err) => Err(err),
+            None if started => Ok(()),
+            None => bail!("broker not started after {patience:?}"),
         }
-        Ok(())
     }
 
     /// The last lines of the broker's log.

@@ -20,6 +20,7 @@
 //! - [`kafka`]: straight to the broker: producing, counting and reading records, a
 //!   [`Broker`] of a test's own.
 //! - [`fixtures`]: the whole [`Pipeline`] of one test, and [`assert_same`].
+//! - [`wait`]: [`eventually`], the one way to wait for something to happen.
 //!
 //! Everything a test uses is re-exported here.
 
@@ -30,6 +31,7 @@ pub mod fixtures;
 pub mod kafka;
 pub mod process;
 pub mod receiver;
+pub mod wait;
 
 pub use api::Api;
 pub use fixtures::{assert_same, Pipeline};
@@ -39,3 +41,4 @@ pub use kafka::{
 };
 pub use process::{free_addr, is_stray, Deployment, Proc};
 pub use receiver::{Behaviour, Received, Receiver};
+pub use wait::eventually;

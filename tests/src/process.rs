@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
 use crate::kafka::brokers;
+use crate::wait::eventually;
 
 /// A free TCP port on loopback.
 pub fn free_addr() -> SocketAddr {
@@ -203,28 +205,39 @@ impl Proc {
     /// Waits until `/readyz` answers 200; fails when the process exits or `patience` passes.
     pub async fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited with {status} during start; log:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            if let Ok(response) = client.get(format!("{}/readyz", self.url())).send().await {
-                if response.status().is_success() {
-                    return Ok(());
+        let url = format!("{}/readyz", self.url());
+        // The exit (or the error asking for it) that ended the wait, if one did.
+        let ended: Mutex<Option<std::io::Result<ExitStatus>>> = Mutex::new(None);
+        let ready = {
+            let child = Mutex::new(&mut self.child);
+            eventually(patience, || async {
+                let exit = match child.lock() {
+                    Ok(mut child) => child.try_wait().transpose(),
+                    Err(_) => None,
+                };
+                if let Some(exit) = exit {
+                    if let Ok(mut ended) = ended.lock() {
+                        *ended = Some(exit);
+                    }
+                    return true;
                 }
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "{} not ready after {patience:?}; log:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+                matches!(client.get(&url).send().await, Ok(response) if response.status().is_success())
+            })
+            .await
+        };
+        match ended.into_inner().unwrap_or(None) {
+            Some(Ok(status)) => bail!(
+                "{} exited with {status} during start; log:\n{}",
+                self.name,
+                self.log_tail()
+            ),
+            Some(Err(err)) => Err(err.into()),
+            None if ready => Ok(()),
+            None => bail!(
+                "{} not ready after {patience:?}; log:\n{}",
+                self.name,
+                self.log_tail()
+            ),
         }
     }
 
@@ -253,14 +266,7 @@ impl Proc {
 
     /// Waits until metric `name` reaches `at_least`; returns whether it did.
     pub async fn wait_metric(&self, name: &str, at_least: f64, patience: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + patience;
-        while tokio::time::Instant::now() < deadline {
-            if self.metric(name).await >= at_least {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
+        eventually(patience, || async { self.metric(name).await >= at_least }).await
     }
 
     /// Resident memory of the process in KiB (`VmRSS`), 0 when unreadable.

@@ -11,6 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde_json::Value;
 
+use crate::wait::eventually;
+
 /// One webhook request as a receiver saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -166,16 +168,7 @@ impl Receiver {
 
     /// Waits until `done(received)` holds or `patience` passes; returns whether it held.
     pub async fn wait_until(&self, patience: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            if done(&self.received()) {
-                return true;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(patience, || done(&self.received())).await
     }
 }
 

@@ -10,29 +10,12 @@ use hookline_domain::event::{Defaults, Event};
 use hookline_domain::subscription::{EventTypePattern, Subscription};
 use hookline_domain::task::DeliveryTask;
 use hookline_e2e::{
-    brokers, produce, producer, read_all, Behaviour, Deployment, Pipeline, Receiver,
+    brokers, eventually, produce, producer, read_all, Behaviour, Deployment, Pipeline, Receiver,
 };
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use reqwest::Method;
 use serde_json::json;
-
-/// Polls `check` every 100 ms until it holds or `patience` passes.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    patience: Duration,
-    mut check: impl FnMut() -> F,
-) -> bool {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_or_an_edit_made_during_an_attempt_is_never_reverted() {

@@ -1,12 +1,13 @@
 //! The harness itself: a `HOOKLINE_*` setting exported in the caller's shell never
-//! reaches the binaries a test starts. The stray settings go into an explicit caller
-//! environment ([`Deployment::with_caller_env`]), not into this process's, which other
-//! tests share.
+//! reaches the binaries a test starts, and [`eventually`] waits as long as it is told.
+//! The stray settings go into an explicit caller environment
+//! ([`Deployment::with_caller_env`]), not into this process's, which other tests share.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::time::{Duration, Instant};
 
-use hookline_e2e::Deployment;
+use hookline_e2e::{eventually, Deployment};
 
 #[tokio::test]
 async fn stray_hookline_settings_of_the_caller_do_not_reach_the_binaries() {
@@ -57,4 +58,29 @@ async fn stray_hookline_settings_of_the_caller_do_not_reach_the_binaries() {
     // A real binary starts and gets ready despite the stray settings above.
     let started = deployment.start("hookline-delivery").await;
     assert!(started.is_ok(), "{:?}", started.err());
+}
+
+#[tokio::test]
+async fn eventually_checks_until_the_condition_holds_or_the_patience_is_up() {
+    let mut checks = 0;
+    let held = eventually(Duration::from_secs(5), || {
+        checks += 1;
+        checks == 3
+    })
+    .await;
+    assert!(held, "a condition that comes to hold is seen");
+    assert_eq!(checks, 3, "no check after it held");
+
+    let started = Instant::now();
+    let held = eventually(Duration::from_millis(350), || async { false }).await;
+    let waited = started.elapsed();
+    assert!(!held);
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_secs(2),
+        "gives up once the patience is up: {waited:?}"
+    );
+    assert!(
+        eventually(Duration::ZERO, || true).await,
+        "checks at least once"
+    );
 }

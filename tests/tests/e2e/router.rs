@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use hookline_domain::task::DeliveryTask;
 use hookline_e2e::{
-    assert_same, brokers, produce, producer, read_all, record_count, Api, Deployment, Pipeline,
-    Receiver,
+    assert_same, brokers, eventually, produce, producer, read_all, record_count, Api, Deployment,
+    Pipeline, Receiver,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -87,14 +87,10 @@ async fn killed_routers_neither_duplicate_nor_lose_a_task() {
         }
     }
     let deliveries = deployment.topic("deliveries");
-    let mut settled = false;
-    for _ in 0..600 {
-        if record_count(&deliveries).unwrap() >= expected.len() as i64 {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let settled = eventually(Duration::from_secs(180), || {
+        record_count(&deliveries).unwrap() >= expected.len() as i64
+    })
+    .await;
     assert!(settled, "all tasks written");
     tokio::time::sleep(Duration::from_secs(3)).await;
 
