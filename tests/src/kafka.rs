@@ -1,14 +1,22 @@
 //! Straight to the broker: the test broker's address, a broker of a test's own,
-//! producing records, counting and reading back what a topic holds.
+//! creating topics, producing records, counting and reading back what a topic holds.
+//! Clients are built, topics created, watermarks fetched and topics read with
+//! `hookline_core`'s own functions (`kafka::client_config`, `kafka::ensure_topics`,
+//! `kafka::high_watermarks`, `scan::scan_topic`).
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path as FsPath, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use hookline_core::config::KafkaArgs;
+use hookline_core::kafka;
+use hookline_core::scan::scan_topic;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -139,6 +147,26 @@ fn free_port_pair() -> anyhow::Result<u16> {
     bail!("no two consecutive free ports found")
 }
 
+pub use hookline_core::kafka::TopicSpec;
+
+/// Connection settings of the broker at `brokers` in the binaries' own form, for
+/// `hookline_core`'s functions. Topics created with them have one replica.
+fn args_on(brokers: &str) -> KafkaArgs {
+    KafkaArgs {
+        brokers: brokers.to_owned(),
+        topic_prefix: String::new(),
+        topic_partitions: 4,
+        topic_replication: 1,
+        properties: Vec::new(),
+    }
+}
+
+/// Settings of a client of the test broker, built like every binary's
+/// (`hookline_core::kafka::client_config`): brokers, `client_id`, then `base`.
+pub fn client_config(client_id: &str, base: &[(&str, &str)]) -> ClientConfig {
+    kafka::client_config(&args_on(&brokers()), client_id, base)
+}
+
 /// An independent producer (acks=all) to write records straight to a topic.
 pub fn producer() -> anyhow::Result<FutureProducer> {
     producer_on(&brokers())
@@ -146,27 +174,35 @@ pub fn producer() -> anyhow::Result<FutureProducer> {
 
 /// [`producer`] on the broker at `brokers`.
 pub fn producer_on(brokers: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .create()?)
+    Ok(kafka::client_config(
+        &args_on(brokers),
+        "hookline-test-producer",
+        &[("acks", "all")],
+    )
+    .create()?)
 }
 
-/// Creates `topic` with `partitions` partitions (replication 1) on the broker at `brokers`.
+/// Creates the topics of `specs` that do not exist yet on the test broker, and waits
+/// until they show in metadata (`hookline_core::kafka::ensure_topics`, as the binaries
+/// create theirs).
+pub async fn create_topics(specs: &[TopicSpec]) -> anyhow::Result<()> {
+    create_topics_on(&brokers(), specs).await
+}
+
+/// [`create_topics`] on the broker at `brokers`.
+pub async fn create_topics_on(brokers: &str, specs: &[TopicSpec]) -> anyhow::Result<()> {
+    kafka::ensure_topics(&args_on(brokers), specs, Duration::from_secs(30)).await
+}
+
+/// Creates `topic` with `partitions` partitions (replication 1) on the broker at
+/// `brokers` (see [`create_topics`]).
 pub async fn create_topic_on(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics([&new], &AdminOptions::new())
-        .await
-        .with_context(|| format!("creating {topic}"))?;
-    for result in results {
-        result.map_err(|(name, code)| anyhow::anyhow!("creating {name}: {code}"))?;
-    }
-    Ok(())
+    let spec = TopicSpec {
+        name: topic.to_owned(),
+        partitions,
+        configs: Vec::new(),
+    };
+    create_topics_on(brokers, &[spec]).await
 }
 
 /// Produces one record and waits for its acknowledgement.
@@ -188,25 +224,20 @@ pub async fn produce(
 }
 
 /// Total records on a topic (sum of high watermarks; 0 when it does not exist).
-pub fn record_count(topic: &str) -> anyhow::Result<i64> {
-    record_count_on(&brokers(), topic)
+pub async fn record_count(topic: &str) -> anyhow::Result<i64> {
+    record_count_on(&brokers(), topic).await
 }
 
 /// [`record_count`] on the broker at `brokers`.
-pub fn record_count_on(brokers: &str, topic: &str) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "hookline-test-inspector")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut total = 0;
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            total += high - low;
-        }
-    }
-    Ok(total)
+pub async fn record_count_on(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = kafka::reader(&args_on(brokers), "hookline-test-inspector")?;
+    let watermarks = kafka::high_watermarks(
+        Arc::new(consumer),
+        topic.to_owned(),
+        Duration::from_secs(10),
+    )
+    .await?;
+    Ok(watermarks.iter().map(|(_, high)| high).sum())
 }
 
 /// A record read back from a topic.
@@ -220,69 +251,25 @@ pub struct Record {
     pub headers: HashMap<String, String>,
 }
 
-/// Reads every record currently on `topic` (read_committed).
+/// Reads every record on `topic` when called (read_committed), in partition order.
+/// Blocking.
 pub fn read_all(topic: &str) -> anyhow::Result<Vec<Record>> {
     read_all_on(&brokers(), topic)
 }
 
 /// [`read_all`] on the broker at `brokers`.
 pub fn read_all_on(brokers: &str, topic: &str) -> anyhow::Result<Vec<Record>> {
-    use rdkafka::message::{Headers, Message};
-    use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("hookline-test-reader-{}", ulid::Ulid::new()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut list = TopicPartitionList::new();
-    let mut remaining = 0i64;
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            if high > low {
-                list.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
-                remaining += 1;
-            }
-        }
-    }
     let mut records = Vec::new();
-    if remaining == 0 {
-        return Ok(records);
-    }
-    consumer.assign(&list)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while remaining > 0 && std::time::Instant::now() < deadline {
-        let message = match consumer.poll(Duration::from_millis(200)) {
-            None => continue,
-            // Each partition reports its end once: everything before it has been read.
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {
-                remaining -= 1;
-                continue;
-            }
-            Some(Err(err)) => return Err(err.into()),
-            Some(Ok(message)) => message,
-        };
-        let mut headers = HashMap::new();
-        if let Some(h) = message.headers() {
-            for header in h.iter() {
-                let value = header
-                    .value
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
-                headers.insert(header.key.to_owned(), value);
-            }
-        }
+    scan_topic(&args_on(brokers), topic, None, |message| {
         records.push(Record {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
-            headers,
+            headers: kafka::record_headers(message)
+                .into_iter()
+                .map(|(key, value)| (key, String::from_utf8_lossy(&value).into_owned()))
+                .collect(),
         });
-    }
+    })
+    .with_context(|| format!("reading {topic}"))?;
     Ok(records)
 }

@@ -36,8 +36,8 @@ pub mod wait;
 pub use api::Api;
 pub use fixtures::{assert_same, Pipeline};
 pub use kafka::{
-    brokers, create_topic_on, produce, producer, producer_on, read_all, read_all_on, record_count,
-    record_count_on, Broker, Record,
+    brokers, client_config, create_topic_on, create_topics, create_topics_on, produce, producer,
+    producer_on, read_all, read_all_on, record_count, record_count_on, Broker, Record, TopicSpec,
 };
 pub use process::{free_addr, is_stray, Deployment, Proc};
 pub use receiver::{Behaviour, Received, Receiver};
