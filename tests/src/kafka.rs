@@ -20,6 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
+use crate::process::log_tail;
 use crate::wait::eventually;
 
 /// The broker the tests use.
@@ -105,9 +106,7 @@ impl Broker {
 
     /// The last lines of the broker's log.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.home.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        log_tail(&self.home.join("server.log"))
     }
 }
 

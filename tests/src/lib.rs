@@ -6,9 +6,13 @@
 //! prefix and consumer groups, so tests run side by side on one broker. A test that
 //! needs a broker of its own (a cold start) starts one with [`Broker::launch`].
 //!
-//! The binaries see only the deployment's environment on top of the caller's minus
-//! every `HOOKLINE_*` variable (see [`is_stray`]): a setting exported in the developer's
-//! shell never changes what a test runs.
+//! The binaries see only the deployment's environment on top of the caller's (this
+//! process's, or one given to [`Deployment::with_caller_env`]) minus every `HOOKLINE_*`
+//! variable (see [`is_stray`]): a setting exported in the developer's shell never
+//! changes what a test runs.
+//!
+//! The tests themselves are one test binary, `tests/e2e` (a module per area), whose tests
+//! share one process: the harness keeps no process-wide state.
 //!
 //! Modules:
 //!

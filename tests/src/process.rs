@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -56,7 +56,7 @@ impl Deployment {
         Self::on(&brokers())
     }
 
-    /// Like [`new`](Self::new), on the broker at `brokers` (e.g. a [`Broker`] of the test's own).
+    /// Like [`new`](Self::new), on the broker at `brokers` (e.g. a [`Broker`](crate::Broker) of the test's own).
     pub fn on(brokers: &str) -> Self {
         let prefix = format!("t{}.", ulid::Ulid::new().to_string().to_lowercase());
         let env = [
@@ -186,6 +186,13 @@ impl Default for Deployment {
     }
 }
 
+/// The last 40 lines of the log file at `path` ("" when unreadable).
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// A running binary; killed when dropped.
 pub struct Proc {
     child: Child,
@@ -243,9 +250,7 @@ impl Proc {
 
     /// The last lines of the process's log.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        log_tail(&self.log_path)
     }
 
     /// The sum of every series of metric `name` on the process's `/metrics`. `name` may
