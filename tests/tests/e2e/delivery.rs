@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use hookline_e2e::{read_all, Behaviour, Deployment, Pipeline, Received};
+use hookline_e2e::{eventually, read_all, Behaviour, Deployment, Pipeline, Received};
 use reqwest::Method;
 use serde_json::json;
 
@@ -99,13 +99,11 @@ async fn an_always_failing_receiver_ends_in_the_dlq_and_redrive_delivers_it() {
 
     let dlq = p.deployment.topic("deliveries.dlq");
     let mut dead = Vec::new();
-    for _ in 0..300 {
+    eventually(Duration::from_secs(60), || {
         dead = read_all(&dlq).unwrap();
-        if dead.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        dead.len() >= 3
+    })
+    .await;
     assert_eq!(dead.len(), 3, "all three dead-lettered");
     for record in &dead {
         assert!(

@@ -10,29 +10,12 @@ use hookline_domain::event::{Defaults, Event};
 use hookline_domain::subscription::{EventTypePattern, Subscription};
 use hookline_domain::task::DeliveryTask;
 use hookline_e2e::{
-    brokers, produce, producer, read_all, Behaviour, Deployment, Pipeline, Receiver,
+    client_config, eventually, produce, producer, read_all, Behaviour, Deployment, Pipeline,
+    Receiver,
 };
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
 use reqwest::Method;
 use serde_json::json;
-
-/// Polls `check` every 100 ms until it holds or `patience` passes.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    patience: Duration,
-    mut check: impl FnMut() -> F,
-) -> bool {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_or_an_edit_made_during_an_attempt_is_never_reverted() {
@@ -158,14 +141,17 @@ async fn write_subscription(deployment: &Deployment, subscription: &Subscription
 /// broker takes them: every view then has that many records to apply before it reaches
 /// what is written next.
 fn flood_subscriptions(deployment: &Deployment, count: usize) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("compression.type", "lz4")
-        .create()
-        .unwrap();
+    let producer: BaseProducer = client_config(
+        "hookline-test-flood",
+        &[
+            ("linger.ms", "20"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "1000000"),
+            ("compression.type", "lz4"),
+        ],
+    )
+    .create()
+    .unwrap();
     let topic = deployment.topic("subscriptions");
     for n in 0..count {
         let key = format!("sub_flood{n:09}");

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hookline_e2e::{brokers, read_all, Behaviour, Deployment, Pipeline};
+use hookline_e2e::{brokers, eventually, read_all, Behaviour, Deployment, Pipeline};
 use serde_json::json;
 
 /// Produces one record with kcat: `headers` as `name=value`, `value` as the body.
@@ -120,13 +120,11 @@ async fn cloudevents_and_native_records_from_kcat_are_routed_and_garbage_is_dead
         .all(|r| r.json["id"].as_str().unwrap().starts_with("evt_")));
 
     let mut dead = Vec::new();
-    for _ in 0..100 {
+    eventually(Duration::from_secs(20), || {
         dead = read_all(&p.deployment.topic("events.dlq")).unwrap();
-        if dead.len() >= 15 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        dead.len() >= 15
+    })
+    .await;
     assert_eq!(dead.len(), 15, "every garbage record dead-lettered");
     let reasons: BTreeSet<String> = dead
         .iter()

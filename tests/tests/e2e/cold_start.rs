@@ -11,8 +11,8 @@ use chrono::Utc;
 use hookline_domain::event::{Defaults, Event};
 use hookline_domain::task::DeliveryTask;
 use hookline_e2e::{
-    create_topic_on, produce, producer_on, read_all_on, Api, Behaviour, Broker, Deployment, Proc,
-    Receiver,
+    create_topic_on, eventually, produce, producer_on, read_all_on, Api, Behaviour, Broker,
+    Deployment, Proc, Receiver,
 };
 use serde_json::json;
 
@@ -94,13 +94,11 @@ async fn binaries_started_with_a_brand_new_broker_deliver_and_dead_letter_within
 
     let dlq = deployment.topic("deliveries.dlq");
     let mut dead = Vec::new();
-    while up.elapsed() < BOUND {
+    eventually(BOUND.saturating_sub(up.elapsed()), || {
         dead = read_all_on(&broker.brokers(), &dlq).unwrap_or_default();
-        if dead.len() >= EVENTS {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        dead.len() >= EVENTS
+    })
+    .await;
     assert_eq!(
         dead.len(),
         EVENTS,

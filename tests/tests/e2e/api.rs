@@ -73,12 +73,14 @@ async fn bad_input_gets_a_json_error_naming_the_field_and_writes_nothing() {
     }
 
     assert_eq!(
-        record_count(&deployment.topic("events")).unwrap(),
+        record_count(&deployment.topic("events")).await.unwrap(),
         0,
         "no event written"
     );
     assert_eq!(
-        record_count(&deployment.topic("subscriptions")).unwrap(),
+        record_count(&deployment.topic("subscriptions"))
+            .await
+            .unwrap(),
         0,
         "no subscription written"
     );
@@ -89,7 +91,7 @@ async fn bad_input_gets_a_json_error_naming_the_field_and_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(ids, ["evt_given"]);
-    assert_eq!(record_count(&deployment.topic("events")).unwrap(), 1);
+    assert_eq!(record_count(&deployment.topic("events")).await.unwrap(), 1);
 }
 
 #[tokio::test]

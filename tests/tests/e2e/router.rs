@@ -5,15 +5,12 @@ use std::time::Duration;
 
 use hookline_domain::task::DeliveryTask;
 use hookline_e2e::{
-    assert_same, brokers, produce, producer, read_all, record_count, Api, Deployment, Pipeline,
-    Receiver,
+    assert_same, client_config, create_topics, eventually, produce, producer, read_all,
+    record_count, Api, Deployment, Pipeline, Receiver, TopicSpec,
 };
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
 use serde_json::json;
 
 fn event(n: usize) -> (String, &'static str, &'static str) {
@@ -87,14 +84,10 @@ async fn killed_routers_neither_duplicate_nor_lose_a_task() {
         }
     }
     let deliveries = deployment.topic("deliveries");
-    let mut settled = false;
-    for _ in 0..600 {
-        if record_count(&deliveries).unwrap() >= expected.len() as i64 {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let settled = eventually(Duration::from_secs(180), || async {
+        record_count(&deliveries).await.unwrap() >= expected.len() as i64
+    })
+    .await;
     assert!(settled, "all tasks written");
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -173,14 +166,18 @@ async fn an_event_whose_tasks_are_too_large_is_dead_lettered_and_routing_goes_on
 /// Writes `count` tombstones (random keys, no value) to `topic` with many in flight, in
 /// record batches of at most `per_batch` records, and waits until all are acknowledged.
 async fn write_tombstones(topic: &str, count: usize, per_batch: usize) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("acks", "all")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", per_batch.to_string())
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
+    let per_batch = per_batch.to_string();
+    let producer: FutureProducer = client_config(
+        "hookline-test-tombstones",
+        &[
+            ("acks", "all"),
+            ("linger.ms", "20"),
+            ("batch.num.messages", &per_batch),
+            ("queue.buffering.max.messages", "1000000"),
+        ],
+    )
+    .create()
+    .unwrap();
     let keys: Vec<String> = (0..count)
         .map(|_| ulid::Ulid::new().to_string().to_lowercase())
         .collect();
@@ -264,18 +261,12 @@ async fn a_subscription_acknowledged_before_an_event_sees_it_while_the_router_vi
 /// Creates `<prefix>events.dlq` (4 partitions) with a topic-level `max.message.bytes`,
 /// before any binary runs: they create missing topics but leave existing ones as they are.
 async fn create_small_dead_letter_topic(deployment: &Deployment, max_message_bytes: usize) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let name = deployment.topic("events.dlq");
-    let limit = max_message_bytes.to_string();
-    let topic =
-        NewTopic::new(&name, 4, TopicReplication::Fixed(1)).set("max.message.bytes", &limit);
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics([&topic], &options).await.unwrap() {
-        result.unwrap();
-    }
+    let topic = TopicSpec {
+        name: deployment.topic("events.dlq"),
+        partitions: 4,
+        configs: vec![("max.message.bytes", max_message_bytes.to_string())],
+    };
+    create_topics(&[topic]).await.unwrap();
 }
 
 /// An invalid event record (not JSON) of about 20 KB that compresses badly, so that its

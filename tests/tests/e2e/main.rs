@@ -1,0 +1,18 @@
+//! Hookline's end-to-end tests, in one test binary: a real Kafka broker, the three
+//! binaries as child processes and real HTTP receivers (see the `hookline_e2e` harness).
+//! Each module covers one area; a test's name is `module::name`, e.g.
+//! `cargo test -p hookline-e2e -- delivery::` runs the delivery tests.
+//!
+//! The tests of every module share this process and run side by side: none may change
+//! process-wide state (the environment, the working directory, global hooks). Each gets
+//! its own topic prefix, consumer groups, receivers and ports.
+
+mod api;
+mod bookkeeping;
+mod cloudevents;
+mod cold_start;
+mod delivery;
+mod harness;
+mod pipeline;
+mod router;
+mod subscriptions;
