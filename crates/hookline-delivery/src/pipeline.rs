@@ -21,6 +21,7 @@ use prometheus::{
 };
 use rdkafka::message::{Header, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::control::HealthWriter;
 use crate::limits::{Breakers, Limits};
@@ -157,19 +158,43 @@ pub enum RetryPath<'a> {
     },
 }
 
+/// A record of the deliveries topic or a retry tier, its task read once.
+pub struct TaskRecord {
+    /// The record.
+    pub message: OwnedMessage,
+    /// Its task, or why it could not be read.
+    pub task: Result<DeliveryTask, String>,
+}
+
+impl TaskRecord {
+    /// Reads the task of `message`.
+    pub fn read(message: OwnedMessage) -> Self {
+        let task = match message
+            .payload()
+            .map(serde_json::from_slice::<DeliveryTask>)
+        {
+            Some(Ok(task)) => Ok(task),
+            Some(Err(err)) => Err(format!("unreadable task: {err}")),
+            None => Err("task record has no value".to_owned()),
+        };
+        Self { message, task }
+    }
+
+    /// How long until the task is due (zero when it is, or cannot be read).
+    pub fn due_in(&self) -> Duration {
+        self.task.as_ref().map_or(Duration::ZERO, due_in)
+    }
+}
+
 /// Works one record to a durable end.
-pub async fn process(context: &Context, message: OwnedMessage, path: RetryPath<'_>) {
-    let task: DeliveryTask = match message.payload().map(serde_json::from_slice) {
-        Some(Ok(task)) => task,
-        Some(Err(err)) => {
+pub async fn process(context: &Context, record: TaskRecord, path: RetryPath<'_>) {
+    let TaskRecord { message, task } = record;
+    let task = match task {
+        Ok(task) => task,
+        Err(reason) => {
             context.metrics.task(TaskOutcome::Invalid);
-            tracing::warn!(topic = message.topic(), offset = message.offset(), %err, "unreadable delivery task");
-            dead_letter(context, &message, &format!("unreadable task: {err}"), None).await;
-            return;
-        }
-        None => {
-            context.metrics.task(TaskOutcome::Invalid);
-            dead_letter(context, &message, "task record has no value", None).await;
+            tracing::warn!(topic = message.topic(), offset = message.offset(), %reason, "unreadable delivery task");
+            dead_letter(context, &message, &reason, None).await;
             return;
         }
     };
@@ -273,54 +298,75 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
         Ok(subscription) => subscription,
         Err(step) => return step,
     };
-    let subscription = subscription.as_ref();
-    let endpoint = Breakers::endpoint(subscription.url().as_str());
-    let result = match context.breakers.admit(&endpoint) {
-        Admission::Reject => {
-            drop(slot);
-            context.metrics.attempt(AttemptOutcome::CircuitOpen);
-            let remaining = context.breakers.remaining_cooldown(&endpoint);
-            AttemptResult::CircuitOpen(remaining.max(Duration::from_millis(100)))
-        }
-        Admission::Allow | Admission::Probe => {
-            let started_at = Utc::now();
-            let (outcome, elapsed) = context.sender.attempt(subscription, task).await;
-            let delivered = matches!(outcome, Outcome::Delivered { .. });
-            context.breakers.record(&endpoint, delivered);
-            drop(slot);
-            let class = outcome.class();
-            context.metrics.attempt(class);
-            context
-                .metrics
-                .attempt_seconds
-                .with_label_values(&[class.as_str()])
-                .observe(elapsed.as_secs_f64());
-            record_attempt(context, task, &outcome, elapsed, started_at).await;
-            match outcome {
-                Outcome::Delivered { .. } => AttemptResult::Delivered,
-                Outcome::Failed {
-                    status,
-                    detail,
-                    retry_after,
-                    ..
-                } => AttemptResult::Failed {
-                    status,
-                    detail,
-                    retry_after,
-                },
-            }
-        }
-    };
+    let result = call_endpoint(context, &subscription, task, slot).await;
     let failed = matches!(result, AttemptResult::Failed { .. });
     let now = Utc::now();
     let circumstances = Circumstances {
         attempts_before: task.attempts,
-        failing_since: context.health.failing_since(subscription),
+        failing_since: context.health.failing_since(&subscription),
         disable_after: context.disable_after,
         schedule: &context.schedule,
         now,
     };
-    match decide(result, circumstances) {
+    let decision = decide(result, circumstances);
+    carry_out(context, message, &subscription, task, decision, failed, now).await
+}
+
+/// One request to the endpoint, unless its circuit is open; records the attempt
+/// (metrics, attempt record) and releases `slot` as soon as the answer is in.
+async fn call_endpoint(
+    context: &Context,
+    subscription: &Subscription,
+    task: &DeliveryTask,
+    slot: OwnedSemaphorePermit,
+) -> AttemptResult {
+    let endpoint = Breakers::endpoint(subscription.url().as_str());
+    if context.breakers.admit(&endpoint) == Admission::Reject {
+        drop(slot);
+        context.metrics.attempt(AttemptOutcome::CircuitOpen);
+        let remaining = context.breakers.remaining_cooldown(&endpoint);
+        return AttemptResult::CircuitOpen(remaining.max(Duration::from_millis(100)));
+    }
+    let started_at = Utc::now();
+    let (outcome, elapsed) = context.sender.attempt(subscription, task).await;
+    let delivered = matches!(outcome, Outcome::Delivered { .. });
+    context.breakers.record(&endpoint, delivered);
+    drop(slot);
+    let class = outcome.class();
+    context.metrics.attempt(class);
+    context
+        .metrics
+        .attempt_seconds
+        .with_label_values(&[class.as_str()])
+        .observe(elapsed.as_secs_f64());
+    record_attempt(context, task, &outcome, elapsed, started_at).await;
+    match outcome {
+        Outcome::Delivered { .. } => AttemptResult::Delivered,
+        Outcome::Failed {
+            status,
+            detail,
+            retry_after,
+            ..
+        } => AttemptResult::Failed {
+            status,
+            detail,
+            retry_after,
+        },
+    }
+}
+
+/// Carries out `decision`'s effects: health, metrics, dead letter; a retry is returned
+/// for the caller to schedule.
+async fn carry_out(
+    context: &Context,
+    message: &OwnedMessage,
+    subscription: &Subscription,
+    task: &mut DeliveryTask,
+    decision: Decision,
+    failed: bool,
+    now: chrono::DateTime<Utc>,
+) -> Step {
+    match decision {
         Decision::Delivered => {
             context.metrics.task(TaskOutcome::Delivered);
             let since_routed = (now - task.routed_at).num_microseconds().unwrap_or(0);

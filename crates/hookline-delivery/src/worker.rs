@@ -16,7 +16,6 @@ use std::time::Duration;
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
 use hookline_core::telemetry::Readiness;
-use hookline_domain::task::DeliveryTask;
 use hookline_domain::tracker::OffsetTracker;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -26,7 +25,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::pipeline::{due_in, find_subscription, process, Context, RetryPath};
+use hookline_domain::subscription::Subscription;
+
+use crate::pipeline::{find_subscription, process, Context, RetryPath, TaskRecord};
 
 /// A topic partition.
 type Tp = (Arc<str>, i32);
@@ -35,7 +36,7 @@ type Tp = (Arc<str>, i32);
 type Done = Tp;
 
 /// A retry record read before it is due: the record, when it is due, its generation.
-type Held = (OwnedMessage, Instant, u64);
+type Held = (TaskRecord, Instant, u64);
 
 /// What the loop, the tasks and the rebalance callback share: per partition, the offset
 /// tracker and the number of running tasks of its current generation.
@@ -253,7 +254,7 @@ impl Finisher {
 }
 
 /// A record routed to a lane: its partition, the record, its generation.
-type LaneItem = (Tp, OwnedMessage, u64);
+type LaneItem = (Tp, TaskRecord, u64);
 
 /// One subscription's sequential lane.
 struct Lane {
@@ -276,7 +277,7 @@ pub struct Worker {
     held: HashMap<Tp, VecDeque<Held>>,
     /// Records waiting for their partition's window, oldest first. Waiting in memory
     /// instead of pausing the partition: a resumed partition restarts fetching slowly.
-    backlog: HashMap<Tp, VecDeque<(OwnedMessage, u64)>>,
+    backlog: HashMap<Tp, VecDeque<(TaskRecord, u64)>>,
     /// One sequential lane per ordered (or not yet known) subscription with work, fed
     /// in offset order; idle lanes are dropped.
     lanes: HashMap<String, Lane>,
@@ -381,26 +382,28 @@ impl Worker {
         let tp: Tp = (Arc::from(message.topic()), message.partition());
         // Begin tracking at once, so the commit never passes a held record.
         let generation = lock(&self.progress).begin(&tp, message.offset());
-        if self.context.topics.is_deliveries_retry(message.topic()) {
-            let wait = message
-                .payload()
-                .and_then(|p| serde_json::from_slice::<DeliveryTask>(p).ok())
-                .map_or(Duration::ZERO, |task| due_in(&task));
+        let record = TaskRecord::read(message);
+        if self
+            .context
+            .topics
+            .is_deliveries_retry(record.message.topic())
+        {
+            let wait = record.due_in();
             let already_holding = self.held.get(&tp).is_some_and(|q| !q.is_empty());
             if already_holding || !wait.is_zero() {
                 if !already_holding {
                     self.pause(&tp);
                 }
-                let held = (message, Instant::now() + wait, generation);
+                let held = (record, Instant::now() + wait, generation);
                 self.held.entry(tp).or_default().push_back(held);
                 return;
             }
         }
-        self.admit(tp, message, generation, finisher);
+        self.admit(tp, record, generation, finisher);
     }
 
     /// Admits a record: it starts at once, or waits for its partition's window.
-    fn admit(&mut self, tp: Tp, message: OwnedMessage, generation: u64, finisher: &Finisher) {
+    fn admit(&mut self, tp: Tp, record: TaskRecord, generation: u64, finisher: &Finisher) {
         self.in_flight += 1;
         self.context.metrics.in_flight.inc();
         let running = lock(&self.progress).running(&tp);
@@ -408,39 +411,42 @@ impl Worker {
             self.backlog
                 .entry(tp)
                 .or_default()
-                .push_back((message, generation));
+                .push_back((record, generation));
             return;
         }
-        self.start(tp, message, generation, finisher);
+        self.start(tp, record, generation, finisher);
     }
 
-    fn start(&mut self, tp: Tp, message: OwnedMessage, generation: u64, finisher: &Finisher) {
+    fn start(&mut self, tp: Tp, record: TaskRecord, generation: u64, finisher: &Finisher) {
         lock(&self.progress).started(&tp, generation);
         let context = Arc::clone(&self.context);
         // Ordered subscriptions go through their lane, one task at a time, in the order
         // this loop reads them; everything else runs at once. A subscription this
         // process's view does not know yet may be an ordered one: it takes the lane too
         // (the lane's task catches the view up and then knows).
-        let id = message.key().and_then(|key| std::str::from_utf8(key).ok());
-        let needs_lane = id.is_some_and(|id| self.context.view.get(id).is_none_or(|s| s.ordered()));
+        let id = record
+            .message
+            .key()
+            .and_then(|key| std::str::from_utf8(key).ok());
+        let needs_lane = id.is_some_and(|id| takes_lane(self.context.view.get(id).as_deref()));
         if let (true, Some(id)) = (needs_lane, id) {
             let lane = self.lanes.entry(id.to_owned()).or_insert_with(|| {
                 self.lanes_gauge.inc();
                 spawn_lane(Arc::clone(&context), finisher.clone())
             });
             lane.pending.fetch_add(1, Ordering::AcqRel);
-            if let Err(mpsc::error::SendError((tp, message, generation))) =
-                lane.tx.send((tp, message, generation))
+            if let Err(mpsc::error::SendError((tp, record, generation))) =
+                lane.tx.send((tp, record, generation))
             {
                 tracing::error!(topic = %tp.0, partition = tp.1, "subscription lane stopped");
-                finisher.finish(tp, message.offset(), generation);
+                finisher.finish(tp, record.message.offset(), generation);
             }
             return;
         }
         let finisher = finisher.clone();
         tokio::spawn(async move {
-            let offset = message.offset();
-            process(&context, message, RetryPath::Tier).await;
+            let offset = record.message.offset();
+            process(&context, record, RetryPath::Tier).await;
             finisher.finish(tp, offset, generation);
         });
     }
@@ -455,9 +461,9 @@ impl Worker {
     fn on_done(&mut self, tp: Tp, finisher: &Finisher) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.context.metrics.in_flight.dec();
-        if let Some((message, generation)) = self.backlog.get_mut(&tp).and_then(VecDeque::pop_front)
+        if let Some((record, generation)) = self.backlog.get_mut(&tp).and_then(VecDeque::pop_front)
         {
-            self.start(tp, message, generation, finisher);
+            self.start(tp, record, generation, finisher);
         }
     }
 
@@ -493,10 +499,10 @@ impl Worker {
                         break;
                     }
                 }
-                let Some((message, _, generation)) = queue.pop_front() else {
+                let Some((record, _, generation)) = queue.pop_front() else {
                     break;
                 };
-                self.admit(tp.clone(), message, generation, finisher);
+                self.admit(tp.clone(), record, generation, finisher);
             }
         }
     }
@@ -585,25 +591,23 @@ fn spawn_lane(context: Arc<Context>, finisher: Finisher) -> Lane {
     let pending = Arc::new(AtomicUsize::new(0));
     let handled = Arc::clone(&pending);
     tokio::spawn(async move {
-        while let Some((tp, message, generation)) = lane_rx.recv().await {
-            let offset = message.offset();
+        while let Some((tp, record, generation)) = lane_rx.recv().await {
+            let offset = record.message.offset();
             if !finisher.is_current(&tp, generation) {
                 finisher.finish(tp, offset, generation);
                 handled.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
-            let id = message
+            let id = record
+                .message
                 .key()
                 .and_then(|key| std::str::from_utf8(key).ok())
                 .unwrap_or_default();
-            let ordered = find_subscription(&context, id)
-                .await
-                .is_some_and(|s| s.ordered());
-            if ordered {
+            if takes_lane(find_subscription(&context, id).await.as_deref()) {
                 let still_owned = || finisher.is_current(&tp, generation);
                 process(
                     &context,
-                    message,
+                    record,
                     RetryPath::Lane {
                         still_owned: &still_owned,
                     },
@@ -611,10 +615,10 @@ fn spawn_lane(context: Arc<Context>, finisher: Finisher) -> Lane {
                 .await;
                 finisher.finish(tp, offset, generation);
             } else {
-                // Not ordered after all (or gone): run it alongside the others.
+                // Not ordered after all: run it alongside the others.
                 let (context, finisher) = (Arc::clone(&context), finisher.clone());
                 tokio::spawn(async move {
-                    process(&context, message, RetryPath::Tier).await;
+                    process(&context, record, RetryPath::Tier).await;
                     finisher.finish(tp, offset, generation);
                 });
             }
@@ -624,9 +628,87 @@ fn spawn_lane(context: Arc<Context>, finisher: Finisher) -> Lane {
     Lane { tx, pending }
 }
 
+/// Whether a task of `subscription` runs through the subscription's lane: the one rule
+/// for ordered delivery. A subscription the view does not show (not yet, or no more)
+/// may be ordered, so its tasks take the lane too; the lane looks it up again.
+fn takes_lane(subscription: Option<&Subscription>) -> bool {
+    subscription.is_none_or(Subscription::ordered)
+}
+
 async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(partition: i32) -> Tp {
+        (Arc::from("t.deliveries"), partition)
+    }
+
+    #[test]
+    fn work_of_a_revoked_assignment_never_counts_for_the_next() {
+        let mut progress = Progress::default();
+        let p = tp(0);
+        let old = progress.begin(&p, 10);
+        progress.started(&p, old);
+        assert!(progress.is_current(&p, old));
+        assert_eq!(progress.running(&p), 1);
+
+        // Revoked, then assigned again: the earlier generation is stale for good.
+        assert_eq!(
+            progress.retire(&p),
+            None,
+            "nothing was done, nothing to commit"
+        );
+        assert!(!progress.is_current(&p, old));
+        let new = progress.begin(&p, 10);
+        assert_ne!(new, old, "generations are never reused");
+        assert!(progress.is_current(&p, new));
+        assert!(!progress.is_current(&p, old));
+        progress.started(&p, new);
+        assert_eq!(
+            progress.running(&p),
+            1,
+            "only the new assignment's task counts"
+        );
+
+        // The old task finishing completes nothing of the new assignment.
+        let tracker = progress.trackers.get_mut(&p).unwrap();
+        assert_eq!(tracker.complete(10, old), None);
+        assert_eq!(tracker.complete(10, new), Some(10));
+    }
+
+    #[test]
+    fn retiring_reports_the_done_prefix() {
+        let mut progress = Progress::default();
+        let p = tp(1);
+        let generation = progress.begin(&p, 5);
+        progress.begin(&p, 6);
+        let tracker = progress.trackers.get_mut(&p).unwrap();
+        assert_eq!(tracker.complete(5, generation), Some(5));
+        assert_eq!(progress.retire(&p), Some(5), "offset 5 is done, 6 is not");
+        assert!(progress.trackers.is_empty() && progress.running.is_empty());
+    }
+
+    #[test]
+    fn only_ordered_or_unknown_subscriptions_take_a_lane() {
+        let url = "https://erp.example/hooks".parse().unwrap();
+        let plain = Subscription::basic("sub_a", "acme", url, Vec::new());
+        assert!(!takes_lane(Some(&plain)));
+        let request: hookline_domain::subscription::NewSubscription = serde_json::from_value(
+            serde_json::json!({"tenant": "acme", "url": "https://erp.example/hooks",
+                               "event_types": ["*"], "ordered": true}),
+        )
+        .unwrap();
+        let ordered = request
+            .into_subscription("sub_b".into(), chrono::Utc::now())
+            .unwrap();
+        assert!(takes_lane(Some(&ordered)));
+        assert!(takes_lane(None), "unknown yet: it may be ordered");
     }
 }
