@@ -402,3 +402,71 @@ async fn idle_ordered_lanes_are_dropped() {
     }
     eprintln!("worker RSS after each round (KiB): {rss:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_stops_retrying_in_place_once_its_partition_is_revoked() {
+    let mut deployment = Deployment::new();
+    deployment
+        // Retried in place about every second, for long enough.
+        .set("HOOKLINE_RETRY_SCHEDULE", &vec!["1s"; 40].join(","))
+        .set("HOOKLINE_BREAKER_THRESHOLD", "1000")
+        .set("HOOKLINE_SHUTDOWN_GRACE", "1s")
+        // One partition per topic: one worker holds all of one subscription's work.
+        .set("HOOKLINE_TOPIC_PARTITIONS", "1");
+    let p = Pipeline::start(deployment).await.unwrap();
+    p.subscribe("acme", &["invoice.paid"], "lane", json!({"ordered": true}))
+        .await
+        .unwrap();
+    p.receiver.behave("lane", Behaviour::Always(500));
+    p.send("acme", "invoice.paid", 1).await.unwrap();
+    let retrying = eventually(Duration::from_secs(30), || p.receiver.entered("lane") >= 2).await;
+    assert!(retrying, "the ordered task is retried in place");
+
+    // A second worker that may not reach loopback takes the partitions over: from then
+    // on no request may reach the receiver (the first worker's lane must stop). The
+    // range assignor gives both partitions to one of the two workers; try until the
+    // second one gets them.
+    let mut second = None;
+    for _ in 0..8 {
+        let candidate = p
+            .deployment
+            .start_with(
+                "hookline-delivery",
+                &[("HOOKLINE_DELIVERY_ALLOW_CIDRS", "")],
+            )
+            .await
+            .unwrap();
+        let owns = candidate
+            .wait_metric(
+                "hookline_delivery_assigned_partitions",
+                2.0,
+                Duration::from_secs(5),
+            )
+            .await;
+        if owns {
+            second = Some(candidate);
+            break;
+        }
+        let mut candidate = candidate;
+        candidate.terminate().unwrap();
+    }
+    let second = second.expect("the second worker got the partitions in one of the tries");
+    // The revocation waits out the grace period (1 s); the lane's current sleep (about
+    // 1 s) ends; then nothing more may come from the first worker.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let settled = p.receiver.entered("lane");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        p.receiver.entered("lane"),
+        settled,
+        "no request from a worker whose partition was revoked; first worker's log:\n{}",
+        p.workers[0].log_tail()
+    );
+    assert!(
+        second
+            .metric("hookline_delivery_attempts_total{outcome=\"blocked\"")
+            .await
+            >= 1.0,
+        "the new owner works the task (and is refused loopback)"
+    );
+}
