@@ -50,16 +50,147 @@ pub enum Filter {
     Any(Vec<Filter>),
     /// A predicate on one field of `data`.
     Predicate {
-        /// Dotted path into `data`, e.g. `customer.address.country`. On an object a
-        /// segment is a key; on an array a segment of digits is an index
-        /// (`lines.0.amount`).
-        field: String,
-        /// How the field is compared with `value`.
-        op: Op,
-        /// The operand: any JSON for `eq`/`ne`, an array for `in`, a number or a
-        /// string for `gt`/`gte`/`lt`/`lte`, a boolean for `exists`.
-        value: Value,
+        /// Where the field sits in `data`.
+        field: FieldPath,
+        /// What the field is tested for.
+        test: Test,
     },
+}
+
+/// A dotted path into `data`, e.g. `customer.address.country`, split into its segments
+/// once, when the filter is parsed. On an object a segment is a key; on an array a
+/// segment of digits is an index (`lines.0.amount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPath {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Segment {
+    key: String,
+    index: Option<usize>,
+}
+
+impl FieldPath {
+    /// The path of `text`; `None` when a segment is empty.
+    pub fn parse(text: &str) -> Option<Self> {
+        let segments = text
+            .split('.')
+            .map(|key| {
+                (!key.is_empty()).then(|| Segment {
+                    key: key.to_owned(),
+                    index: key
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        .then(|| key.parse().ok())
+                        .flatten(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The value at this path in `data`, `None` when the path leads nowhere.
+    fn lookup<'a>(&self, data: &'a Value) -> Option<&'a Value> {
+        self.segments
+            .iter()
+            .try_fold(data, |current, segment| match current {
+                Value::Object(map) => map.get(&segment.key),
+                Value::Array(items) => segment.index.and_then(|i| items.get(i)),
+                _ => None,
+            })
+    }
+}
+
+/// A scalar that orders: the operand of `gt`, `gte`, `lt` and `lte`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    /// A number (compared numerically and exactly).
+    Number(Number),
+    /// A string (compared by Unicode code point).
+    Text(String),
+}
+
+impl Scalar {
+    fn to_json(&self) -> Value {
+        match self {
+            Scalar::Number(n) => Value::Number(n.clone()),
+            Scalar::Text(t) => Value::String(t.clone()),
+        }
+    }
+}
+
+/// What a predicate tests its field for: the operator with an operand of the type it
+/// needs, so an ill-typed predicate cannot be built.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Test {
+    /// `eq`: the field equals the value.
+    Eq(Value),
+    /// `ne`: the negation of `eq`.
+    Ne(Value),
+    /// `gt`, `gte`, `lt` or `lte` against a number or a string.
+    Compare(Op, Scalar),
+    /// `in`: the field equals one of the items.
+    In(Vec<Value>),
+    /// `exists`: whether the field is present and not `null`.
+    Exists(bool),
+}
+
+impl Test {
+    /// Its operator.
+    pub fn op(&self) -> Op {
+        match self {
+            Test::Eq(_) => Op::Eq,
+            Test::Ne(_) => Op::Ne,
+            Test::Compare(op, _) => *op,
+            Test::In(_) => Op::In,
+            Test::Exists(_) => Op::Exists,
+        }
+    }
+
+    /// Its operand as JSON, as a filter writes it.
+    fn operand(&self) -> Value {
+        match self {
+            Test::Eq(value) | Test::Ne(value) => value.clone(),
+            Test::Compare(_, scalar) => scalar.to_json(),
+            Test::In(items) => Value::Array(items.clone()),
+            Test::Exists(flag) => Value::Bool(*flag),
+        }
+    }
+
+    /// Applies the test to the field's value (`None`: missing).
+    fn holds(&self, field: Option<&Value>) -> bool {
+        match (self, field) {
+            (Test::Ne(value), _) => !Test::Eq(value.clone()).holds(field),
+            (Test::Exists(flag), _) => *flag == field.is_some_and(|v| !v.is_null()),
+            (_, None) => false,
+            (Test::Eq(value), Some(field)) => values_equal(field, value),
+            (Test::In(items), Some(field)) => items.iter().any(|item| values_equal(field, item)),
+            (Test::Compare(op, scalar), Some(field)) => {
+                let order = match (field, scalar) {
+                    (Value::Number(x), Scalar::Number(y)) => compare_numbers(x, y),
+                    (Value::String(x), Scalar::Text(y)) => Some(x.as_str().cmp(y)),
+                    _ => None,
+                };
+                order.is_some_and(|order| match op {
+                    Op::Gt => order.is_gt(),
+                    Op::Gte => order.is_ge(),
+                    Op::Lt => order.is_lt(),
+                    Op::Lte => order.is_le(),
+                    _ => false,
+                })
+            }
+        }
+    }
 }
 
 /// A predicate's operator.
@@ -144,7 +275,7 @@ impl Filter {
         match self {
             Filter::All(filters) => filters.iter().all(|f| f.matches(data)),
             Filter::Any(filters) => filters.iter().any(|f| f.matches(data)),
-            Filter::Predicate { field, op, value } => evaluate(lookup(data, field), *op, value),
+            Filter::Predicate { field, test } => test.holds(field.lookup(data)),
         }
     }
 
@@ -158,10 +289,10 @@ impl Filter {
             Filter::Any(filters) => {
                 object.insert("any".into(), filters.iter().map(Filter::to_json).collect());
             }
-            Filter::Predicate { field, op, value } => {
-                object.insert("field".into(), Value::String(field.clone()));
-                object.insert("op".into(), Value::String(op.as_str().into()));
-                object.insert("value".into(), value.clone());
+            Filter::Predicate { field, test } => {
+                object.insert("field".into(), Value::String(field.as_str().into()));
+                object.insert("op".into(), Value::String(test.op().as_str().into()));
+                object.insert("value".into(), test.operand());
             }
         }
         Value::Object(object)
@@ -271,12 +402,12 @@ fn predicate(object: &Map<String, Value>, path: &str) -> Result<Filter, FieldErr
     if field.is_empty() {
         return Err(FieldError::new(field_path, "must not be empty"));
     }
-    if field.split('.').any(str::is_empty) {
+    let Some(field) = FieldPath::parse(field) else {
         return Err(FieldError::new(
             field_path,
             format!("has an empty segment: {}", Value::from(field.as_str())),
         ));
-    }
+    };
 
     let op_path = format!("{path}.op");
     let op = match object.get("op") {
@@ -295,16 +426,19 @@ fn predicate(object: &Map<String, Value>, path: &str) -> Result<Filter, FieldErr
     let Some(value) = object.get("value") else {
         return Err(FieldError::new(value_path, "is required"));
     };
-    match op {
-        Op::Eq | Op::Ne => {}
-        Op::Gt | Op::Gte | Op::Lt | Op::Lte => {
-            if !matches!(value, Value::Number(_) | Value::String(_)) {
+    let test = match op {
+        Op::Eq => Test::Eq(value.clone()),
+        Op::Ne => Test::Ne(value.clone()),
+        Op::Gt | Op::Gte | Op::Lt | Op::Lte => match value {
+            Value::Number(n) => Test::Compare(op, Scalar::Number(n.clone())),
+            Value::String(t) => Test::Compare(op, Scalar::Text(t.clone())),
+            _ => {
                 return Err(FieldError::new(
                     value_path,
                     format!("must be a number or a string for \"{op}\""),
-                ));
+                ))
             }
-        }
+        },
         Op::In => match value {
             Value::Array(items) if items.len() > MAX_IN_ITEMS => {
                 return Err(FieldError::new(
@@ -312,63 +446,20 @@ fn predicate(object: &Map<String, Value>, path: &str) -> Result<Filter, FieldErr
                     format!("must hold at most {MAX_IN_ITEMS} items"),
                 ));
             }
-            Value::Array(_) => {}
+            Value::Array(items) => Test::In(items.clone()),
             _ => return Err(FieldError::new(value_path, "must be an array for \"in\"")),
         },
-        Op::Exists => {
-            if !value.is_boolean() {
+        Op::Exists => match value {
+            Value::Bool(flag) => Test::Exists(*flag),
+            _ => {
                 return Err(FieldError::new(
                     value_path,
                     "must be true or false for \"exists\"",
-                ));
+                ))
             }
-        }
-    }
-    Ok(Filter::Predicate {
-        field: field.clone(),
-        op,
-        value: value.clone(),
-    })
-}
-
-/// The value at the dotted `path` in `data`, `None` when the path leads nowhere.
-fn lookup<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.')
-        .try_fold(data, |current, segment| match current {
-            Value::Object(map) => map.get(segment),
-            Value::Array(items)
-                if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                segment.parse::<usize>().ok().and_then(|i| items.get(i))
-            }
-            _ => None,
-        })
-}
-
-/// Applies `op` to the field's value (`None`: missing) and the predicate's value.
-fn evaluate(field: Option<&Value>, op: Op, value: &Value) -> bool {
-    match (op, field) {
-        (Op::Ne, _) => !evaluate(field, Op::Eq, value),
-        (Op::Exists, _) => value.as_bool() == Some(field.is_some_and(|v| !v.is_null())),
-        (_, None) => false,
-        (Op::Eq, Some(field)) => values_equal(field, value),
-        (Op::In, Some(field)) => value
-            .as_array()
-            .is_some_and(|items| items.iter().any(|item| values_equal(field, item))),
-        (Op::Gt, Some(field)) => compare(field, value).is_some_and(Ordering::is_gt),
-        (Op::Gte, Some(field)) => compare(field, value).is_some_and(Ordering::is_ge),
-        (Op::Lt, Some(field)) => compare(field, value).is_some_and(Ordering::is_lt),
-        (Op::Lte, Some(field)) => compare(field, value).is_some_and(Ordering::is_le),
-    }
-}
-
-/// Orders two numbers or two strings; `None` for any other pair.
-fn compare(a: &Value, b: &Value) -> Option<Ordering> {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
-        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
-        _ => None,
-    }
+        },
+    };
+    Ok(Filter::Predicate { field, test })
 }
 
 /// JSON equality, except that numbers are equal when their values are (`1 == 1.0`).
@@ -454,14 +545,12 @@ mod tests {
             filter,
             Filter::All(vec![
                 Filter::Predicate {
-                    field: "amount".into(),
-                    op: Op::Gte,
-                    value: json!(10000)
+                    field: FieldPath::parse("amount").unwrap(),
+                    test: Test::Compare(Op::Gte, Scalar::Number(10000.into())),
                 },
                 Filter::Predicate {
-                    field: "currency".into(),
-                    op: Op::In,
-                    value: json!(["EUR", "USD"])
+                    field: FieldPath::parse("currency").unwrap(),
+                    test: Test::In(vec![json!("EUR"), json!("USD")]),
                 },
             ])
         );

@@ -408,7 +408,7 @@ async fn a_lane_stops_retrying_in_place_once_its_partition_is_revoked() {
     let mut deployment = Deployment::new();
     deployment
         // Retried in place about every second, for long enough.
-        .set("HOOKLINE_RETRY_SCHEDULE", &vec!["1s"; 40].join(","))
+        .set("HOOKLINE_RETRY_SCHEDULE", vec!["1s"; 40].join(","))
         .set("HOOKLINE_BREAKER_THRESHOLD", "1000")
         .set("HOOKLINE_SHUTDOWN_GRACE", "1s")
         // One partition per topic: one worker holds all of one subscription's work.
