@@ -330,13 +330,15 @@ async fn missing_deliveries(pipeline: &Pipeline, ids: &BTreeSet<String>) -> BTre
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_copy_over_the_dlq_size_limit_is_cut_down_and_routing_goes_on() {
+/// A pipeline whose events DLQ takes at most `dlq_limit` bytes per record, a
+/// subscription at `path`, a poison record and a valid event on partition 0, then 20
+/// events through the API: (pipeline, the poison record's offset, every valid event id).
+async fn poisoned_pipeline(dlq_limit: usize, path: &str) -> (Pipeline, i64, BTreeSet<String>) {
     let deployment = Deployment::new();
-    create_small_dead_letter_topic(&deployment, 2048).await;
+    create_small_dead_letter_topic(&deployment, dlq_limit).await;
     let pipeline = Pipeline::start(deployment).await.unwrap();
     pipeline
-        .subscribe("acme", &["invoice.*"], "poison", json!({}))
+        .subscribe("acme", &["invoice.*"], path, json!({}))
         .await
         .unwrap();
     let (poison_offset, after) = produce_poison_then_valid(&pipeline.deployment).await;
@@ -347,7 +349,12 @@ async fn a_dead_letter_copy_over_the_dlq_size_limit_is_cut_down_and_routing_goes
         .into_iter()
         .collect();
     ids.insert(after);
+    (pipeline, poison_offset, ids)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_over_the_dlq_size_limit_is_cut_down_and_routing_goes_on() {
+    let (pipeline, poison_offset, ids) = poisoned_pipeline(2048, "poison").await;
     let missing = missing_deliveries(&pipeline, &ids).await;
     assert!(
         missing.is_empty(),
@@ -383,24 +390,9 @@ async fn a_dead_letter_copy_over_the_dlq_size_limit_is_cut_down_and_routing_goes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_that_cannot_even_be_dead_lettered_is_skipped_and_routing_goes_on() {
-    let deployment = Deployment::new();
     // Room for the transaction markers (about 80 bytes; below that the topic cannot
     // take part in transactions at all), not for a dead letter even without payload.
-    create_small_dead_letter_topic(&deployment, 128).await;
-    let pipeline = Pipeline::start(deployment).await.unwrap();
-    pipeline
-        .subscribe("acme", &["invoice.*"], "skip", json!({}))
-        .await
-        .unwrap();
-    let (_, after) = produce_poison_then_valid(&pipeline.deployment).await;
-    let mut ids: BTreeSet<String> = pipeline
-        .send("acme", "invoice.paid", 20)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    ids.insert(after);
-
+    let (pipeline, _, ids) = poisoned_pipeline(128, "skip").await;
     let missing = missing_deliveries(&pipeline, &ids).await;
     assert!(
         missing.is_empty(),
