@@ -16,8 +16,8 @@ use clap::Parser;
 use futures::future::join_all;
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka::{self, TopicSpec};
+use hookline_core::produce::{send_all, OutRecord};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -169,14 +169,12 @@ async fn produce_all(
     topic: &str,
     records: Vec<(String, Vec<u8>)>,
 ) -> anyhow::Result<()> {
-    let sends = records.iter().map(|(key, payload)| {
-        producer.send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Duration::from_secs(30),
-        )
-    });
-    for result in join_all(sends).await {
-        result.map_err(|(e, _)| e)?;
+    let records: Vec<OutRecord> = records
+        .into_iter()
+        .map(|(key, payload)| OutRecord::new(topic, key, Some(payload)))
+        .collect();
+    for result in send_all(producer, &records, Duration::from_secs(30)).await {
+        result?;
     }
     Ok(())
 }
