@@ -412,7 +412,8 @@ async fn a_lane_stops_retrying_in_place_once_its_partition_is_revoked() {
         .set("HOOKLINE_BREAKER_THRESHOLD", "1000")
         .set("HOOKLINE_SHUTDOWN_GRACE", "1s")
         // One partition per topic: one worker holds all of one subscription's work.
-        .set("HOOKLINE_TOPIC_PARTITIONS", "1");
+        .set("HOOKLINE_TOPIC_PARTITIONS", "1")
+        .set("HOOKLINE_KAFKA_PROPERTIES", "group.instance.id=worker-z");
     let p = Pipeline::start(deployment).await.unwrap();
     p.subscribe("acme", &["invoice.paid"], "lane", json!({"ordered": true}))
         .await
@@ -423,34 +424,28 @@ async fn a_lane_stops_retrying_in_place_once_its_partition_is_revoked() {
     assert!(retrying, "the ordered task is retried in place");
 
     // A second worker that may not reach loopback takes the partitions over: from then
-    // on no request may reach the receiver (the first worker's lane must stop). The
-    // range assignor gives both partitions to one of the two workers; try until the
-    // second one gets them.
-    let mut second = None;
-    for _ in 0..8 {
-        let candidate = p
-            .deployment
-            .start_with(
-                "hookline-delivery",
-                &[("HOOKLINE_DELIVERY_ALLOW_CIDRS", "")],
-            )
-            .await
-            .unwrap();
-        let owns = candidate
-            .wait_metric(
-                "hookline_delivery_assigned_partitions",
-                2.0,
-                Duration::from_secs(5),
-            )
-            .await;
-        if owns {
-            second = Some(candidate);
-            break;
-        }
-        let mut candidate = candidate;
-        candidate.terminate().unwrap();
-    }
-    let second = second.expect("the second worker got the partitions in one of the tries");
+    // on no request may reach the receiver (the first worker's lane must stop). Static
+    // members are ordered by instance id, so the range assignor gives both partitions
+    // to `worker-a`, the second worker.
+    let second = p
+        .deployment
+        .start_with(
+            "hookline-delivery",
+            &[
+                ("HOOKLINE_DELIVERY_ALLOW_CIDRS", ""),
+                ("HOOKLINE_KAFKA_PROPERTIES", "group.instance.id=worker-a"),
+            ],
+        )
+        .await
+        .unwrap();
+    let owns = second
+        .wait_metric(
+            "hookline_delivery_assigned_partitions",
+            2.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(owns, "the second worker took the partitions over");
     // The revocation waits out the grace period (1 s); the lane's current sleep (about
     // 1 s) ends; then nothing more may come from the first worker.
     tokio::time::sleep(Duration::from_secs(4)).await;
