@@ -198,20 +198,6 @@ pub async fn process(context: &Context, record: TaskRecord, path: RetryPath<'_>)
             return;
         }
     };
-    let Some(subscription) = find_subscription(context, &task.subscription_id).await else {
-        return skip_deleted(context, &task).await;
-    };
-    if subscription.tenant() != task.event.tenant {
-        context.metrics.task(TaskOutcome::Invalid);
-        dead_letter(
-            context,
-            &message,
-            "task tenant differs from its subscription's",
-            None,
-        )
-        .await;
-        return;
-    }
     let mut task = task;
     loop {
         let (wait, error, ordered) = match attempt_once(context, &message, &mut task).await {
@@ -264,17 +250,30 @@ async fn skip_deleted(context: &Context, task: &DeliveryTask) {
         .await;
 }
 
-/// The subscription as a fresh view shows it, if it still receives deliveries;
-/// dead-letters the task when it is disabled.
+/// The subscription of `task` as a fresh view shows it, if it still receives
+/// deliveries; dead-letters the task when the subscription is disabled or belongs to
+/// another tenant.
 async fn active_subscription(
     context: &Context,
     message: &OwnedMessage,
-    id: &str,
+    task: &DeliveryTask,
 ) -> Result<Arc<Subscription>, Step> {
-    let subscription = find_subscription(context, id).await.ok_or(Step::Deleted)?;
-    if !subscription.is_active() {
-        context.metrics.task(TaskOutcome::DeadLettered);
-        dead_letter(context, message, "subscription disabled", None).await;
+    let subscription = find_subscription(context, &task.subscription_id)
+        .await
+        .ok_or(Step::Deleted)?;
+    let refusal = if subscription.tenant() != task.event.tenant {
+        Some((
+            TaskOutcome::Invalid,
+            "task tenant differs from its subscription's",
+        ))
+    } else if !subscription.is_active() {
+        Some((TaskOutcome::DeadLettered, "subscription disabled"))
+    } else {
+        None
+    };
+    if let Some((outcome, reason)) = refusal {
+        context.metrics.task(outcome);
+        dead_letter(context, message, reason, None).await;
         return Err(Step::Finished);
     }
     Ok(subscription)
@@ -283,8 +282,7 @@ async fn active_subscription(
 /// One attempt at `task` (or its skip while the endpoint's circuit is open), with
 /// every effect of its outcome but the wait before a retry, which it returns.
 async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut DeliveryTask) -> Step {
-    let id = task.subscription_id.clone();
-    let queued = match active_subscription(context, message, &id).await {
+    let queued = match active_subscription(context, message, task).await {
         Ok(subscription) => subscription,
         Err(step) => return step,
     };
@@ -294,7 +292,7 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
     let slot = context.limits.acquire(&queued).await;
     // The wait for the slot may have outlived a deletion, a disable or a new URL: the
     // request goes out only as the view shows the subscription now.
-    let subscription = match active_subscription(context, message, &id).await {
+    let subscription = match active_subscription(context, message, task).await {
         Ok(subscription) => subscription,
         Err(step) => return step,
     };
