@@ -49,3 +49,15 @@ start hookline-router 127.0.0.1:18081
 start hookline-delivery 127.0.0.1:18082
 
 "$bin/hookline-bench" --ingest http://127.0.0.1:18080 "$@"
+
+# Peak resident memory and CPU time of each binary over the whole run (start-up,
+# raw-limit measurements and the end-to-end run), from /proc.
+ticks=$(getconf CLK_TCK)
+echo "per binary, whole run (peak RSS from VmHWM; CPU = user + system time):"
+names=(hookline-ingest hookline-router hookline-delivery)
+for i in "${!names[@]}"; do
+  pid=${pids[$i]}
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  cpu=$(awk -v t="$ticks" '{printf "%.1f", ($14 + $15) / t}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+  printf '  %-18s peak RSS %6d MiB   CPU %7s s\n' "${names[$i]}" $((hwm / 1024)) "$cpu"
+done
