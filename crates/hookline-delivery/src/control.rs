@@ -120,15 +120,12 @@ impl HealthWriter {
     /// with a `subscription.disabled` event. The event id derives from that
     /// generation, so workers racing to disable the same one publish the same event.
     pub async fn disable(&self, subscription: &Subscription, reason: &str) {
-        if self
-            .health(subscription)
-            .is_some_and(|h| h.disabled.is_some())
-        {
+        let current = self.health(subscription);
+        if current.as_ref().is_some_and(|h| h.disabled.is_some()) {
             return;
         }
         let now = Utc::now();
-        let health = self
-            .health(subscription)
+        let health = current
             .unwrap_or_else(|| SubscriptionHealth::failing(subscription.enabled_revision(), now))
             .disabled(reason, now);
         self.write(subscription.id(), Some(health)).await;

@@ -120,8 +120,8 @@ async fn main() -> anyhow::Result<()> {
     specs.extend(
         cli.retry_schedule
             .tiers()
-            .into_iter()
-            .map(|tier| TopicSpec::plain(topics.deliveries_retry(tier), &cli.kafka)),
+            .iter()
+            .map(|tier| TopicSpec::plain(topics.deliveries_retry(*tier), &cli.kafka)),
     );
     kafka::ensure_topics(&cli.kafka, &specs, Duration::from_secs(60)).await?;
 

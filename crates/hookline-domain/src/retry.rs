@@ -15,6 +15,8 @@ use crate::duration::parse_duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrySchedule {
     delays: Vec<Duration>,
+    /// The distinct delays, shortest first, derived once from `delays`.
+    tiers: Vec<Duration>,
 }
 
 /// Standard Webhooks' recommended schedule after the immediate first attempt.
@@ -22,9 +24,7 @@ const STANDARD: [u64; 9] = [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 8640
 
 impl Default for RetrySchedule {
     fn default() -> Self {
-        Self {
-            delays: STANDARD.iter().map(|s| Duration::from_secs(*s)).collect(),
-        }
+        Self::from_delays(STANDARD.iter().map(|s| Duration::from_secs(*s)).collect())
     }
 }
 
@@ -43,7 +43,14 @@ impl RetrySchedule {
         if delays.iter().any(|d| d.is_zero()) {
             return Err("retry delays must be positive".into());
         }
-        Ok(Self { delays })
+        Ok(Self::from_delays(delays))
+    }
+
+    fn from_delays(delays: Vec<Duration>) -> Self {
+        let mut tiers = delays.clone();
+        tiers.sort();
+        tiers.dedup();
+        Self { delays, tiers }
     }
 
     /// Attempts in all: the immediate one plus one per delay.
@@ -58,11 +65,8 @@ impl RetrySchedule {
     }
 
     /// The distinct delays, shortest first: one retry topic each.
-    pub fn tiers(&self) -> Vec<Duration> {
-        let mut tiers = self.delays.clone();
-        tiers.sort();
-        tiers.dedup();
-        tiers
+    pub fn tiers(&self) -> &[Duration] {
+        &self.tiers
     }
 
     /// The tier a task waiting for `wait` goes to. A tier topic holds back every record
