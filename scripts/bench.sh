@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: a local broker, the three binaries (release build) on a fresh
-# topic prefix, then hookline-bench (deliveries/s, latency, raw HTTP and Kafka limits).
+# End-to-end benchmark: a local broker, the three binaries (release build, shipped
+# defaults) on a fresh topic prefix, then hookline-bench, which runs a scenario
+# (--scenario burst|paced|slow-endpoint|flaky-endpoint|many-subscriptions) --repeat
+# times and reports per run deliveries/s, latency, per-stage percentiles and the CPU and
+# memory of each binary and of the broker, next to the raw HTTP and Kafka limits.
 #
-#   scripts/bench.sh [hookline-bench flags, e.g. --events 50000 --subscriptions 4 --json]
+#   scripts/bench.sh [hookline-bench flags, e.g. --scenario paced --repeat 3 --json]
 #
-# Events go through the HTTP API by default (--via kafka produces them straight to the
-# events topic); the binaries run with their shipped defaults.
+# Environment:
+#   HOOKLINE_BENCH_KAFKA_PORT  broker port (default 29092); the broker is started unless
+#                              one already answers there, and stopped again if started
+#   HOOKLINE_BENCH_PORT_BASE   ingest's port (default 18080); router +1, delivery +2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +20,11 @@ export HOOKLINE_TOPIC_PREFIX=bench-$(date +%s).
 # The shipped defaults, but for loopback being allowed (the receiver is local).
 export HOOKLINE_DELIVERY_ALLOW_CIDRS=127.0.0.0/8
 export RUST_LOG=warn
-logs=.hookline/bench
+base=${HOOKLINE_BENCH_PORT_BASE:-18080}
+ingest_addr=127.0.0.1:$base
+router_addr=127.0.0.1:$((base + 1))
+delivery_addr=127.0.0.1:$((base + 2))
+logs=.hookline/bench-$base
 mkdir -p "$logs"
 
 pids=()
@@ -31,6 +40,10 @@ if ! deploy/local/kafka.sh status 2>/dev/null; then
   deploy/local/kafka.sh start
   started_kafka=true
 fi
+# The broker's JVM, whose CPU and memory are reported with the binaries'.
+broker_pidfile=${HOOKLINE_KAFKA_HOME:-.hookline/kafka-$HOOKLINE_KAFKA_PORT}/kafka.pid
+broker_pid=$(cat "$broker_pidfile" 2>/dev/null || true)
+
 cargo build --release --bins --locked --quiet
 bin=target/release
 
@@ -39,25 +52,25 @@ start() {
   pids+=($!)
   for _ in $(seq 1 600); do
     curl -fsS "http://$2/readyz" >/dev/null 2>&1 && return 0
+    if ! kill -0 "${pids[-1]}" 2>/dev/null; then break; fi
     sleep 0.1
   done
-  echo "$1 not ready; see $logs/$1.log" >&2
+  echo "$1 not ready on $2; see $logs/$1.log" >&2
   exit 1
 }
-start hookline-ingest 127.0.0.1:18080
-start hookline-router 127.0.0.1:18081
-start hookline-delivery 127.0.0.1:18082
+start hookline-ingest "$ingest_addr"
+start hookline-router "$router_addr"
+start hookline-delivery "$delivery_addr"
 
-"$bin/hookline-bench" --ingest http://127.0.0.1:18080 "$@"
+watch="ingest=${pids[0]},router=${pids[1]},delivery=${pids[2]}"
+if [ -n "$broker_pid" ] && kill -0 "$broker_pid" 2>/dev/null; then
+  watch="$watch,broker=$broker_pid"
+fi
 
-# Peak resident memory and CPU time of each binary over the whole run (start-up,
-# raw-limit measurements and the end-to-end run), from /proc.
-ticks=$(getconf CLK_TCK)
-echo "per binary, whole run (peak RSS from VmHWM; CPU = user + system time):"
-names=(hookline-ingest hookline-router hookline-delivery)
-for i in "${!names[@]}"; do
-  pid=${pids[$i]}
-  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-  cpu=$(awk -v t="$ticks" '{printf "%.1f", ($14 + $15) / t}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-  printf '  %-18s peak RSS %6d MiB   CPU %7s s\n' "${names[$i]}" $((hwm / 1024)) "$cpu"
-done
+"$bin/hookline-bench" \
+  --ingest "http://$ingest_addr" \
+  --router "http://$router_addr" \
+  --delivery "http://$delivery_addr" \
+  --pids "$watch" \
+  --clock-ticks "$(getconf CLK_TCK)" \
+  "$@"
