@@ -26,6 +26,10 @@ use crate::telemetry::Readiness;
 /// matches the pattern, is only picked up at the next refresh.
 pub const GROUP_METADATA_REFRESH_MS: &str = "5000";
 
+/// `queued.max.messages.kbytes` of group consumers: records fetched ahead of the
+/// application, at most, in KiB.
+pub const GROUP_PREFETCH_KBYTES: &str = "8192";
+
 /// A topic a binary needs, with how to create it when missing.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {
@@ -72,15 +76,38 @@ pub fn client_config(args: &KafkaArgs, client_id: &str, base: &[(&str, &str)]) -
     config
 }
 
+/// How long a producer lets records gather into a batch (`linger.ms`) for writes
+/// that nobody waits on: delivery's attempt records, retries and health.
+const THROUGHPUT_LINGER_MS: &str = "5";
+/// `linger.ms` of writes whose acknowledgement someone waits on: an HTTP answer, or
+/// the router's transaction. Records enqueued together still share a batch.
+const LATENCY_LINGER_MS: &str = "1";
+
 /// A producer that loses nothing it acknowledged: `acks=all`, idempotent, batching.
 pub fn producer(args: &KafkaArgs, client_id: &str) -> Result<FutureProducer, KafkaError> {
+    producer_lingering(args, client_id, THROUGHPUT_LINGER_MS)
+}
+
+/// A [`producer`] whose acknowledgements are waited on by a caller (ingest's answer).
+pub fn low_latency_producer(
+    args: &KafkaArgs,
+    client_id: &str,
+) -> Result<FutureProducer, KafkaError> {
+    producer_lingering(args, client_id, LATENCY_LINGER_MS)
+}
+
+fn producer_lingering(
+    args: &KafkaArgs,
+    client_id: &str,
+    linger_ms: &str,
+) -> Result<FutureProducer, KafkaError> {
     client_config(
         args,
         client_id,
         &[
             ("acks", "all"),
             ("enable.idempotence", "true"),
-            ("linger.ms", "5"),
+            ("linger.ms", linger_ms),
             ("compression.type", "lz4"),
             ("message.timeout.ms", "30000"),
         ],
@@ -104,7 +131,7 @@ pub fn transactional_producer(
             ("transaction.timeout.ms", "10000"),
             ("acks", "all"),
             ("enable.idempotence", "true"),
-            ("linger.ms", "5"),
+            ("linger.ms", LATENCY_LINGER_MS),
             ("compression.type", "lz4"),
         ],
     )
@@ -126,6 +153,11 @@ pub fn group_consumer_config(args: &KafkaArgs, client_id: &str, group: &str) -> 
             ("auto.offset.reset", "earliest"),
             ("isolation.level", "read_committed"),
             ("partition.assignment.strategy", "cooperative-sticky"),
+            // librdkafka prefetches up to 64 MiB (and 100,000 records a partition) by
+            // default; the binaries hold their own bounded windows of records, so a
+            // few MiB ahead keeps fetches busy without the memory.
+            ("queued.max.messages.kbytes", GROUP_PREFETCH_KBYTES),
+            ("queued.min.messages", "10000"),
             (
                 "topic.metadata.refresh.interval.ms",
                 GROUP_METADATA_REFRESH_MS,

@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogArgs, LogFormat};
@@ -43,6 +43,29 @@ pub fn registry(binary: &str) -> Registry {
         }
     }
     registry
+}
+
+/// Bucket bounds (seconds) of the per-stage latency histograms: fine below 20 ms,
+/// where a healthy pipeline's stages sit, coarse up to the retry delays above.
+pub const STAGE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Registers `<binary>_stage_duration_seconds{stage}`: how long each stage of the
+/// pipeline a binary runs takes, so that a slow end to end can be pinned to one stage
+/// (every binary names its stages `<from>_to_<to>`).
+pub fn stage_histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+) -> anyhow::Result<HistogramVec> {
+    let stages = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(STAGE_BUCKETS.to_vec()),
+        &["stage"],
+    )?;
+    registry.register(Box::new(stages.clone()))?;
+    Ok(stages)
 }
 
 /// Readiness flag: false until the binary's consumers and views are up. Clones share

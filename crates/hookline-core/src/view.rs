@@ -202,17 +202,37 @@ impl SubscriptionView {
     /// afterwards, any subscription change acknowledged before the call is visible.
     pub async fn catch_up(&self, timeout: Duration) -> Result<(), NotCaughtUp> {
         let asked_at = Instant::now();
+        let end = self.end_offset(timeout).await?;
+        if end > 0 {
+            self.wait_for_offset(end - 1, timeout).await?;
+        }
+        self.confirm_fresh(asked_at);
+        Ok(())
+    }
+
+    /// The offset after the last record of the subscriptions topic now: every change
+    /// acknowledged before this call sits below it. One round trip to the broker, on a
+    /// client of its own.
+    pub async fn end_offset(&self, timeout: Duration) -> Result<i64, NotCaughtUp> {
         let marks = kafka::high_watermarks(Arc::clone(&self.probe), self.topic.clone(), timeout)
             .await
             .map_err(|e| NotCaughtUp(e.to_string()))?;
-        let high = marks.iter().find(|(p, _)| *p == 0).map_or(0, |(_, h)| *h);
-        if high > 0 {
-            self.wait_for_offset(high - 1, timeout).await?;
-        }
+        Ok(marks.iter().find(|(p, _)| *p == 0).map_or(0, |(_, h)| *h))
+    }
+
+    /// The offset after the last subscription record applied. Read before the index,
+    /// it is a lower bound of what a later [`read`](Self::read) shows: every record
+    /// below it is in the index.
+    pub fn applied(&self) -> i64 {
+        *self.position.borrow()
+    }
+
+    /// Records that the view held everything written before `asked_at` (the caller
+    /// saw [`end_offset`](Self::end_offset), asked at `asked_at`, applied).
+    pub fn confirm_fresh(&self, asked_at: Instant) {
         let mut fresh = self.fresh_as_of.lock().unwrap_or_else(|p| p.into_inner());
         if fresh.is_none_or(|at| at < asked_at) {
             *fresh = Some(asked_at);
         }
-        Ok(())
     }
 }

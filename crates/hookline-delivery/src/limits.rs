@@ -15,11 +15,41 @@ use hookline_domain::subscription::Subscription;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// A subscription whose slots are all taken and none of which was released for this
+/// long has a stalled endpoint (hanging, or far slower than its traffic): its tasks
+/// are deferred instead of waiting in their partition's window, where they would hold
+/// back every other subscription sharing the partition.
+pub const STALL_AFTER: Duration = Duration::from_secs(1);
+
 /// One subscription's limiters, rebuilt when its configured limits change.
 struct SubscriptionLimits {
     configured: (u32, Option<u32>),
     in_flight: Arc<Semaphore>,
     rate: Option<Arc<DefaultDirectRateLimiter>>,
+    /// When a slot was last released (or the limiters built).
+    last_release: Mutex<Instant>,
+}
+
+impl SubscriptionLimits {
+    fn stalled(&self) -> bool {
+        self.in_flight.available_permits() == 0 && lock(&self.last_release).elapsed() >= STALL_AFTER
+    }
+}
+
+/// A subscription's concurrency slot, held for one request; released on drop.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    limits: Arc<SubscriptionLimits>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *lock(&self.limits.last_release) = Instant::now();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Limits of every subscription this worker has seen.
@@ -39,17 +69,36 @@ impl Limits {
     }
 
     /// Waits for a concurrency slot and a rate token of `subscription`; the slot is
-    /// held until the returned permit drops.
-    pub async fn acquire(&self, subscription: &Subscription) -> OwnedSemaphorePermit {
+    /// held until the returned [`Slot`] drops. With `may_defer`, gives up (`None`) as
+    /// soon as the subscription's endpoint has stalled (see [`STALL_AFTER`]), checked
+    /// on arrival and every [`STALL_AFTER`] while waiting.
+    pub async fn acquire(&self, subscription: &Subscription, may_defer: bool) -> Option<Slot> {
         let limits = self.of(subscription);
-        let permit = match Arc::clone(&limits.in_flight).acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => unreachable!("subscription semaphores are never closed"),
+        let permit = loop {
+            if may_defer && limits.stalled() {
+                return None;
+            }
+            let permit = Arc::clone(&limits.in_flight).acquire_owned();
+            let permit = if may_defer {
+                match tokio::time::timeout(STALL_AFTER, permit).await {
+                    Ok(permit) => permit,
+                    Err(_) => continue,
+                }
+            } else {
+                permit.await
+            };
+            match permit {
+                Ok(permit) => break permit,
+                Err(_) => unreachable!("subscription semaphores are never closed"),
+            }
         };
         if let Some(rate) = &limits.rate {
             rate.until_ready().await;
         }
-        permit
+        Some(Slot {
+            _permit: permit,
+            limits,
+        })
     }
 
     fn of(&self, subscription: &Subscription) -> Arc<SubscriptionLimits> {
@@ -73,6 +122,7 @@ impl Limits {
         let limits = Arc::new(SubscriptionLimits {
             configured,
             in_flight: Arc::new(Semaphore::new(configured.0 as usize)),
+            last_release: Mutex::new(Instant::now()),
             rate: configured
                 .1
                 .and_then(NonZeroU32::new)

@@ -4,7 +4,7 @@
 //! [`decide`](hookline_domain::decision::decide); this module carries out its effects.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use hookline_core::topics::Topics;
@@ -21,10 +21,9 @@ use prometheus::{
 };
 use rdkafka::message::{Header, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::control::HealthWriter;
-use crate::limits::{Breakers, Limits};
+use crate::limits::{Breakers, Limits, Slot};
 use crate::sender::{Outcome, Sender};
 use hookline_core::produce::{produce_durably, produce_json, OutRecord};
 
@@ -37,6 +36,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     routed_to_delivered: Histogram,
     view_lagging: IntCounter,
+    stages: HistogramVec,
 }
 
 impl Metrics {
@@ -92,7 +92,18 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(routed_to_delivered.clone()))?;
         registry.register(Box::new(view_lagging.clone()))?;
+        let stages = hookline_core::telemetry::stage_histogram(
+            registry,
+            "hookline_delivery_stage_duration_seconds",
+            "Duration of delivery's stages for tasks fresh from the router: routed_to_fetched \
+             (the router writing the task, through its transaction's commit, to this worker \
+             reading it), fetched_to_response (read, to the endpoint's answer: waiting for a \
+             slot, signing, the request) and response_to_recorded (the answer, to the \
+             attempt record and its follow-up acknowledged by Kafka; the offset is stored \
+             right after).",
+        )?;
         Ok(Self {
+            stages,
             attempts,
             attempt_seconds,
             tasks,
@@ -104,6 +115,10 @@ impl Metrics {
 
     fn task(&self, outcome: TaskOutcome) {
         self.tasks.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    fn stage(&self, stage: &str, seconds: f64) {
+        self.stages.with_label_values(&[stage]).observe(seconds);
     }
 
     fn attempt(&self, outcome: AttemptOutcome) {
@@ -164,6 +179,8 @@ pub struct TaskRecord {
     pub message: OwnedMessage,
     /// Its task, or why it could not be read.
     pub task: Result<DeliveryTask, String>,
+    /// When the worker read it from Kafka.
+    pub fetched: Instant,
 }
 
 impl TaskRecord {
@@ -177,7 +194,11 @@ impl TaskRecord {
             Some(Err(err)) => Err(format!("unreadable task: {err}")),
             None => Err("task record has no value".to_owned()),
         };
-        Self { message, task }
+        Self {
+            message,
+            task,
+            fetched: Instant::now(),
+        }
     }
 
     /// How long until the task is due (zero when it is, or cannot be read).
@@ -188,7 +209,11 @@ impl TaskRecord {
 
 /// Works one record to a durable end.
 pub async fn process(context: &Context, record: TaskRecord, path: RetryPath<'_>) {
-    let TaskRecord { message, task } = record;
+    let TaskRecord {
+        message,
+        task,
+        fetched,
+    } = record;
     let task = match task {
         Ok(task) => task,
         Err(reason) => {
@@ -199,8 +224,31 @@ pub async fn process(context: &Context, record: TaskRecord, path: RetryPath<'_>)
         }
     };
     let mut task = task;
+    // Stages are observed for tasks fresh from the router, on their first attempt here.
+    let mut timing = (task.attempts == 0 && task.not_before.is_none()).then(|| {
+        let routed = (Utc::now() - task.routed_at)
+            .num_microseconds()
+            .unwrap_or(0);
+        context
+            .metrics
+            .stage("routed_to_fetched", routed.max(0) as f64 / 1e6);
+        Timing {
+            fetched,
+            answered: None,
+        }
+    });
     loop {
-        let (wait, error, ordered) = match attempt_once(context, &message, &mut task).await {
+        let step = attempt_once(context, &message, &mut task, timing.as_mut()).await;
+        if let Some(Timing {
+            fetched,
+            answered: Some(answered),
+        }) = timing.take()
+        {
+            let metrics = &context.metrics;
+            metrics.stage("fetched_to_response", (answered - fetched).as_secs_f64());
+            metrics.stage("response_to_recorded", answered.elapsed().as_secs_f64());
+        }
+        let (wait, error, ordered) = match step {
             Step::Finished => return,
             Step::Deleted => return skip_deleted(context, &task).await,
             Step::Retry {
@@ -223,6 +271,12 @@ pub async fn process(context: &Context, record: TaskRecord, path: RetryPath<'_>)
             }
         }
     }
+}
+
+/// When a fresh task was read, and when its first attempt was answered.
+struct Timing {
+    fetched: Instant,
+    answered: Option<Instant>,
 }
 
 /// How one attempt ended for the task.
@@ -281,7 +335,12 @@ async fn active_subscription(
 
 /// One attempt at `task` (or its skip while the endpoint's circuit is open), with
 /// every effect of its outcome but the wait before a retry, which it returns.
-async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut DeliveryTask) -> Step {
+async fn attempt_once(
+    context: &Context,
+    message: &OwnedMessage,
+    task: &mut DeliveryTask,
+    timing: Option<&mut Timing>,
+) -> Step {
     let queued = match active_subscription(context, message, task).await {
         Ok(subscription) => subscription,
         Err(step) => return step,
@@ -289,14 +348,25 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
     // The slot bounds requests in flight to the endpoint, nothing else: it is released
     // right after the request, before the bookkeeping. Admission waits for the slot, so
     // tasks queued behind it see a circuit opened meanwhile.
-    let slot = context.limits.acquire(&queued).await;
+    // Ordered tasks wait their turn whatever it takes; others do not wait behind a
+    // stalled endpoint, which would hold their partition back for everyone.
+    let ordered = queued.ordered();
+    let Some(slot) = context.limits.acquire(&queued, !ordered).await else {
+        return Step::Retry {
+            wait: Wait::Deferred,
+            error: "deferred: the endpoint stalled (every concurrency slot taken, none \
+                    released for a second); not attempted"
+                .to_owned(),
+            ordered: false,
+        };
+    };
     // The wait for the slot may have outlived a deletion, a disable or a new URL: the
     // request goes out only as the view shows the subscription now.
     let subscription = match active_subscription(context, message, task).await {
         Ok(subscription) => subscription,
         Err(step) => return step,
     };
-    let result = call_endpoint(context, &subscription, task, slot).await;
+    let result = call_endpoint(context, &subscription, task, slot, timing).await;
     let failed = matches!(result, AttemptResult::Failed { .. });
     let now = Utc::now();
     let circumstances = Circumstances {
@@ -311,12 +381,14 @@ async fn attempt_once(context: &Context, message: &OwnedMessage, task: &mut Deli
 }
 
 /// One request to the endpoint, unless its circuit is open; records the attempt
-/// (metrics, attempt record) and releases `slot` as soon as the answer is in.
+/// (metrics, attempt record) and releases `slot` as soon as the answer is in (noted in
+/// `timing`).
 async fn call_endpoint(
     context: &Context,
     subscription: &Subscription,
     task: &DeliveryTask,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
+    timing: Option<&mut Timing>,
 ) -> AttemptResult {
     let endpoint = Breakers::endpoint(subscription.url().as_str());
     if context.breakers.admit(&endpoint) == Admission::Reject {
@@ -327,6 +399,9 @@ async fn call_endpoint(
     }
     let started_at = Utc::now();
     let (outcome, elapsed) = context.sender.attempt(subscription, task).await;
+    if let Some(timing) = timing {
+        timing.answered = Some(Instant::now());
+    }
     let delivered = matches!(outcome, Outcome::Delivered { .. });
     context.breakers.record(&endpoint, delivered);
     drop(slot);
@@ -437,7 +512,10 @@ async fn reschedule(context: &Context, mut task: DeliveryTask, wait: Wait, error
         let outcome = match enqueued {
             Ok(delivery) => match delivery.await {
                 Ok(Ok(_)) => {
-                    context.metrics.task(TaskOutcome::RetryScheduled);
+                    context.metrics.task(match wait {
+                        Wait::Deferred => TaskOutcome::Deferred,
+                        _ => TaskOutcome::RetryScheduled,
+                    });
                     return;
                 }
                 Ok(Err((err, _))) => err.to_string(),

@@ -123,11 +123,11 @@ impl Sender {
                 format!("address {ip} is not permitted"),
             );
         }
-        let body_json = match subscription.payload() {
+        let body = match subscription.payload() {
             PayloadMode::Full => task.event.webhook_body(),
             PayloadMode::Thin => task.event.thin_webhook_body(),
         };
-        let body = match serde_json::to_vec(&body_json) {
+        let body = match body {
             Ok(body) => body,
             Err(err) => return failed(AttemptOutcome::Error, None, err.to_string()),
         };

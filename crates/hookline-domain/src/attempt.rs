@@ -97,16 +97,21 @@ pub enum TaskOutcome {
     SkippedDeleted,
     /// Unreadable or inconsistent task (dead-lettered).
     Invalid,
+    /// Not attempted: its endpoint had stalled (every slot taken, none released for a
+    /// while), so it went back to the shortest retry tier instead of waiting in its
+    /// partition; no attempt is counted.
+    Deferred,
 }
 
 impl TaskOutcome {
     /// Every outcome.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Delivered,
         Self::RetryScheduled,
         Self::DeadLettered,
         Self::SkippedDeleted,
         Self::Invalid,
+        Self::Deferred,
     ];
 
     /// Its name: `delivered`, `retry_scheduled`, ….
@@ -117,6 +122,7 @@ impl TaskOutcome {
             Self::DeadLettered => "dead_lettered",
             Self::SkippedDeleted => "skipped_deleted",
             Self::Invalid => "invalid",
+            Self::Deferred => "deferred",
         }
     }
 }

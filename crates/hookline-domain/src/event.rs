@@ -30,6 +30,28 @@ pub struct Event {
     pub channels: Vec<String>,
 }
 
+/// The full webhook body; fields in key order, as receivers have always got them.
+#[derive(Serialize)]
+struct FullBody<'a> {
+    data: &'a Value,
+    id: &'a str,
+    tenant: &'a str,
+    timestamp: String,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+}
+
+/// The thin webhook body; fields in key order.
+#[derive(Serialize)]
+struct ThinBody<'a> {
+    entity_id: Value,
+    id: &'a str,
+    tenant: &'a str,
+    timestamp: String,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+}
+
 /// Most channels on one event.
 const MAX_CHANNELS: usize = 10;
 
@@ -140,27 +162,28 @@ impl Event {
     }
 
     /// The JSON body POSTed to receivers:
-    /// `{"id", "type", "tenant", "timestamp", "data"}`.
-    pub fn webhook_body(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "type": self.event_type,
-            "tenant": self.tenant,
-            "timestamp": self.timestamp(),
-            "data": self.data,
+    /// `{"data", "id", "tenant", "timestamp", "type"}` (keys in this order).
+    pub fn webhook_body(&self) -> serde_json::Result<Vec<u8>> {
+        // Serialized straight from the event's fields: no copy of `data` on the way.
+        serde_json::to_vec(&FullBody {
+            data: &self.data,
+            id: &self.id,
+            tenant: &self.tenant,
+            timestamp: self.timestamp(),
+            event_type: &self.event_type,
         })
     }
 
     /// The thin body, for receivers that must not hold card or bank data:
-    /// `{"id", "type", "tenant", "timestamp", "entity_id"}`; the receiver fetches the
+    /// `{"entity_id", "id", "tenant", "timestamp", "type"}`; the receiver fetches the
     /// rest from the source system.
-    pub fn thin_webhook_body(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "type": self.event_type,
-            "tenant": self.tenant,
-            "timestamp": self.timestamp(),
-            "entity_id": self.entity_id(),
+    pub fn thin_webhook_body(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&ThinBody {
+            entity_id: self.entity_id(),
+            id: &self.id,
+            tenant: &self.tenant,
+            timestamp: self.timestamp(),
+            event_type: &self.event_type,
         })
     }
 
@@ -399,10 +422,12 @@ mod tests {
             Defaults::Fresh,
         )
         .unwrap();
+        // Byte for byte what receivers got when the body was built as a JSON value.
+        let expected = json!({"id": "evt_9", "type": "invoice.paid", "tenant": "acme",
+                   "timestamp": "2026-11-24T10:00:00.000Z", "data": {"invoice_id": "in_1"}});
         assert_eq!(
-            event.webhook_body(),
-            json!({"id": "evt_9", "type": "invoice.paid", "tenant": "acme",
-                   "timestamp": "2026-11-24T10:00:00.000Z", "data": {"invoice_id": "in_1"}})
+            event.webhook_body().unwrap(),
+            serde_json::to_vec(&expected).unwrap()
         );
     }
 
@@ -415,10 +440,11 @@ mod tests {
             Defaults::Fresh,
         )
         .unwrap();
+        let expected = json!({"id": "evt_9", "type": "payment.succeeded", "tenant": "acme",
+                   "timestamp": "2026-11-24T10:00:00.000Z", "entity_id": "pay_1"});
         assert_eq!(
-            event.thin_webhook_body(),
-            json!({"id": "evt_9", "type": "payment.succeeded", "tenant": "acme",
-                   "timestamp": "2026-11-24T10:00:00.000Z", "entity_id": "pay_1"})
+            event.thin_webhook_body().unwrap(),
+            serde_json::to_vec(&expected).unwrap()
         );
         let with_id = Event::from_json(
             json!({"type": "customer.changed", "tenant": "t", "data": {"id": 77, "customer_id": "c"}}),

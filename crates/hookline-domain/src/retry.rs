@@ -94,6 +94,7 @@ impl RetrySchedule {
                 .copied()
                 .find(|t| *t <= cooldown)
                 .unwrap_or(shortest),
+            Wait::Deferred => shortest,
         }
     }
 
@@ -109,7 +110,7 @@ impl RetrySchedule {
         let delay = match wait {
             // The hint is a minimum: never earlier, even when jitter shortens the tier.
             Wait::RetryAfter(hint) => jittered(tier).max(self.clamp(hint)),
-            Wait::Scheduled(_) | Wait::CircuitOpen(_) => jittered(tier),
+            Wait::Scheduled(_) | Wait::CircuitOpen(_) | Wait::Deferred => jittered(tier),
         };
         let due = now + chrono::Duration::from_std(delay).unwrap_or_default();
         (tier, clock.next(tier, due))
@@ -134,6 +135,8 @@ pub enum Wait {
     RetryAfter(Duration),
     /// The endpoint's circuit is open for this long still.
     CircuitOpen(Duration),
+    /// Not attempted because the endpoint stalled: back in the shortest tier.
+    Deferred,
 }
 
 impl Wait {
@@ -143,6 +146,9 @@ impl Wait {
         match self {
             Self::Scheduled(delay) => jittered(delay),
             Self::RetryAfter(wait) | Self::CircuitOpen(wait) => wait,
+            // Never waited in place (only unordered tasks are deferred); a second is a
+            // safe pause should one be.
+            Self::Deferred => Duration::from_secs(1),
         }
     }
 }
@@ -242,6 +248,7 @@ mod tests {
             secs(5)
         );
         assert_eq!(s.tier_for(Wait::CircuitOpen(secs(400))), secs(300));
+        assert_eq!(s.tier_for(Wait::Deferred), secs(5));
     }
 
     #[test]

@@ -14,12 +14,13 @@ use axum::{middleware, Json, Router};
 use chrono::Utc;
 use hookline_core::config::KafkaArgs;
 use hookline_core::produce::{send_all, OutRecord};
+use hookline_core::telemetry;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
 use hookline_domain::event::{parse_batch, Event};
 use hookline_domain::ids;
 use hookline_domain::subscription::{NewSubscription, Subscription, SubscriptionPatch};
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, Opts, Registry};
 use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -34,6 +35,9 @@ const VIEW_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Metrics {
     events: IntCounterVec,
     requests: IntCounterVec,
+    /// `accepted_to_acknowledged`: from a request's events parsed to Kafka's last
+    /// acknowledgement of them (a batch is observed once).
+    stages: HistogramVec,
 }
 
 impl Metrics {
@@ -55,7 +59,17 @@ impl Metrics {
         )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(requests.clone()))?;
-        Ok(Self { events, requests })
+        let stages = telemetry::stage_histogram(
+            registry,
+            "hookline_ingest_stage_duration_seconds",
+            "Duration of ingest's stages: accepted_to_acknowledged (a request's events \
+             parsed, to Kafka acknowledging all of them).",
+        )?;
+        Ok(Self {
+            events,
+            requests,
+            stages,
+        })
     }
 
     fn request(&self, route: &str, status: StatusCode) {
@@ -139,7 +153,13 @@ async fn accept_events(
         .map(|event| OutRecord::json(&topic, event.partition_key(), event))
         .collect::<Result<_, serde_json::Error>>()
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    let accepted = std::time::Instant::now();
     let results = send_all(&state.producer, &records, PRODUCE_TIMEOUT).await;
+    state
+        .metrics
+        .stages
+        .with_label_values(&["accepted_to_acknowledged"])
+        .observe(accepted.elapsed().as_secs_f64());
     let failed = results.iter().filter(|r| r.is_err()).count();
     state
         .metrics

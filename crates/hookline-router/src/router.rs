@@ -5,16 +5,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::FutureExt;
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
 use hookline_core::produce::{send_all, OutRecord};
 use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
-use hookline_core::view::SubscriptionView;
+use hookline_core::view::{NotCaughtUp, SubscriptionView};
 use hookline_domain::backoff::Backoff;
 use hookline_domain::cloudevents::CloudEventsConfig;
 use hookline_domain::event::FieldError;
@@ -29,8 +31,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-/// How long a batch waits for more records after its first one.
-const BATCH_LINGER: Duration = Duration::from_millis(5);
 /// First wait before routing a held-back or aborted batch again; it doubles per retry.
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Longest wait between two tries of the same batch.
@@ -48,7 +48,9 @@ struct Metrics {
     tasks: IntCounter,
     batch_seconds: Histogram,
     view_stale: IntCounter,
+    view_moved: IntCounter,
     skipped: IntCounterVec,
+    stages: prometheus::HistogramVec,
 }
 
 impl Metrics {
@@ -86,12 +88,27 @@ impl Metrics {
         registry.register(Box::new(batch_seconds.clone()))?;
         registry.register(Box::new(view_stale.clone()))?;
         registry.register(Box::new(skipped.clone()))?;
+        let view_moved = IntCounter::new(
+            "hookline_router_view_moved_total",
+            "Transactions aborted and routed again because a subscription change landed \
+             while their batch was being routed.",
+        )?;
+        registry.register(Box::new(view_moved.clone()))?;
+        let stages = hookline_core::telemetry::stage_histogram(
+            registry,
+            "hookline_router_stage_duration_seconds",
+            "Duration of the router's stages: produced_to_routed (an event record's \
+             timestamp to its batch being routed) and routed_to_committed (a batch \
+             routed to its transaction committed).",
+        )?;
         Ok(Self {
             events,
             tasks,
             batch_seconds,
             view_stale,
+            view_moved,
             skipped,
+            stages,
         })
     }
 }
@@ -160,6 +177,24 @@ struct TxnFailure {
     refused: Vec<Refusal>,
 }
 
+/// Why a batch's transaction did not commit.
+#[derive(Debug)]
+enum Failure {
+    /// Kafka failed it.
+    Kafka(TxnFailure),
+    /// A subscription change landed between the view the batch was routed with and the
+    /// barrier: routed again, after a catch-up.
+    ViewMoved,
+    /// The barrier could not read the subscriptions topic's end.
+    ViewUnreachable(NotCaughtUp),
+}
+
+impl From<KafkaError> for Failure {
+    fn from(error: KafkaError) -> Self {
+        Self::Kafka(error.into())
+    }
+}
+
 impl From<KafkaError> for TxnFailure {
     fn from(error: KafkaError) -> Self {
         Self {
@@ -181,13 +216,24 @@ enum Next {
 /// Calls of a timed-out abort before the router gives up on it.
 const ABORT_CALLS: u32 = 3;
 
+/// Transactional producers per router, taking turns. A transaction that begins right
+/// after its producer's previous one committed finds the coordinator still writing that
+/// one's commit markers: its first records then wait out librdkafka's fixed 20 ms retry
+/// of `CONCURRENT_TRANSACTIONS`. Taking turns gives each producer's coordinator state a
+/// whole transaction's time to settle. Their transactions never overlap: one commits or
+/// aborts before the next begins, so tasks and offsets keep their order.
+const PRODUCERS: usize = 2;
+
 /// How long one transactional call may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The router of one process.
 pub struct Router {
     consumer: StreamConsumer<kafka::AssignmentContext>,
-    producer: FutureProducer,
+    /// Transactional producers taking turns, one transaction each (see [`PRODUCERS`]).
+    producers: Vec<FutureProducer>,
+    /// Index in `producers` of the one whose transaction is open or last was.
+    turn: AtomicUsize,
     view: Arc<SubscriptionView>,
     topics: Topics,
     batch_size: usize,
@@ -199,6 +245,9 @@ pub struct Router {
     /// rewinds of their batch and forgotten once it commits.
     remedies: HashMap<(i32, i64), Remedy>,
     backoff: Backoff,
+    /// Catch the view up before routing the next batch (after the view moved under a
+    /// batch), instead of checking it in the background of the transaction.
+    catch_up_first: bool,
 }
 
 /// How one router joins its group and routes.
@@ -244,11 +293,19 @@ impl Router {
             consumer_config.create_with_context(kafka::AssignmentContext::new("events"))?;
         let topics = args.topics();
         consumer.subscribe(&[&topics.events()])?;
-        let producer =
-            kafka::transactional_producer(args, "hookline-router", &settings.transactional_id)?;
+        let producers = (0..PRODUCERS)
+            .map(|n| {
+                let id = match n {
+                    0 => settings.transactional_id.clone(),
+                    n => format!("{}.{n}", settings.transactional_id),
+                };
+                kafka::transactional_producer(args, "hookline-router", &id)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             consumer,
-            producer,
+            producers,
+            turn: AtomicUsize::new(0),
             view,
             topics,
             batch_size: settings.batch_size.max(1),
@@ -258,6 +315,7 @@ impl Router {
             metrics: Metrics::register(registry)?,
             remedies: HashMap::new(),
             backoff: Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX),
+            catch_up_first: false,
         })
     }
 
@@ -272,8 +330,10 @@ impl Router {
         readiness: Readiness,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.init_transactions(TXN_TIMEOUT)).await??;
+        for producer in &self.producers {
+            let producer = producer.clone();
+            tokio::task::spawn_blocking(move || producer.init_transactions(TXN_TIMEOUT)).await??;
+        }
         while let Err(err) = self.view.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the subscriptions view");
         }
@@ -305,17 +365,20 @@ impl Router {
         Ok(())
     }
 
+    /// Waits for one record, then takes every record already fetched, up to the batch
+    /// size, without waiting for more: at a low rate a record is routed at once, and
+    /// under load records pile up while the previous transaction commits, so batches
+    /// grow by themselves.
     async fn next_batch(&self) -> Vec<OwnedMessage> {
         let mut batch = vec![kafka::next_record(&self.consumer, "events").await.detach()];
-        let deadline = tokio::time::Instant::now() + BATCH_LINGER;
         while batch.len() < self.batch_size {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                Ok(Err(err)) => {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.push(message.detach()),
+                Some(Err(err)) => {
                     tracing::warn!(%err, "events topic read failed");
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         batch
@@ -323,31 +386,49 @@ impl Router {
 
     /// Routes one batch in one transaction. An abortable failure aborts it and rewinds
     /// the consumer to the batch's start, so the next batch routes the same records; so
-    /// does a subscriptions view that is not caught up, before anything is begun.
+    /// does a subscriptions view that is not caught up.
+    ///
+    /// Any subscription change acknowledged before the batch began applies to it:
+    /// routing with a view that may miss one would leave its events unmatched. The
+    /// barrier that ensures it costs no wait while the subscriptions topic stands
+    /// still: the batch is routed with the view as it is, and the topic's end is read
+    /// while the transaction's records are in flight; the transaction commits only if
+    /// the view had applied everything up to that end, and is otherwise aborted and the
+    /// batch routed again after a catch-up.
     async fn route_batch(
         &mut self,
         batch: &[OwnedMessage],
         readiness: &Readiness,
     ) -> anyhow::Result<Next> {
-        // Any subscription change acknowledged before this batch began applies to it:
-        // routing with a view that may miss one would leave its events unmatched.
-        if let Err(err) = self.view.catch_up(self.view_patience).await {
-            self.metrics.view_stale.inc();
-            readiness.set(false);
-            self.rewind(batch)?;
-            let wait = self.backoff.next_delay();
-            tracing::warn!(
-                %err,
-                records = batch.len(),
-                retry_in = ?wait,
-                "subscriptions view not caught up; batch held back, not routed"
-            );
-            return Ok(Next::RetryAfter(wait));
+        let routed_at = Utc::now();
+        // After a catch-up the barrier holds already: the batch began before it.
+        let caught_up = self.catch_up_first;
+        if caught_up {
+            if let Err(err) = self.view.catch_up(self.view_patience).await {
+                return self.hold_back(batch, readiness, &err);
+            }
         }
-        readiness.set(true);
+        // Read before the index: everything below it is in what `plan` matches against.
+        let applied = self.view.applied();
         let (outgoing, counts, skipped) = self.plan(batch);
-        match self.transact(batch, &outgoing).await {
+        let asked_at = std::time::Instant::now();
+        let barrier = async {
+            if caught_up {
+                return Ok(true);
+            }
+            let end = self.view.end_offset(self.view_patience).await?;
+            Ok::<bool, NotCaughtUp>(end <= applied)
+        };
+        match self.transact(batch, &outgoing, barrier).await {
             Ok(()) => {
+                if !caught_up {
+                    // The barrier saw the view hold the topic's end as of `asked_at`.
+                    self.view.confirm_fresh(asked_at);
+                }
+                readiness.set(true);
+                self.catch_up_first = false;
+                let committed = Utc::now();
+                self.observe_stages(batch, routed_at, committed);
                 for (outcome, n) in counts {
                     self.metrics.events.with_label_values(&[outcome]).inc_by(n);
                 }
@@ -360,7 +441,18 @@ impl Router {
                 self.backoff.reset();
                 Ok(Next::Continue)
             }
-            Err(failure) if is_abortable(&failure.error) => {
+            Err(Failure::ViewMoved) => {
+                self.metrics.view_moved.inc();
+                self.abort().await?;
+                self.rewind(batch)?;
+                self.catch_up_first = true;
+                Ok(Next::RetryAfter(Duration::ZERO))
+            }
+            Err(Failure::ViewUnreachable(err)) => {
+                self.abort().await?;
+                self.hold_back(batch, readiness, &err)
+            }
+            Err(Failure::Kafka(failure)) if is_abortable(&failure.error) => {
                 tracing::warn!(err = %failure.error, "transaction aborted; routing the batch again");
                 self.abort().await?;
                 self.rewind(batch)?;
@@ -374,11 +466,67 @@ impl Router {
                 };
                 Ok(Next::RetryAfter(wait))
             }
-            Err(failure) => Err(anyhow::anyhow!(
+            Err(Failure::Kafka(failure)) => Err(anyhow::anyhow!(
                 "fatal transaction error: {}",
                 failure.error
             )),
         }
+    }
+
+    /// The producer whose turn it is.
+    fn producer(&self) -> &FutureProducer {
+        // `turn` is always an index of `producers`, which is never empty.
+        &self.producers[self.turn.load(Ordering::Relaxed) % self.producers.len()]
+    }
+
+    /// Holds the batch back (rewound, not routed) because the view could not be
+    /// confirmed caught up; the router is not ready meanwhile.
+    fn hold_back(
+        &mut self,
+        batch: &[OwnedMessage],
+        readiness: &Readiness,
+        err: &NotCaughtUp,
+    ) -> anyhow::Result<Next> {
+        self.metrics.view_stale.inc();
+        readiness.set(false);
+        self.rewind(batch)?;
+        self.catch_up_first = true;
+        let wait = self.backoff.next_delay();
+        tracing::warn!(
+            %err,
+            records = batch.len(),
+            retry_in = ?wait,
+            "subscriptions view not caught up; batch held back, not routed"
+        );
+        Ok(Next::RetryAfter(wait))
+    }
+
+    /// Each record's wait from its timestamp (its producer's) to being routed, and the
+    /// batch's time from routed to committed.
+    fn observe_stages(
+        &self,
+        batch: &[OwnedMessage],
+        routed_at: chrono::DateTime<Utc>,
+        committed: chrono::DateTime<Utc>,
+    ) {
+        let waited = self
+            .metrics
+            .stages
+            .with_label_values(&["produced_to_routed"]);
+        for message in batch {
+            if let Some(at) = message.timestamp().to_millis() {
+                let ms = routed_at.timestamp_millis().saturating_sub(at).max(0);
+                waited.observe(ms as f64 / 1e3);
+            }
+        }
+        let took = (committed - routed_at)
+            .num_microseconds()
+            .unwrap_or(0)
+            .max(0);
+        self.metrics
+            .stages
+            .with_label_values(&["routed_to_committed"])
+            .observe(took as f64 / 1e6);
     }
 
     /// Aborts the open transaction. A timed-out abort is resumed by calling it again, a
@@ -388,7 +536,7 @@ impl Router {
         let mut calls = 0;
         loop {
             calls += 1;
-            let producer = self.producer.clone();
+            let producer = self.producer().clone();
             match blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::Transaction(err)) if err.is_retriable() && calls < ABORT_CALLS => {
@@ -620,23 +768,53 @@ impl Router {
         }
     }
 
-    /// Begin, produce everything, add the offsets past the batch, commit. Outputs are
-    /// produced in order, all at once except the isolated ones, each of which is
-    /// produced alone once everything before it is acknowledged.
+    /// Begin, produce everything (the view barrier is read meanwhile), add the offsets
+    /// past the batch, check the barrier, commit. Outputs are produced in order, all at
+    /// once except the isolated ones, each of which is produced alone once everything
+    /// before it is acknowledged.
     async fn transact(
         &self,
         batch: &[OwnedMessage],
         outgoing: &[Outgoing],
-    ) -> Result<(), TxnFailure> {
-        let producer = self.producer.clone();
+        barrier: impl std::future::Future<Output = Result<bool, NotCaughtUp>>,
+    ) -> Result<(), Failure> {
+        // The next producer's turn: its last transaction ended a whole transaction ago.
+        let turn = (self.turn.load(Ordering::Relaxed) + 1) % self.producers.len();
+        self.turn.store(turn, Ordering::Relaxed);
+        let producer = self.producer().clone();
         blocking(move || producer.begin_transaction()).await?;
+        let events = self.topics.events();
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next) in next_offsets(batch) {
+            offsets.add_partition_offset(&events, partition, Offset::Offset(next))?;
+        }
+        // Always present for a subscribed group consumer.
+        let metadata = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
+        let (produced, current) = tokio::join!(self.produce(outgoing), barrier);
+        produced?;
+        // Not alongside the records: the coordinator would answer the second of two
+        // concurrent requests with CONCURRENT_TRANSACTIONS, retried 20 ms later.
+        let producer = self.producer().clone();
+        blocking(move || producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))
+            .await?;
+        match current {
+            Ok(true) => {}
+            Ok(false) => return Err(Failure::ViewMoved),
+            Err(err) => return Err(Failure::ViewUnreachable(err)),
+        }
+        let producer = self.producer().clone();
+        Ok(blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await?)
+    }
+
+    /// Produces `outgoing` in its groups, each once the one before is acknowledged.
+    async fn produce(&self, outgoing: &[Outgoing]) -> Result<(), Failure> {
         for group in produce_groups(outgoing) {
             let start = group.start;
             let Some(records) = outgoing.get(group) else {
                 continue;
             };
             let results = send_all(
-                &self.producer,
+                self.producer(),
                 records.iter().map(|out| &out.record),
                 TXN_TIMEOUT,
             )
@@ -656,21 +834,10 @@ impl Router {
                 }
             }
             if let Some(error) = first {
-                return Err(TxnFailure { error, refused });
+                return Err(Failure::Kafka(TxnFailure { error, refused }));
             }
         }
-        let events = self.topics.events();
-        let mut offsets = TopicPartitionList::new();
-        for (partition, next) in next_offsets(batch) {
-            offsets.add_partition_offset(&events, partition, Offset::Offset(next))?;
-        }
-        // Always present for a subscribed group consumer.
-        let metadata = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
-        let producer = self.producer.clone();
-        blocking(move || producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))
-            .await?;
-        let producer = self.producer.clone();
-        Ok(blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await?)
+        Ok(())
     }
 
     /// Points the consumer back at the first record of the batch in each partition.

@@ -212,7 +212,14 @@ async fn gone_disables_the_subscription_and_tells_the_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_endpoint_does_not_hold_back_fast_ones() {
     let mut deployment = quick("30s");
-    deployment.set("HOOKLINE_DELIVERY_TIMEOUT", "2s");
+    // One partition for all three subscriptions, and a window far smaller than the
+    // slow one's tasks: tasks queued for its slots would fill the window and hold the
+    // fast ones back (8 slots, 2 s per timed-out request: over a minute for 300 tasks)
+    // unless they stop waiting once the endpoint stalls.
+    deployment
+        .set("HOOKLINE_DELIVERY_TIMEOUT", "2s")
+        .set("HOOKLINE_TOPIC_PARTITIONS", "1")
+        .set("HOOKLINE_DELIVERY_PARTITION_WINDOW", "50");
     let p = Pipeline::start(deployment).await.unwrap();
     for path in ["slow", "fast-1", "fast-2"] {
         p.subscribe("acme", &["expense.created"], path, json!({}))
@@ -259,6 +266,17 @@ async fn a_hanging_endpoint_does_not_hold_back_fast_ones() {
         )
         .await;
     assert!(timed_out, "the slow endpoint's attempts time out");
+    let deferred = worker
+        .wait_metric(
+            "hookline_delivery_tasks_total{outcome=\"deferred\"",
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        deferred,
+        "tasks of the stalled endpoint were deferred, not queued"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
