@@ -15,10 +15,10 @@ use hookline_domain::subscription::Subscription;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A subscription whose slots are all taken and none of which was released for this
-/// long has a stalled endpoint (hanging, or far slower than its traffic): its tasks
-/// are deferred instead of waiting in their partition's window, where they would hold
-/// back every other subscription sharing the partition.
+/// A subscription whose slots are all taken and whose endpoint answered none of its
+/// requests for this long has stalled (hanging, or far slower than its traffic): its
+/// tasks are deferred instead of waiting in their partition's window, where they would
+/// hold back every other subscription sharing the partition.
 pub const STALL_AFTER: Duration = Duration::from_secs(1);
 
 /// One subscription's limiters, rebuilt when its configured limits change.
@@ -26,13 +26,20 @@ struct SubscriptionLimits {
     configured: (u32, Option<u32>),
     in_flight: Arc<Semaphore>,
     rate: Option<Arc<DefaultDirectRateLimiter>>,
-    /// When a slot was last released (or the limiters built).
-    last_release: Mutex<Instant>,
+    /// When the endpoint last answered a request (or the limiters were built). A
+    /// request that timed out or never connected is no answer: it leaves a hanging
+    /// endpoint stalled when its slot comes free.
+    last_answer: Mutex<Instant>,
 }
 
 impl SubscriptionLimits {
-    fn stalled(&self) -> bool {
-        self.in_flight.available_permits() == 0 && lock(&self.last_release).elapsed() >= STALL_AFTER
+    /// How long the endpoint has been stalled, if it is: every slot taken and no
+    /// answer for [`STALL_AFTER`] or more.
+    fn stalled_for(&self) -> Option<Duration> {
+        if self.in_flight.available_permits() > 0 {
+            return None;
+        }
+        Some(lock(&self.last_answer).elapsed()).filter(|quiet| *quiet >= STALL_AFTER)
     }
 }
 
@@ -42,9 +49,10 @@ pub struct Slot {
     limits: Arc<SubscriptionLimits>,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *lock(&self.limits.last_release) = Instant::now();
+impl Slot {
+    /// Releases the slot after the endpoint answered (any status): it is not stalled.
+    pub fn answered(self) {
+        *lock(&self.limits.last_answer) = Instant::now();
     }
 }
 
@@ -69,33 +77,36 @@ impl Limits {
     }
 
     /// Waits for a concurrency slot and a rate token of `subscription`; the slot is
-    /// held until the returned [`Slot`] drops. With `may_defer`, gives up (`None`) as
-    /// soon as the subscription's endpoint has stalled (see [`STALL_AFTER`]), checked
-    /// on arrival and every [`STALL_AFTER`] while waiting.
-    pub async fn acquire(&self, subscription: &Subscription, may_defer: bool) -> Option<Slot> {
+    /// held until the returned [`Slot`] drops. With `may_defer`, gives up as soon as
+    /// the subscription's endpoint has stalled (see [`STALL_AFTER`]), checked on
+    /// arrival and every [`STALL_AFTER`] while waiting: `Err` with how long it has
+    /// been stalled.
+    pub async fn acquire(
+        &self,
+        subscription: &Subscription,
+        may_defer: bool,
+    ) -> Result<Slot, Duration> {
         let limits = self.of(subscription);
+        // One place in the queue, kept while the endpoint keeps releasing slots: giving it
+        // up to look again would let later tasks overtake this one.
+        let acquire = Arc::clone(&limits.in_flight).acquire_owned();
+        tokio::pin!(acquire);
         let permit = loop {
-            if may_defer && limits.stalled() {
-                return None;
+            if let Some(stalled) = limits.stalled_for().filter(|_| may_defer) {
+                return Err(stalled);
             }
-            let permit = Arc::clone(&limits.in_flight).acquire_owned();
-            let permit = if may_defer {
-                match tokio::time::timeout(STALL_AFTER, permit).await {
-                    Ok(permit) => permit,
-                    Err(_) => continue,
-                }
-            } else {
-                permit.await
-            };
-            match permit {
-                Ok(permit) => break permit,
-                Err(_) => unreachable!("subscription semaphores are never closed"),
+            tokio::select! {
+                permit = &mut acquire => match permit {
+                    Ok(permit) => break permit,
+                    Err(_) => unreachable!("subscription semaphores are never closed"),
+                },
+                () = tokio::time::sleep(STALL_AFTER), if may_defer => {}
             }
         };
         if let Some(rate) = &limits.rate {
             rate.until_ready().await;
         }
-        Some(Slot {
+        Ok(Slot {
             _permit: permit,
             limits,
         })
@@ -122,7 +133,7 @@ impl Limits {
         let limits = Arc::new(SubscriptionLimits {
             configured,
             in_flight: Arc::new(Semaphore::new(configured.0 as usize)),
-            last_release: Mutex::new(Instant::now()),
+            last_answer: Mutex::new(Instant::now()),
             rate: configured
                 .1
                 .and_then(NonZeroU32::new)

@@ -351,14 +351,19 @@ async fn attempt_once(
     // Ordered tasks wait their turn whatever it takes; others do not wait behind a
     // stalled endpoint, which would hold their partition back for everyone.
     let ordered = queued.ordered();
-    let Some(slot) = context.limits.acquire(&queued, !ordered).await else {
-        return Step::Retry {
-            wait: Wait::Deferred,
-            error: "deferred: the endpoint stalled (every concurrency slot taken, none \
-                    released for a second); not attempted"
-                .to_owned(),
-            ordered: false,
-        };
+    let slot = match context.limits.acquire(&queued, !ordered).await {
+        Ok(slot) => slot,
+        Err(stalled) => {
+            return Step::Retry {
+                wait: Wait::Deferred(stalled),
+                error: format!(
+                    "deferred: the endpoint stalled (every concurrency slot taken, no \
+                     answer for {} s); not attempted",
+                    stalled.as_secs()
+                ),
+                ordered: false,
+            }
+        }
     };
     // The wait for the slot may have outlived a deletion, a disable or a new URL: the
     // request goes out only as the view shows the subscription now.
@@ -404,7 +409,11 @@ async fn call_endpoint(
     }
     let delivered = matches!(outcome, Outcome::Delivered { .. });
     context.breakers.record(&endpoint, delivered);
-    drop(slot);
+    if outcome.answered() {
+        slot.answered();
+    } else {
+        drop(slot);
+    }
     let class = outcome.class();
     context.metrics.attempt(class);
     context
@@ -513,7 +522,7 @@ async fn reschedule(context: &Context, mut task: DeliveryTask, wait: Wait, error
             Ok(delivery) => match delivery.await {
                 Ok(Ok(_)) => {
                     context.metrics.task(match wait {
-                        Wait::Deferred => TaskOutcome::Deferred,
+                        Wait::Deferred(_) => TaskOutcome::Deferred,
                         _ => TaskOutcome::RetryScheduled,
                     });
                     return;

@@ -63,6 +63,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the endpoint answered (any status), as opposed to a timeout, a refused
+    /// or failed connection, or a request never sent.
+    pub fn answered(&self) -> bool {
+        match self {
+            Self::Delivered { .. } => true,
+            Self::Failed { status, .. } => status.is_some(),
+        }
+    }
+
     /// Its class, for metrics, attempt records and logs.
     pub fn class(&self) -> AttemptOutcome {
         match self {

@@ -88,13 +88,12 @@ impl RetrySchedule {
                 .copied()
                 .find(|t| *t >= hint)
                 .unwrap_or(longest),
-            Wait::CircuitOpen(cooldown) => tiers
+            Wait::CircuitOpen(cooldown) | Wait::Deferred(cooldown) => tiers
                 .iter()
                 .rev()
                 .copied()
                 .find(|t| *t <= cooldown)
                 .unwrap_or(shortest),
-            Wait::Deferred => shortest,
         }
     }
 
@@ -110,7 +109,7 @@ impl RetrySchedule {
         let delay = match wait {
             // The hint is a minimum: never earlier, even when jitter shortens the tier.
             Wait::RetryAfter(hint) => jittered(tier).max(self.clamp(hint)),
-            Wait::Scheduled(_) | Wait::CircuitOpen(_) | Wait::Deferred => jittered(tier),
+            Wait::Scheduled(_) | Wait::CircuitOpen(_) | Wait::Deferred(_) => jittered(tier),
         };
         let due = now + chrono::Duration::from_std(delay).unwrap_or_default();
         (tier, clock.next(tier, due))
@@ -135,8 +134,10 @@ pub enum Wait {
     RetryAfter(Duration),
     /// The endpoint's circuit is open for this long still.
     CircuitOpen(Duration),
-    /// Not attempted because the endpoint stalled: back in the shortest tier.
-    Deferred,
+    /// Not attempted because the endpoint has stalled for this long: back in the
+    /// longest tier not longer than the stall (the shortest at first), so that a task
+    /// of an endpoint that hangs for hours is not taken up every few seconds.
+    Deferred(Duration),
 }
 
 impl Wait {
@@ -146,9 +147,8 @@ impl Wait {
         match self {
             Self::Scheduled(delay) => jittered(delay),
             Self::RetryAfter(wait) | Self::CircuitOpen(wait) => wait,
-            // Never waited in place (only unordered tasks are deferred); a second is a
-            // safe pause should one be.
-            Self::Deferred => Duration::from_secs(1),
+            // Never waited in place (only unordered tasks are deferred).
+            Self::Deferred(stalled) => stalled,
         }
     }
 }
@@ -248,7 +248,8 @@ mod tests {
             secs(5)
         );
         assert_eq!(s.tier_for(Wait::CircuitOpen(secs(400))), secs(300));
-        assert_eq!(s.tier_for(Wait::Deferred), secs(5));
+        assert_eq!(s.tier_for(Wait::Deferred(secs(1))), secs(5));
+        assert_eq!(s.tier_for(Wait::Deferred(secs(600))), secs(300));
     }
 
     #[test]

@@ -37,6 +37,14 @@ struct Cli {
     #[arg(long, env = "HOOKLINE_ROUTER_INSTANCE_ID")]
     instance_id: Option<String>,
 
+    /// How batches are made durable: `exactly-once` (the default: each batch is one
+    /// Kafka transaction with its consumer offsets) or `at-least-once` (tasks produced
+    /// idempotently, offsets stored once they are acknowledged; a router crash may write
+    /// a batch's tasks twice, with the same webhook-ids, for one less round trip per
+    /// batch and no transaction markers for readers to wait on).
+    #[arg(long, env = "HOOKLINE_ROUTER_ROUTING", value_enum, default_value_t = router::Routing::ExactlyOnce)]
+    routing: router::Routing,
+
     /// Most events routed in one batch (one transaction).
     #[arg(long, env = "HOOKLINE_ROUTER_BATCH", default_value_t = 1000)]
     batch_size: usize,
@@ -98,8 +106,16 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| ulid::Ulid::new().to_string().to_lowercase());
     let transactional_id = format!("{}-{instance}", cli.group);
-    tracing::info!(%transactional_id, "routing with Kafka transactions");
+    match cli.routing {
+        router::Routing::ExactlyOnce => {
+            tracing::info!(%transactional_id, "routing exactly once, with Kafka transactions")
+        }
+        router::Routing::AtLeastOnce => tracing::info!(
+            "routing at least once: a crash may write a batch's tasks twice (same webhook-ids)"
+        ),
+    }
     let settings = router::Settings {
+        routing: cli.routing,
         group: cli.group.clone(),
         instance_id: cli.instance_id.clone(),
         transactional_id,

@@ -230,7 +230,9 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The router of one process.
 pub struct Router {
     consumer: StreamConsumer<kafka::AssignmentContext>,
-    /// Transactional producers taking turns, one transaction each (see [`PRODUCERS`]).
+    routing: Routing,
+    /// Transactional producers taking turns, one transaction each (see [`PRODUCERS`]);
+    /// one plain idempotent producer when routing at least once.
     producers: Vec<FutureProducer>,
     /// Index in `producers` of the one whose transaction is open or last was.
     turn: AtomicUsize,
@@ -250,9 +252,24 @@ pub struct Router {
     catch_up_first: bool,
 }
 
+/// How a router makes a batch durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Routing {
+    /// Each batch is one Kafka transaction: its tasks, dead letters and consumer
+    /// offsets commit together or not at all.
+    ExactlyOnce,
+    /// Tasks are produced idempotently and the offsets past them stored once Kafka
+    /// acknowledged them all; after a crash or a lost partition, the batches since the
+    /// last offset commit are routed again, so their tasks may be written twice (same
+    /// webhook-ids).
+    AtLeastOnce,
+}
+
 /// How one router joins its group and routes.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// How batches are made durable.
+    pub routing: Routing,
     /// Consumer group shared by all routers.
     pub group: String,
     /// Static member name; a restarted instance with the same name takes its
@@ -282,8 +299,10 @@ impl Router {
     ) -> anyhow::Result<Self> {
         let mut consumer_config =
             kafka::group_consumer_config(args, "hookline-router", &settings.group);
-        // Offsets are committed inside each transaction, never on their own.
-        consumer_config.set("enable.auto.commit", "false");
+        if settings.routing == Routing::ExactlyOnce {
+            // Offsets are committed inside each transaction, never on their own.
+            consumer_config.set("enable.auto.commit", "false");
+        }
         if let Some(instance) = &settings.instance_id {
             // Static membership: a restarted instance takes its partitions back without
             // a rebalance of the whole group.
@@ -293,17 +312,21 @@ impl Router {
             consumer_config.create_with_context(kafka::AssignmentContext::new("events"))?;
         let topics = args.topics();
         consumer.subscribe(&[&topics.events()])?;
-        let producers = (0..PRODUCERS)
-            .map(|n| {
-                let id = match n {
-                    0 => settings.transactional_id.clone(),
-                    n => format!("{}.{n}", settings.transactional_id),
-                };
-                kafka::transactional_producer(args, "hookline-router", &id)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let producers = match settings.routing {
+            Routing::AtLeastOnce => vec![kafka::low_latency_producer(args, "hookline-router")?],
+            Routing::ExactlyOnce => (0..PRODUCERS)
+                .map(|n| {
+                    let id = match n {
+                        0 => settings.transactional_id.clone(),
+                        n => format!("{}.{n}", settings.transactional_id),
+                    };
+                    kafka::transactional_producer(args, "hookline-router", &id)
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         Ok(Self {
             consumer,
+            routing: settings.routing,
             producers,
             turn: AtomicUsize::new(0),
             view,
@@ -330,9 +353,12 @@ impl Router {
         readiness: Readiness,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        for producer in &self.producers {
-            let producer = producer.clone();
-            tokio::task::spawn_blocking(move || producer.init_transactions(TXN_TIMEOUT)).await??;
+        if self.routing == Routing::ExactlyOnce {
+            for producer in &self.producers {
+                let producer = producer.clone();
+                tokio::task::spawn_blocking(move || producer.init_transactions(TXN_TIMEOUT))
+                    .await??;
+            }
         }
         while let Err(err) = self.view.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the subscriptions view");
@@ -401,8 +427,9 @@ impl Router {
         readiness: &Readiness,
     ) -> anyhow::Result<Next> {
         let routed_at = Utc::now();
-        // After a catch-up the barrier holds already: the batch began before it.
-        let caught_up = self.catch_up_first;
+        // After a catch-up the barrier holds already: the batch began before it. Routing
+        // at least once, what is produced cannot be taken back: always catch up first.
+        let caught_up = self.catch_up_first || self.routing == Routing::AtLeastOnce;
         if caught_up {
             if let Err(err) = self.view.catch_up(self.view_patience).await {
                 return self.hold_back(batch, readiness, &err);
@@ -533,6 +560,10 @@ impl Router {
     /// few times; after that, or on a fatal error, the router stops (a restarted router
     /// with the same instance id fences what is left open).
     async fn abort(&self) -> anyhow::Result<()> {
+        if self.routing == Routing::AtLeastOnce {
+            // Nothing to abort: what was produced stays, and is routed again.
+            return Ok(());
+        }
         let mut calls = 0;
         loop {
             calls += 1;
@@ -778,6 +809,9 @@ impl Router {
         outgoing: &[Outgoing],
         barrier: impl std::future::Future<Output = Result<bool, NotCaughtUp>>,
     ) -> Result<(), Failure> {
+        if self.routing == Routing::AtLeastOnce {
+            return self.produce_then_store(batch, outgoing).await;
+        }
         // The next producer's turn: its last transaction ended a whole transaction ago.
         let turn = (self.turn.load(Ordering::Relaxed) + 1) % self.producers.len();
         self.turn.store(turn, Ordering::Relaxed);
@@ -804,6 +838,23 @@ impl Router {
         }
         let producer = self.producer().clone();
         Ok(blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await?)
+    }
+
+    /// At least once: produces everything, then stores the offsets past the batch
+    /// (committed in the background and on revocation).
+    async fn produce_then_store(
+        &self,
+        batch: &[OwnedMessage],
+        outgoing: &[Outgoing],
+    ) -> Result<(), Failure> {
+        self.produce(outgoing).await?;
+        let events = self.topics.events();
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next) in next_offsets(batch) {
+            offsets.add_partition_offset(&events, partition, Offset::Offset(next))?;
+        }
+        self.consumer.store_offsets(&offsets)?;
+        Ok(())
     }
 
     /// Produces `outgoing` in its groups, each once the one before is acknowledged.
