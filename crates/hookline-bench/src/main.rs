@@ -239,6 +239,30 @@ struct Outcome {
     cleanup: Vec<String>,
 }
 
+impl Outcome {
+    /// The outcome of a run of one phase: the phase's own figures.
+    fn of_phase(
+        phase: Phase,
+        fields: Map<String, Value>,
+        headline: Vec<(&'static str, Option<f64>)>,
+        lines: Vec<String>,
+    ) -> Self {
+        Self {
+            deliveries_per_sec: phase.deliveries_per_sec,
+            p50_ms: phase.p50_ms,
+            p95_ms: phase.p95_ms,
+            p99_ms: phase.p99_ms,
+            deliveries: phase.delivered,
+            complete: phase.complete,
+            fields,
+            headline,
+            lines,
+            phases: vec![phase],
+            cleanup: Vec::new(),
+        }
+    }
+}
+
 /// One run's report.
 struct Report {
     run: usize,
@@ -494,24 +518,13 @@ impl Bench {
             phase.steady_per_sec.map_or("-".into(), thousands),
             fmt_ratio(raw_ratio)
         )];
-        Ok(Outcome {
-            deliveries_per_sec: phase.deliveries_per_sec,
-            p50_ms: phase.p50_ms,
-            p95_ms: phase.p95_ms,
-            p99_ms: phase.p99_ms,
-            deliveries: phase.delivered,
-            complete: phase.complete,
-            fields,
-            headline: vec![
-                ("deliveries_per_sec", Some(phase.deliveries_per_sec)),
-                ("steady_deliveries_per_sec", phase.steady_per_sec),
-                ("ratio_to_raw_http", raw_ratio),
-                ("p99_ms", phase.p99_ms),
-            ],
-            lines,
-            phases: vec![phase],
-            cleanup: Vec::new(),
-        })
+        let headline = vec![
+            ("deliveries_per_sec", Some(phase.deliveries_per_sec)),
+            ("steady_deliveries_per_sec", phase.steady_per_sec),
+            ("ratio_to_raw_http", raw_ratio),
+            ("p99_ms", phase.p99_ms),
+        ];
+        Ok(Outcome::of_phase(phase, fields, headline, lines))
     }
 
     async fn paced(&self, run_id: &str) -> anyhow::Result<Outcome> {
@@ -538,24 +551,13 @@ impl Bench {
             "target_deliveries_per_sec".into(),
             json!(rate * phase.fast as f64),
         );
-        Ok(Outcome {
-            deliveries_per_sec: phase.deliveries_per_sec,
-            p50_ms: phase.p50_ms,
-            p95_ms: phase.p95_ms,
-            p99_ms: phase.p99_ms,
-            deliveries: phase.delivered,
-            complete: phase.complete,
-            fields,
-            headline: vec![
-                ("p50_ms", phase.p50_ms),
-                ("p99_ms", phase.p99_ms),
-                ("startup_p99_ms", phase.startup_p99_ms),
-                ("deliveries_per_sec", Some(phase.deliveries_per_sec)),
-            ],
-            lines: Vec::new(),
-            phases: vec![phase],
-            cleanup: Vec::new(),
-        })
+        let headline = vec![
+            ("p50_ms", phase.p50_ms),
+            ("p99_ms", phase.p99_ms),
+            ("startup_p99_ms", phase.startup_p99_ms),
+            ("deliveries_per_sec", Some(phase.deliveries_per_sec)),
+        ];
+        Ok(Outcome::of_phase(phase, fields, headline, Vec::new()))
     }
 
     /// slow-endpoint and flaky-endpoint: the fast subscriptions alone (burst, then

@@ -30,6 +30,10 @@ pub const GROUP_METADATA_REFRESH_MS: &str = "5000";
 /// application, at most, in KiB.
 pub const GROUP_PREFETCH_KBYTES: &str = "8192";
 
+/// `fetch.max.bytes` of group consumers: the largest fetch answer (it must stay above
+/// the brokers' `message.max.bytes`, 1 MiB by default).
+pub const GROUP_FETCH_MAX_BYTES: &str = "4194304";
+
 /// A topic a binary needs, with how to create it when missing.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {
@@ -158,6 +162,9 @@ pub fn group_consumer_config(args: &KafkaArgs, client_id: &str, group: &str) -> 
             // few MiB ahead keeps fetches busy without the memory.
             ("queued.max.messages.kbytes", GROUP_PREFETCH_KBYTES),
             ("queued.min.messages", "10000"),
+            // One fetch answer is held in memory whole until its records are read; the
+            // default allows 50 MiB.
+            ("fetch.max.bytes", GROUP_FETCH_MAX_BYTES),
             (
                 "topic.metadata.refresh.interval.ms",
                 GROUP_METADATA_REFRESH_MS,

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod memory;
 pub mod produce;
 pub mod scan;
 pub mod telemetry;

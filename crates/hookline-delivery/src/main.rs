@@ -108,8 +108,13 @@ struct Cli {
     log: LogArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts any thread.
+    hookline_core::memory::release_large_buffers();
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging(&cli.log);
     let allow = EgressPolicy::parse_allow_list(&cli.allow_cidrs).map_err(anyhow::Error::msg)?;

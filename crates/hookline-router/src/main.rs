@@ -46,7 +46,7 @@ struct Cli {
     routing: router::Routing,
 
     /// Most events routed in one batch (one transaction).
-    #[arg(long, env = "HOOKLINE_ROUTER_BATCH", default_value_t = 1000)]
+    #[arg(long, env = "HOOKLINE_ROUTER_BATCH", default_value_t = 500)]
     batch_size: usize,
 
     /// Largest delivery task, in bytes (keep it under the deliveries topic's
@@ -80,8 +80,13 @@ struct Cli {
     log: LogArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts any thread.
+    hookline_core::memory::release_large_buffers();
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging(&cli.log);
     let topics = cli.kafka.topics();
