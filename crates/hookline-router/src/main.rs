@@ -46,7 +46,7 @@ struct Cli {
     routing: router::Routing,
 
     /// Most events routed in one batch (one transaction).
-    #[arg(long, env = "HOOKLINE_ROUTER_BATCH", default_value_t = 500)]
+    #[arg(long, env = "HOOKLINE_ROUTER_BATCH", default_value_t = 1000)]
     batch_size: usize,
 
     /// Largest delivery task, in bytes (keep it under the deliveries topic's
