@@ -8,7 +8,7 @@
 //! - on shutdown, and when a rebalance revokes partitions, lets the tasks in flight
 //!   finish up to a grace period and commits what is done.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -267,14 +267,26 @@ struct Lane {
 /// How often idle lanes are dropped.
 const LANE_PRUNE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Retry records held in memory until due, over all tier partitions, before a tier
+/// partition that gets another one is paused. Pausing is the last resort: librdkafka
+/// restarts a resumed partition's fetching slowly, and a tier partition paused and
+/// resumed every few seconds (a hanging endpoint's tasks cycling through it) held back
+/// the fetches of the deliveries partitions too, by seconds.
+const HELD_IN_MEMORY: usize = 4096;
+
 /// The consumer side of one delivery process.
 pub struct Worker {
     consumer: Arc<StreamConsumer<RebalanceLog>>,
     context: Arc<Context>,
     limits: WorkerLimits,
     progress: SharedProgress,
-    /// Retry records read but not yet due, per paused partition, oldest first.
+    /// Retry records read but not yet due, per tier partition, oldest first (in due
+    /// order: a tier partition's due times never decrease).
     held: HashMap<Tp, VecDeque<Held>>,
+    /// Records in `held`.
+    held_count: usize,
+    /// Tier partitions paused because `held` reached [`HELD_IN_MEMORY`].
+    paused: HashSet<Tp>,
     /// Records waiting for their partition's window, oldest first. Waiting in memory
     /// instead of pausing the partition: a resumed partition restarts fetching slowly.
     backlog: HashMap<Tp, VecDeque<(TaskRecord, u64)>>,
@@ -328,6 +340,8 @@ impl Worker {
             limits,
             progress,
             held: HashMap::new(),
+            held_count: 0,
+            paused: HashSet::new(),
             backlog: HashMap::new(),
             lanes: HashMap::new(),
             lanes_gauge,
@@ -391,11 +405,12 @@ impl Worker {
             let wait = record.due_in();
             let already_holding = self.held.get(&tp).is_some_and(|q| !q.is_empty());
             if already_holding || !wait.is_zero() {
-                if !already_holding {
+                if self.held_count >= HELD_IN_MEMORY && self.paused.insert(tp.clone()) {
                     self.pause(&tp);
                 }
                 let held = (record, Instant::now() + wait, generation);
                 self.held.entry(tp).or_default().push_back(held);
+                self.held_count += 1;
                 return;
             }
         }
@@ -495,13 +510,16 @@ impl Worker {
                     Some(_) => break,
                     None => {
                         self.held.remove(&tp);
-                        self.resume(&tp);
+                        if self.paused.remove(&tp) {
+                            self.resume(&tp);
+                        }
                         break;
                     }
                 }
                 let Some((record, _, generation)) = queue.pop_front() else {
                     break;
                 };
+                self.held_count = self.held_count.saturating_sub(1);
                 self.admit(tp.clone(), record, generation, finisher);
             }
         }
@@ -536,7 +554,11 @@ impl Worker {
             std::mem::take(&mut *log)
         };
         for tp in revoked {
-            self.held.remove(&tp);
+            if let Some(dropped) = self.held.remove(&tp) {
+                self.held_count = self.held_count.saturating_sub(dropped.len());
+            }
+            // Resumed on reassignment (`post_rebalance`).
+            self.paused.remove(&tp);
             self.drop_backlog(&tp);
         }
     }
