@@ -120,10 +120,7 @@ impl Limits {
                 .max(1),
             subscription.rate_limit(),
         );
-        let mut map = self
-            .by_subscription
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.by_subscription);
         if let Some(existing) = map
             .get(subscription.id())
             .filter(|l| l.configured == configured)
@@ -186,7 +183,7 @@ impl Breakers {
 
     /// Whether a request to `endpoint` may go out now.
     pub fn admit(&self, endpoint: &str) -> Admission {
-        let mut map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.by_endpoint);
         match map.get_mut(endpoint) {
             Some(breaker) => breaker.admit(Instant::now()),
             None => Admission::Allow,
@@ -195,7 +192,7 @@ impl Breakers {
 
     /// How long until `endpoint`'s circuit lets a probe through (zero when closed).
     pub fn remaining_cooldown(&self, endpoint: &str) -> Duration {
-        let map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        let map = lock(&self.by_endpoint);
         map.get(endpoint)
             .and_then(|b| b.open_until())
             .map_or(Duration::ZERO, |until| {
@@ -206,7 +203,7 @@ impl Breakers {
     /// Records a request's result.
     pub fn record(&self, endpoint: &str, success: bool) {
         let now = Instant::now();
-        let mut map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.by_endpoint);
         if success && !map.contains_key(endpoint) {
             return;
         }

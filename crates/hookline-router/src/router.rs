@@ -817,11 +817,7 @@ impl Router {
         self.turn.store(turn, Ordering::Relaxed);
         let producer = self.producer().clone();
         blocking(move || producer.begin_transaction()).await?;
-        let events = self.topics.events();
-        let mut offsets = TopicPartitionList::new();
-        for (partition, next) in next_offsets(batch) {
-            offsets.add_partition_offset(&events, partition, Offset::Offset(next))?;
-        }
+        let offsets = self.offsets_past(batch)?;
         // Always present for a subscribed group consumer.
         let metadata = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
         let (produced, current) = tokio::join!(self.produce(outgoing), barrier);
@@ -848,13 +844,19 @@ impl Router {
         outgoing: &[Outgoing],
     ) -> Result<(), Failure> {
         self.produce(outgoing).await?;
+        self.consumer.store_offsets(&self.offsets_past(batch)?)?;
+        Ok(())
+    }
+
+    /// The events topic's offsets just past the batch, per partition: what commits
+    /// with it.
+    fn offsets_past(&self, batch: &[OwnedMessage]) -> Result<TopicPartitionList, KafkaError> {
         let events = self.topics.events();
         let mut offsets = TopicPartitionList::new();
         for (partition, next) in next_offsets(batch) {
             offsets.add_partition_offset(&events, partition, Offset::Offset(next))?;
         }
-        self.consumer.store_offsets(&offsets)?;
-        Ok(())
+        Ok(offsets)
     }
 
     /// Produces `outgoing` in its groups, each once the one before is acknowledged.
