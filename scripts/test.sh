@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, then end-to-end tests against a real single-node
 # Kafka broker (started here on HOOKLINE_TEST_KAFKA_PORT, default 19092, and stopped
-# again if this script started it) with the binaries running as processes. Installs
-# what is missing first (scripts/setup.sh) and runs every test binary even when one
-# fails (--no-fail-fast).
+# again if this script started it) with the binaries running as processes, then the
+# broker-failure tests on a real three-node cluster (started on
+# HOOKLINE_TEST_KAFKA_CLUSTER_PORT, default 19192, once the single broker is stopped:
+# they kill its nodes). Installs what is missing first (scripts/setup.sh) and runs every
+# test binary even when one fails (--no-fail-fast).
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -30,6 +32,21 @@ summary=.hookline/test-output.log
 status=0
 HOOKLINE_TEST_KAFKA_BROKERS=127.0.0.1:$port cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$summary" || status=$?
 cleanup
+trap - EXIT
+
+cluster_port=${HOOKLINE_TEST_KAFKA_CLUSTER_PORT:-19192}
+cluster() { HOOKLINE_KAFKA_PORT=$cluster_port deploy/local/kafka.sh "$@"; }
+cluster_started_here=false
+if ! cluster status 2>/dev/null; then
+  cluster start --nodes 3
+  cluster_started_here=true
+fi
+cluster_cleanup() { if $cluster_started_here; then cluster stop || true; fi; }
+trap cluster_cleanup EXIT
+echo "== broker-failure tests (three-node cluster $(cluster brokers))"
+HOOKLINE_TEST_KAFKA_CLUSTER_PORT=$cluster_port cargo test -p hookline-e2e --test cluster --locked \
+  -- --test-threads=1 --nocapture 2>&1 | tee -a "$summary" || status=$?
+cluster_cleanup
 trap - EXIT
 # One closing line for the whole run (cargo prints one per test binary), printed last.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

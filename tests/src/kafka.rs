@@ -149,13 +149,14 @@ fn free_port_pair() -> anyhow::Result<u16> {
 pub use hookline_core::kafka::TopicSpec;
 
 /// Connection settings of the broker at `brokers` in the binaries' own form, for
-/// `hookline_core`'s functions. Topics created with them have one replica.
+/// `hookline_core`'s functions. Topics created with them are replicated as the
+/// binaries' defaults replicate them (three replicas on three brokers, else one).
 fn args_on(brokers: &str) -> KafkaArgs {
     KafkaArgs {
         brokers: brokers.to_owned(),
         topic_prefix: String::new(),
         topic_partitions: 4,
-        topic_replication: 1,
+        topic_replication: hookline_core::config::Replication::Auto,
         properties: Vec::new(),
     }
 }
@@ -163,7 +164,12 @@ fn args_on(brokers: &str) -> KafkaArgs {
 /// Settings of a client of the test broker, built like every binary's
 /// (`hookline_core::kafka::client_config`): brokers, `client_id`, then `base`.
 pub fn client_config(client_id: &str, base: &[(&str, &str)]) -> ClientConfig {
-    kafka::client_config(&args_on(&brokers()), client_id, base)
+    client_config_on(&brokers(), client_id, base)
+}
+
+/// [`client_config`] on the brokers at `brokers`.
+pub fn client_config_on(brokers: &str, client_id: &str, base: &[(&str, &str)]) -> ClientConfig {
+    kafka::client_config(&args_on(brokers), client_id, base)
 }
 
 /// An independent producer (acks=all) to write records straight to a topic.

@@ -16,6 +16,8 @@
 //!
 //! Modules:
 //!
+//! - [`ledger`]: a steady [`Load`] over the HTTP API and the [`Ledger`] that checks
+//!   what the receivers got against what was accepted.
 //! - [`process`]: a [`Deployment`] and its binaries as child processes ([`Proc`]):
 //!   environment, readiness, logs, metrics.
 //! - [`receiver`]: a real HTTP [`Receiver`] recording every request ([`Received`]) and
@@ -23,6 +25,8 @@
 //! - [`api`]: a client of ingest's HTTP API ([`Api`]).
 //! - [`kafka`]: straight to the broker: producing, counting and reading records, a
 //!   [`Broker`] of a test's own.
+//! - [`cluster`]: the three-node [`Cluster`] of the fault tests: killing, pausing and
+//!   restarting nodes, and who leads which partition.
 //! - [`fixtures`]: the whole [`Pipeline`] of one test, and [`assert_same`].
 //! - [`wait`]: [`eventually`], the one way to wait for something to happen.
 //!
@@ -31,18 +35,23 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cluster;
 pub mod fixtures;
 pub mod kafka;
+pub mod ledger;
 pub mod process;
 pub mod receiver;
 pub mod wait;
 
 pub use api::Api;
+pub use cluster::Cluster;
 pub use fixtures::{assert_same, Pipeline};
 pub use kafka::{
-    brokers, client_config, create_topic_on, create_topics, create_topics_on, produce, producer,
-    producer_on, read_all, read_all_on, record_count, record_count_on, Broker, Record, TopicSpec,
+    brokers, client_config, client_config_on, create_topic_on, create_topics, create_topics_on,
+    produce, producer, producer_on, read_all, read_all_on, record_count, record_count_on, Broker,
+    Record, TopicSpec,
 };
+pub use ledger::{Ledger, Load, LoadReport, Sent, Subscribed};
 pub use process::{free_addr, is_stray, Deployment, Proc};
 pub use receiver::{Behaviour, Received, Receiver};
 pub use wait::eventually;

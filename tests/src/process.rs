@@ -284,6 +284,16 @@ impl Proc {
             .unwrap_or(0)
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The binary's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// SIGKILL, no chance to commit anything.
     pub fn kill_hard(&mut self) {
         let _ = self.child.kill();

@@ -23,9 +23,16 @@ pub struct KafkaArgs {
     #[arg(long, env = "HOOKLINE_TOPIC_PARTITIONS", default_value_t = 8)]
     pub topic_partitions: i32,
 
-    /// Replication factor of the topics this binary creates when they are missing.
-    #[arg(long, env = "HOOKLINE_TOPIC_REPLICATION", default_value_t = 1)]
-    pub topic_replication: i32,
+    /// Replication factor of the topics this binary creates when they are missing:
+    /// a number, or `auto` (3 when the cluster has at least three brokers, else 1).
+    /// Topics created with three or more replicas get `min.insync.replicas=2`.
+    #[arg(
+        long,
+        env = "HOOKLINE_TOPIC_REPLICATION",
+        default_value = "auto",
+        value_parser = parse_replication
+    )]
+    pub topic_replication: Replication,
 
     /// Extra librdkafka properties (`key=value`, comma separated or repeated), e.g.
     /// `security.protocol=SASL_SSL,sasl.mechanism=PLAIN`. Applied last, to every client.
@@ -37,6 +44,39 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub properties: Vec<(String, String)>,
+}
+
+/// How many replicas the topics a binary creates get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replication {
+    /// Three when the cluster has at least three brokers, else one.
+    Auto,
+    /// Exactly this many.
+    Fixed(i32),
+}
+
+impl Replication {
+    /// The replication factor for a cluster of `brokers` brokers.
+    pub fn factor(self, brokers: usize) -> i32 {
+        match self {
+            Self::Fixed(factor) => factor,
+            Self::Auto if brokers >= 3 => 3,
+            Self::Auto => 1,
+        }
+    }
+}
+
+/// Parses `auto` or a replication factor of at least 1.
+pub fn parse_replication(text: &str) -> Result<Replication, String> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(Replication::Auto);
+    }
+    match text.parse::<i32>() {
+        Ok(factor) if factor >= 1 => Ok(Replication::Fixed(factor)),
+        _ => Err(format!(
+            "`{text}` is not a replication factor: expected `auto` or a number of at least 1"
+        )),
+    }
 }
 
 impl KafkaArgs {
@@ -52,6 +92,21 @@ pub struct ApiArgs {
     /// When set, every `/v1` call needs `Authorization: Bearer <token>`.
     #[arg(long, env = "HOOKLINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+}
+
+/// When a binary that is not getting its Kafka work done stops answering `/readyz`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProgressArgs {
+    /// How long work made durable in Kafka (ingest's events, the router's batches,
+    /// delivery's attempt records) may go without any completing before `/readyz`
+    /// answers 503 (humantime, e.g. `15s`). Receivers' answers do not count.
+    #[arg(
+        long,
+        env = "HOOKLINE_STALL_AFTER",
+        value_parser = parse_duration,
+        default_value = "15s"
+    )]
+    pub stall_after: std::time::Duration,
 }
 
 /// How events published as CloudEvents are read.
@@ -137,5 +192,20 @@ mod tests {
             format!("{}events", cli.kafka.topic_prefix)
         );
         assert!(Cli::try_parse_from(["x", "--kafka-property", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn replication_follows_the_cluster_unless_fixed() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.kafka.topic_replication, Replication::Auto);
+        assert_eq!(Replication::Auto.factor(1), 1);
+        assert_eq!(Replication::Auto.factor(2), 1);
+        assert_eq!(Replication::Auto.factor(3), 3);
+        assert_eq!(Replication::Auto.factor(9), 3);
+        let cli = Cli::try_parse_from(["x", "--topic-replication", "2"]).unwrap();
+        assert_eq!(cli.kafka.topic_replication, Replication::Fixed(2));
+        assert_eq!(Replication::Fixed(2).factor(9), 2);
+        assert!(Cli::try_parse_from(["x", "--topic-replication", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--topic-replication", "three"]).is_err());
     }
 }

@@ -55,6 +55,13 @@ impl TopicSpec {
         }
     }
 
+    /// Whether the topic is compacted (and read as one ordered log).
+    pub fn is_compacted(&self) -> bool {
+        self.configs
+            .iter()
+            .any(|(key, value)| *key == "cleanup.policy" && value == "compact")
+    }
+
     /// A compacted, single-partition topic (small control data, total order).
     pub fn compacted(name: String) -> Self {
         Self {
@@ -87,24 +94,32 @@ const THROUGHPUT_LINGER_MS: &str = "5";
 /// the router's transaction. Records enqueued together still share a batch.
 const LATENCY_LINGER_MS: &str = "1";
 
+/// How long a producer tries to deliver a record before it reports it failed
+/// (`message.timeout.ms`), where no caller bounds it tighter.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A producer that loses nothing it acknowledged: `acks=all`, idempotent, batching.
 pub fn producer(args: &KafkaArgs, client_id: &str) -> Result<FutureProducer, KafkaError> {
-    producer_lingering(args, client_id, THROUGHPUT_LINGER_MS)
+    producer_lingering(args, client_id, THROUGHPUT_LINGER_MS, DELIVERY_TIMEOUT)
 }
 
-/// A [`producer`] whose acknowledgements are waited on by a caller (ingest's answer).
+/// A [`producer`] whose acknowledgements are waited on by a caller (ingest's answer),
+/// giving up on a record after `delivery_timeout`.
 pub fn low_latency_producer(
     args: &KafkaArgs,
     client_id: &str,
+    delivery_timeout: Duration,
 ) -> Result<FutureProducer, KafkaError> {
-    producer_lingering(args, client_id, LATENCY_LINGER_MS)
+    producer_lingering(args, client_id, LATENCY_LINGER_MS, delivery_timeout)
 }
 
 fn producer_lingering(
     args: &KafkaArgs,
     client_id: &str,
     linger_ms: &str,
+    delivery_timeout: Duration,
 ) -> Result<FutureProducer, KafkaError> {
+    let timeout_ms = delivery_timeout.as_millis().max(1).to_string();
     client_config(
         args,
         client_id,
@@ -113,7 +128,7 @@ fn producer_lingering(
             ("enable.idempotence", "true"),
             ("linger.ms", linger_ms),
             ("compression.type", "lz4"),
-            ("message.timeout.ms", "30000"),
+            ("message.timeout.ms", &timeout_ms),
         ],
     )
     .create()
@@ -215,22 +230,60 @@ pub async fn ensure_topics(
         &[("allow.auto.create.topics", "false")],
     )
     .create()?;
-    let new_topics: Vec<NewTopic<'_>> = specs
+    let deadline = tokio::time::Instant::now() + patience;
+    let cluster = cluster_metadata(&admin, deadline).await?;
+    for spec in specs {
+        if let Some(&partitions) = cluster.partitions.get(&spec.name) {
+            // The views read a compacted topic's partition 0 only: records on any other
+            // partition would be missed without a word.
+            anyhow::ensure!(
+                !spec.is_compacted() || partitions == 1,
+                "topic {} has {partitions} partitions; Hookline needs exactly 1 (it is read \
+                 as one ordered log)",
+                spec.name
+            );
+        }
+    }
+    // Only what is missing: an operator who created the topics beforehand need not grant
+    // the binaries the right to create any.
+    let missing: Vec<&TopicSpec> = specs
+        .iter()
+        .filter(|spec| !cluster.partitions.contains_key(&spec.name))
+        .collect();
+    // Brokers down at this moment (a rolling restart) are missing from the metadata;
+    // the replicas of existing topics, the broker's internal ones included, tell how big
+    // the cluster really is.
+    let size = cluster.brokers.max(cluster.largest_replication);
+    let replication = args.topic_replication.factor(size);
+    let min_insync = (replication >= 3).then(|| MIN_INSYNC_REPLICAS.to_owned());
+    if !missing.is_empty() {
+        tracing::info!(
+            brokers = cluster.brokers,
+            replication,
+            min_insync_replicas = min_insync.as_deref().unwrap_or("broker default"),
+            topics = %missing.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>().join(","),
+            "creating missing topics"
+        );
+    }
+    let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|spec| {
-            spec.configs.iter().fold(
-                NewTopic::new(
-                    &spec.name,
-                    spec.partitions,
-                    TopicReplication::Fixed(args.topic_replication),
-                ),
-                |topic, (key, value)| topic.set(key, value),
-            )
+            let topic = NewTopic::new(
+                &spec.name,
+                spec.partitions,
+                TopicReplication::Fixed(replication),
+            );
+            let topic = match &min_insync {
+                Some(min) => topic.set("min.insync.replicas", min),
+                None => topic,
+            };
+            spec.configs
+                .iter()
+                .fold(topic, |topic, (key, value)| topic.set(key, value))
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
+    while !new_topics.is_empty() {
         let outcome = admin.create_topics(new_topics.iter(), &options).await;
         let failure = match outcome {
             Ok(results) => results
@@ -257,6 +310,56 @@ pub async fn ensure_topics(
     // its group without it.
     let names = specs.iter().map(|spec| spec.name.clone()).collect();
     await_topics(Arc::new(admin), names, deadline).await
+}
+
+/// `min.insync.replicas` of topics created with three or more replicas: a write is
+/// acknowledged once two replicas hold it, so one broker can fail without losing it.
+const MIN_INSYNC_REPLICAS: &str = "2";
+
+/// What [`ensure_topics`] needs to know of the cluster.
+struct ClusterMetadata {
+    /// Brokers the metadata lists (those up now).
+    brokers: usize,
+    /// The most replicas any existing partition has.
+    largest_replication: usize,
+    /// Partitions of each existing topic.
+    partitions: std::collections::HashMap<String, usize>,
+}
+
+/// The cluster's metadata, asked again every second until it answers or `deadline`
+/// passes.
+async fn cluster_metadata(
+    admin: &AdminClient<DefaultClientContext>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<ClusterMetadata> {
+    loop {
+        match admin
+            .inner()
+            .fetch_metadata(None::<&str>, Duration::from_secs(5))
+        {
+            Ok(metadata) => {
+                let topics = metadata.topics().iter().filter(|t| t.error().is_none());
+                return Ok(ClusterMetadata {
+                    brokers: metadata.brokers().len(),
+                    largest_replication: topics
+                        .clone()
+                        .flat_map(|t| t.partitions().iter().map(|p| p.replicas().len()))
+                        .max()
+                        .unwrap_or(0),
+                    partitions: topics
+                        .map(|t| (t.name().to_owned(), t.partitions().len()))
+                        .collect(),
+                });
+            }
+            Err(err) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("could not read the cluster's metadata: {err}")
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cluster metadata not available; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Waits until every topic of `names` is in `admin`'s metadata with a leader for every
@@ -339,10 +442,12 @@ pub struct FirstAssignment {
 impl FirstAssignment {
     /// Not assigned yet; `consumer` names the consumer in the log.
     pub fn new(consumer: &'static str) -> Self {
-        Self {
-            consumer,
-            assigned: Readiness::default(),
-        }
+        Self::sharing(consumer, Readiness::default())
+    }
+
+    /// Records into `assigned`, the readiness of a consumer this one replaces.
+    pub fn sharing(consumer: &'static str, assigned: Readiness) -> Self {
+        Self { consumer, assigned }
     }
 
     /// Records an assignment (from `post_rebalance`). Any assignment counts, an empty
@@ -354,6 +459,12 @@ impl FirstAssignment {
                     consumer = self.consumer,
                     partitions = partitions.count(),
                     "first assignment: consuming"
+                );
+            } else {
+                tracing::debug!(
+                    consumer = self.consumer,
+                    partitions = partitions.count(),
+                    "assigned"
                 );
             }
             self.assigned.set(true);
@@ -377,6 +488,14 @@ impl AssignmentContext {
     pub fn new(consumer: &'static str) -> Self {
         Self {
             first: FirstAssignment::new(consumer),
+        }
+    }
+
+    /// A context for a consumer that replaces one whose first assignment was recorded
+    /// in `assigned`.
+    pub fn sharing(consumer: &'static str, assigned: Readiness) -> Self {
+        Self {
+            first: FirstAssignment::sharing(consumer, assigned),
         }
     }
 
@@ -520,7 +639,7 @@ mod tests {
             brokers: "127.0.0.1:9092".into(),
             topic_prefix: "t.".into(),
             topic_partitions: 4,
-            topic_replication: 1,
+            topic_replication: crate::config::Replication::Auto,
             properties: properties
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

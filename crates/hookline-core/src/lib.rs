@@ -10,6 +10,7 @@ pub mod config;
 pub mod kafka;
 pub mod memory;
 pub mod produce;
+pub mod progress;
 pub mod scan;
 pub mod telemetry;
 pub mod topics;

@@ -13,6 +13,7 @@ use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogArgs, LogFormat};
+use crate::progress::Progress;
 
 /// Installs the global tracing subscriber: `RUST_LOG` filter (default
 /// `info,rdkafka=warn`), text or JSON lines on stderr.
@@ -75,6 +76,8 @@ pub struct Readiness {
     flag: Arc<AtomicBool>,
     /// Further conditions, each set by its own part of the process.
     also: Vec<Readiness>,
+    /// Work that must not stall (see [`Progress`]).
+    progress: Vec<Progress>,
 }
 
 impl Readiness {
@@ -86,7 +89,9 @@ impl Readiness {
     /// Whether the process is ready: this flag and every condition added with
     /// [`and`](Self::and).
     pub fn get(&self) -> bool {
-        self.flag.load(Ordering::Acquire) && self.also.iter().all(Readiness::get)
+        self.flag.load(Ordering::Acquire)
+            && self.also.iter().all(Readiness::get)
+            && !self.progress.iter().any(Progress::stalled)
     }
 
     /// A readiness sharing this one's flag that is ready only when `other` is too.
@@ -96,7 +101,16 @@ impl Readiness {
         Readiness {
             flag: Arc::clone(&self.flag),
             also,
+            progress: self.progress.clone(),
         }
+    }
+
+    /// A readiness sharing this one's flag that is not ready while `progress` is
+    /// stalled.
+    pub fn and_progressing(&self, progress: &Progress) -> Readiness {
+        let mut with = self.clone();
+        with.progress.push(progress.clone());
+        with
     }
 }
 
@@ -139,7 +153,7 @@ async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
     if state.readiness.get() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
 

@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use hookline_core::config::{parse_duration, KafkaArgs, LogArgs};
+use hookline_core::config::{parse_duration, KafkaArgs, LogArgs, ProgressArgs};
 use hookline_core::kafka::{self, TopicSpec};
+use hookline_core::progress::Progress;
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
 use hookline_domain::egress::EgressPolicy;
@@ -105,6 +106,9 @@ struct Cli {
     kafka: KafkaArgs,
 
     #[command(flatten)]
+    progress: ProgressArgs,
+
+    #[command(flatten)]
     log: LogArgs,
 }
 
@@ -138,7 +142,9 @@ async fn run() -> anyhow::Result<()> {
     let registry = telemetry::registry("delivery");
     let readiness = Readiness::default();
     let producer = kafka::producer(&cli.kafka, "hookline-delivery")?;
+    let progress = Progress::new(cli.progress.stall_after);
     let context = pipeline::Context {
+        progress: progress.clone(),
         health: control::HealthWriter::new(producer.clone(), topics.clone(), &registry)?,
         producer,
         view: SubscriptionView::start(&cli.kafka, "hookline-delivery-view", &registry)?,
@@ -161,7 +167,7 @@ async fn run() -> anyhow::Result<()> {
     let worker = worker::Worker::new(&cli.kafka, &cli.group, sizing, context, &registry)?;
     // Ready once the view caught up (set by the worker) and the group assigned the
     // worker its partitions: before that it consumes nothing.
-    let serving = readiness.and(&worker.assigned());
+    let serving = readiness.and(&worker.assigned()).and_progressing(&progress);
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(
         cli.http_addr,

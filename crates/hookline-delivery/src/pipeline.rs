@@ -26,6 +26,7 @@ use crate::control::HealthWriter;
 use crate::limits::{Breakers, Limits, Slot};
 use crate::sender::{Outcome, Sender};
 use hookline_core::produce::{produce_durably, produce_json, OutRecord};
+use hookline_core::progress::Progress;
 
 /// Delivery metrics.
 pub struct Metrics {
@@ -130,6 +131,8 @@ impl Metrics {
 pub struct Context {
     /// Producer for retry tiers, the DLQ, attempts and health writes.
     pub producer: FutureProducer,
+    /// Attempt, retry and dead-letter writes taken on and acknowledged, for `/readyz`.
+    pub progress: Progress,
     /// Subscriptions view (URL, secret, enabled, limits, health).
     pub view: Arc<SubscriptionView>,
     /// How long one catch-up of the view may take before the task is held and the
@@ -497,7 +500,14 @@ async fn carry_out(
 
 /// Hands the task to the retry tier `wait` calls for. The due time is picked and the
 /// record enqueued under one lock, so records enter each tier partition in due order.
-async fn reschedule(context: &Context, mut task: DeliveryTask, wait: Wait, error: String) {
+async fn reschedule(context: &Context, task: DeliveryTask, wait: Wait, error: String) {
+    context
+        .progress
+        .track(hand_over(context, task, wait, error))
+        .await
+}
+
+async fn hand_over(context: &Context, mut task: DeliveryTask, wait: Wait, error: String) {
     task.last_error = Some(error);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
@@ -567,7 +577,8 @@ async fn record_attempt(
         at,
     };
     let topic = context.topics.attempts();
-    produce_json(&context.producer, &topic, &task.subscription_id, &record).await;
+    let write = produce_json(&context.producer, &topic, &task.subscription_id, &record);
+    context.progress.track(write).await;
 }
 
 /// The subscription of a task, as a view confirmed caught up within
@@ -624,7 +635,8 @@ async fn dead_letter(context: &Context, message: &OwnedMessage, reason: &str, st
         message.payload().map(<[u8]>::to_vec),
     )
     .with_headers(headers);
-    produce_durably(&context.producer, &record).await;
+    let write = produce_durably(&context.producer, &record);
+    context.progress.track(write).await;
 }
 
 /// When a held retry record falls due.

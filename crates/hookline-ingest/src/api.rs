@@ -14,6 +14,7 @@ use axum::{middleware, Json, Router};
 use chrono::Utc;
 use hookline_core::config::KafkaArgs;
 use hookline_core::produce::{send_all, OutRecord};
+use hookline_core::progress::Progress;
 use hookline_core::telemetry;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
@@ -25,8 +26,6 @@ use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// How long a write waits for Kafka's acknowledgement before answering 503.
-const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a subscription write waits to be visible in this process's view.
 const VIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,8 +81,12 @@ impl Metrics {
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// Idempotent, `acks=all` producer.
+    /// Idempotent, `acks=all` producer, giving up on a record after `produce_timeout`.
     pub producer: FutureProducer,
+    /// How long a write waits for Kafka's acknowledgement before answering 503.
+    pub produce_timeout: Duration,
+    /// Writes taken on and acknowledged, for `/readyz`.
+    pub progress: Progress,
     /// This process's view of the subscriptions topic.
     pub view: Arc<SubscriptionView>,
     /// Topic names.
@@ -154,7 +157,8 @@ async fn accept_events(
         .collect::<Result<_, serde_json::Error>>()
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let accepted = std::time::Instant::now();
-    let results = send_all(&state.producer, &records, PRODUCE_TIMEOUT).await;
+    state.progress.started();
+    let results = send_within(&state.producer, &records, state.produce_timeout).await;
     state
         .metrics
         .stages
@@ -167,18 +171,60 @@ async fn accept_events(
         .with_label_values(&["accepted"])
         .inc_by((results.len() - failed) as u64);
     if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
+        state.progress.failed();
         state
             .metrics
             .events
             .with_label_values(&["failed"])
             .inc_by(failed as u64);
         tracing::error!(%err, failed, "events not acknowledged by Kafka");
+        // Some of the events may be written (and will be delivered); sent again with the
+        // same ids, they are delivered with the same webhook-ids, which receivers
+        // de-duplicate.
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let not_acknowledged: Vec<&str> = events
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_err())
+            .map(|(e, _)| e.id.as_str())
+            .collect();
         return Err(ApiError::unavailable(format!(
-            "{failed} of {} events were not acknowledged by Kafka ({err}); retry the request with the same event ids",
-            results.len()
-        )));
+            "{failed} of {} events were not acknowledged by Kafka within {:?} ({err}); \
+             send the request again with the same event ids (`ids`, in request order)",
+            results.len(),
+            state.produce_timeout
+        ))
+        .with("ids", json!(ids))
+        .with("not_acknowledged", json!(not_acknowledged)));
     }
+    state.progress.succeeded();
     Ok(events.into_iter().map(|e: Event| e.id.into()).collect())
+}
+
+/// How long past the produce timeout a request waits for librdkafka to report its
+/// records before it is answered without their reports.
+const REPORT_SLACK: Duration = Duration::from_secs(1);
+
+/// [`send_all`], answered within `timeout` plus [`REPORT_SLACK`] whatever librdkafka
+/// does: the producer gives up on a record after `timeout` (`message.timeout.ms`), but
+/// one already sent waits for its broker's answer; records not reported by then count as
+/// not acknowledged (they may still be written, as any timed-out record may).
+async fn send_within(
+    producer: &FutureProducer,
+    records: &[OutRecord],
+    timeout: Duration,
+) -> Vec<Result<(i32, i64), rdkafka::error::KafkaError>> {
+    match tokio::time::timeout(timeout + REPORT_SLACK, send_all(producer, records, timeout)).await {
+        Ok(results) => results,
+        Err(_) => records
+            .iter()
+            .map(|_| {
+                Err(rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                ))
+            })
+            .collect(),
+    }
 }
 
 /// Writes a subscription record (or a tombstone) and waits until this process's view
@@ -193,7 +239,12 @@ async fn write_subscription(
         .transpose()
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let record = OutRecord::new(state.topics.subscriptions(), id, payload);
-    let results = send_all(&state.producer, [&record], PRODUCE_TIMEOUT).await;
+    let results = send_within(
+        &state.producer,
+        std::slice::from_ref(&record),
+        state.produce_timeout,
+    )
+    .await;
     let (_, offset) = results
         .into_iter()
         .next()

@@ -2,7 +2,7 @@
 //! status and code, with a message and, for validation errors, the offending field.
 //! Rendered as `{"error": {"code", "message", "field"?}}`.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -68,7 +68,13 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, if one is.
     pub field: Option<String>,
+    /// More members of the error object, e.g. the ids of events that were not written.
+    pub details: Vec<(&'static str, serde_json::Value)>,
 }
+
+/// `Retry-After` of a 503, in seconds: about the time Kafka takes to elect a new
+/// partition leader once a broker has gone.
+pub const RETRY_AFTER_SECS: u64 = 2;
 
 impl ApiError {
     /// An error of `kind` without a field.
@@ -77,7 +83,14 @@ impl ApiError {
             kind,
             message: message.into(),
             field: None,
+            details: Vec::new(),
         }
+    }
+
+    /// The same error with one more member in its error object.
+    pub fn with(mut self, key: &'static str, value: serde_json::Value) -> Self {
+        self.details.push((key, value));
+        self
     }
 
     /// The same error, blaming `field`.
@@ -91,7 +104,8 @@ impl ApiError {
         Self::new(ErrorKind::NotFound, format!("{what} not found"))
     }
 
-    /// 503: Kafka (or another dependency) did not take the write.
+    /// 503: Kafka (or another dependency) did not take the write; answered with
+    /// `Retry-After` ([`RETRY_AFTER_SECS`]).
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)
     }
@@ -126,7 +140,16 @@ impl IntoResponse for ApiError {
         if let Some(field) = self.field {
             error["field"] = json!(field);
         }
-        (status, axum::Json(json!({ "error": error }))).into_response()
+        for (key, value) in self.details {
+            error[key] = value;
+        }
+        let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
+        if self.kind == ErrorKind::Unavailable {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
     }
 }
 
@@ -151,5 +174,25 @@ mod tests {
             ApiError::unavailable("x").status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[tokio::test]
+    async fn unavailable_says_when_to_retry_and_carries_its_details() {
+        let response = ApiError::unavailable("not acknowledged")
+            .with("ids", json!(["evt_1"]))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(RETRY_AFTER_SECS))
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert_eq!(body["error"]["ids"], json!(["evt_1"]));
+        let response = ApiError::not_found("subscription").into_response();
+        assert_eq!(response.headers().get(header::RETRY_AFTER), None);
     }
 }

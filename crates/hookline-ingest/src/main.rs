@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use hookline_core::config::{ApiArgs, CloudEventsArgs, KafkaArgs, LogArgs};
+use hookline_core::config::{
+    parse_duration, ApiArgs, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs,
+};
 use hookline_core::kafka::{self, TopicSpec};
+use hookline_core::progress::Progress;
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
 
@@ -35,8 +38,22 @@ struct Cli {
     #[arg(long, env = "HOOKLINE_MAX_BATCH_EVENTS", default_value_t = 1000)]
     max_batch_events: usize,
 
+    /// How long a write waits for Kafka's acknowledgement (humantime) before the request
+    /// is answered `503` with `Retry-After`: a partition without leader, or a cluster
+    /// without the in-sync replicas to take the write, is refused within this time.
+    #[arg(
+        long,
+        env = "HOOKLINE_INGEST_PRODUCE_TIMEOUT",
+        value_parser = parse_duration,
+        default_value = "5s"
+    )]
+    produce_timeout: Duration,
+
     #[command(flatten)]
     kafka: KafkaArgs,
+
+    #[command(flatten)]
+    progress: ProgressArgs,
 
     #[command(flatten)]
     api: ApiArgs,
@@ -91,7 +108,7 @@ async fn run() -> anyhow::Result<()> {
         Duration::from_secs(60),
     )
     .await?;
-    let producer = kafka::low_latency_producer(&cli.kafka, "hookline-ingest")?;
+    let producer = kafka::low_latency_producer(&cli.kafka, "hookline-ingest", cli.produce_timeout)?;
 
     if let Some(Command::Redrive {
         subscription_id,
@@ -112,8 +129,11 @@ async fn run() -> anyhow::Result<()> {
     let registry = telemetry::registry("ingest");
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-ingest-view", &registry)?;
+    let progress = Progress::new(cli.progress.stall_after);
     let state = api::AppState {
         producer,
+        produce_timeout: cli.produce_timeout,
+        progress: progress.clone(),
         view: Arc::clone(&view),
         topics,
         max_batch_events: cli.max_batch_events,
@@ -128,8 +148,9 @@ async fn run() -> anyhow::Result<()> {
         events: state.topics.events(),
         attempts: state.attempts.assigned(),
     };
-    let app = api::routes(state, cli.max_body_bytes, cli.api.admin_token.clone())
-        .merge(telemetry::ops_routes(registry, readiness.clone()));
+    let app = api::routes(state, cli.max_body_bytes, cli.api.admin_token.clone()).merge(
+        telemetry::ops_routes(registry, readiness.and_progressing(&progress)),
+    );
     tokio::spawn(starting.wait_then_set(readiness));
     telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()).await
 }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use hookline_core::config::{parse_duration, CloudEventsArgs, KafkaArgs, LogArgs};
+use hookline_core::config::{parse_duration, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs};
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
@@ -74,6 +74,9 @@ struct Cli {
     kafka: KafkaArgs,
 
     #[command(flatten)]
+    progress: ProgressArgs,
+
+    #[command(flatten)]
     cloudevents: CloudEventsArgs,
 
     #[command(flatten)]
@@ -128,11 +131,14 @@ async fn run() -> anyhow::Result<()> {
         max_task_bytes: cli.max_task_bytes,
         view_patience: cli.view_patience,
         cloudevents: cli.cloudevents.config(),
+        stall: cli.progress.stall_after,
     };
     let router = router::Router::new(&cli.kafka, settings, view, &registry)?;
     // Ready once the view caught up (set by the router) and the group assigned the
     // router its partitions: before that it routes nothing.
-    let serving = readiness.and(&router.assigned());
+    let serving = readiness
+        .and(&router.assigned())
+        .and_progressing(&router.progress());
 
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(

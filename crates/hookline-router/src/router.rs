@@ -14,6 +14,7 @@ use futures::FutureExt;
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
 use hookline_core::produce::{send_all, OutRecord};
+use hookline_core::progress::Progress;
 use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
 use hookline_core::view::{NotCaughtUp, SubscriptionView};
@@ -28,7 +29,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 /// First wait before routing a held-back or aborted batch again; it doubles per retry.
@@ -49,6 +50,8 @@ struct Metrics {
     batch_seconds: Histogram,
     view_stale: IntCounter,
     view_moved: IntCounter,
+    producers_renewed: IntCounter,
+    consumers_renewed: IntCounter,
     skipped: IntCounterVec,
     stages: prometheus::HistogramVec,
 }
@@ -94,6 +97,19 @@ impl Metrics {
              while their batch was being routed.",
         )?;
         registry.register(Box::new(view_moved.clone()))?;
+        let producers_renewed = IntCounter::new(
+            "hookline_router_producers_renewed_total",
+            "Producers closed and created again because librdkafka declared them unusable \
+             (a fatal error, or an abort that failed); their batch is routed again from \
+             the last committed offsets.",
+        )?;
+        registry.register(Box::new(producers_renewed.clone()))?;
+        let consumers_renewed = IntCounter::new(
+            "hookline_router_consumers_renewed_total",
+            "Consumers closed and built again after a Kafka failure of a batch, so that \
+             routing goes on from the group's committed offsets.",
+        )?;
+        registry.register(Box::new(consumers_renewed.clone()))?;
         let stages = hookline_core::telemetry::stage_histogram(
             registry,
             "hookline_router_stage_duration_seconds",
@@ -107,6 +123,8 @@ impl Metrics {
             batch_seconds,
             view_stale,
             view_moved,
+            producers_renewed,
+            consumers_renewed,
             skipped,
             stages,
         })
@@ -224,18 +242,35 @@ const ABORT_CALLS: u32 = 3;
 /// aborts before the next begins, so tasks and offsets keep their order.
 const PRODUCERS: usize = 2;
 
+/// How long a consumer being replaced may take to leave the group before the router
+/// goes on without waiting.
+const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `session.timeout.ms` of the router's consumer (librdkafka's default is 45 s): how
+/// long the group waits for a member that stopped heartbeating, a killed router or a
+/// replaced consumer that could not leave, before its partitions move.
+const ROUTER_SESSION_TIMEOUT_MS: &str = "10000";
+
 /// How long one transactional call may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The router of one process.
 pub struct Router {
     consumer: StreamConsumer<kafka::AssignmentContext>,
+    /// What `consumer` was built from, to build it again.
+    consumer_config: ClientConfig,
     routing: Routing,
     /// Transactional producers taking turns, one transaction each (see [`PRODUCERS`]);
     /// one plain idempotent producer when routing at least once.
     producers: Vec<FutureProducer>,
     /// Index in `producers` of the one whose transaction is open or last was.
     turn: AtomicUsize,
+    /// The transactional id of each of `producers` (empty routing at least once).
+    transactional_ids: Vec<String>,
+    /// What the producers are built from, to build one again.
+    args: KafkaArgs,
+    /// Batches taken on and committed, for `/readyz`.
+    progress: Progress,
     view: Arc<SubscriptionView>,
     topics: Topics,
     batch_size: usize,
@@ -287,6 +322,8 @@ pub struct Settings {
     pub view_patience: Duration,
     /// How CloudEvents records are read.
     pub cloudevents: CloudEventsConfig,
+    /// How long a batch may go without committing before `/readyz` says not ready.
+    pub stall: Duration,
 }
 
 impl Router {
@@ -303,31 +340,51 @@ impl Router {
             // Offsets are committed inside each transaction, never on their own.
             consumer_config.set("enable.auto.commit", "false");
         }
+        // A consumer the router replaces after a Kafka failure may not reach the group
+        // coordinator to leave (the coordinator may be the broker that failed); the group
+        // then waits this long for it before assigning its partitions to the new one.
+        if !args
+            .properties
+            .iter()
+            .any(|(key, _)| key == "session.timeout.ms")
+        {
+            consumer_config.set("session.timeout.ms", ROUTER_SESSION_TIMEOUT_MS);
+        }
         if let Some(instance) = &settings.instance_id {
             // Static membership: a restarted instance takes its partitions back without
             // a rebalance of the whole group.
             consumer_config.set("group.instance.id", instance);
         }
-        let consumer: StreamConsumer<kafka::AssignmentContext> =
-            consumer_config.create_with_context(kafka::AssignmentContext::new("events"))?;
         let topics = args.topics();
-        consumer.subscribe(&[&topics.events()])?;
-        let producers = match settings.routing {
-            Routing::AtLeastOnce => vec![kafka::low_latency_producer(args, "hookline-router")?],
+        let consumer = subscribe(
+            &consumer_config,
+            &topics,
+            kafka::AssignmentContext::new("events"),
+        )?;
+        let transactional_ids: Vec<String> = match settings.routing {
+            Routing::AtLeastOnce => Vec::new(),
             Routing::ExactlyOnce => (0..PRODUCERS)
-                .map(|n| {
-                    let id = match n {
-                        0 => settings.transactional_id.clone(),
-                        n => format!("{}.{n}", settings.transactional_id),
-                    };
-                    kafka::transactional_producer(args, "hookline-router", &id)
+                .map(|n| match n {
+                    0 => settings.transactional_id.clone(),
+                    n => format!("{}.{n}", settings.transactional_id),
                 })
+                .collect(),
+        };
+        let producers = match settings.routing {
+            Routing::AtLeastOnce => vec![new_producer(args, None)?],
+            Routing::ExactlyOnce => transactional_ids
+                .iter()
+                .map(|id| new_producer(args, Some(id)))
                 .collect::<Result<Vec<_>, _>>()?,
         };
         Ok(Self {
             consumer,
+            consumer_config,
             routing: settings.routing,
             producers,
+            transactional_ids,
+            args: args.clone(),
+            progress: Progress::new(settings.stall),
             turn: AtomicUsize::new(0),
             view,
             topics,
@@ -345,6 +402,12 @@ impl Router {
     /// True once the group gave this router its first assignment (it really consumes).
     pub fn assigned(&self) -> Readiness {
         self.consumer.context().readiness()
+    }
+
+    /// Batches taken on and committed: stalled while one has waited longer than the
+    /// stall threshold without committing.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     /// Routes until `stop` turns true; the batch in progress then completes.
@@ -371,11 +434,14 @@ impl Router {
                 _ = stop.wait_for(|s| *s) => break,
             };
             let timer = self.metrics.batch_seconds.start_timer();
+            self.progress.started();
             let next = self.route_batch(&batch, &readiness).await?;
             // Only batches that committed: a held-back try says nothing of routing time.
             if next == Next::Continue {
+                self.progress.succeeded();
                 timer.observe_duration();
             } else {
+                self.progress.failed();
                 timer.stop_and_discard();
             }
             if let Next::RetryAfter(wait) = next {
@@ -470,19 +536,17 @@ impl Router {
             }
             Err(Failure::ViewMoved) => {
                 self.metrics.view_moved.inc();
-                self.abort().await?;
-                self.rewind(batch)?;
+                self.recover(batch, false).await?;
                 self.catch_up_first = true;
                 Ok(Next::RetryAfter(Duration::ZERO))
             }
             Err(Failure::ViewUnreachable(err)) => {
-                self.abort().await?;
+                self.recover(batch, false).await?;
                 self.hold_back(batch, readiness, &err)
             }
-            Err(Failure::Kafka(failure)) if is_abortable(&failure.error) => {
-                tracing::warn!(err = %failure.error, "transaction aborted; routing the batch again");
-                self.abort().await?;
-                self.rewind(batch)?;
+            Err(Failure::Kafka(failure)) => {
+                tracing::warn!(err = %failure.error, "transaction failed; routing the batch again");
+                self.recover(batch, true).await?;
                 // A new remedy changes what the retry produces: no reason to wait. Anything
                 // else (timeouts, a broker or leader away) is retried as is, with backoff:
                 // skipping records then would lose events during an outage.
@@ -493,11 +557,113 @@ impl Router {
                 };
                 Ok(Next::RetryAfter(wait))
             }
-            Err(Failure::Kafka(failure)) => Err(anyhow::anyhow!(
-                "fatal transaction error: {}",
-                failure.error
-            )),
         }
+    }
+
+    /// Undoes a batch that did not commit, so that it is routed again: aborts its
+    /// transaction, or closes the producer and builds it again when librdkafka declared
+    /// it unusable (a fatal error, an abort that failed), then points the consumer back
+    /// at the batch's start.
+    ///
+    /// After a Kafka failure (`kafka_failed`) the consumer is closed and built again, so
+    /// that it starts from the group's committed offsets, as a restarted router would:
+    /// a commit that failed may have landed all the same (routing its batch again would
+    /// write its tasks twice), and a consumer pointed back with `seek` while partition
+    /// leaders were moving was seen to fetch nothing more, for good.
+    async fn recover(&mut self, batch: &[OwnedMessage], kafka_failed: bool) -> anyhow::Result<()> {
+        let unusable = match self.abort().await {
+            Ok(()) => self
+                .producer()
+                .client()
+                .fatal_error()
+                .map(|(_, reason)| reason),
+            Err(err) => Some(err.to_string()),
+        };
+        if let Some(reason) = unusable {
+            self.renew_producer(&reason).await;
+        }
+        if kafka_failed {
+            self.renew_consumer().await;
+            Ok(())
+        } else {
+            self.rewind(batch)
+        }
+    }
+
+    /// Closes the consumer (it leaves the group; routing at least once, it commits the
+    /// offsets stored for batches that were acknowledged) and builds and subscribes a new
+    /// one, which the group assigns partitions from their committed offsets. The first
+    /// assignment's readiness carries over. Retries with backoff until it works.
+    async fn renew_consumer(&mut self) {
+        let mut backoff = Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX);
+        let fresh = loop {
+            let context = kafka::AssignmentContext::sharing("events", self.assigned());
+            match self.consumer_config.create_with_context(context) {
+                Ok(consumer) => break consumer,
+                Err(err) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(%err, retry_in = ?wait, "could not build the consumer again");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        // The old one leaves the group before the new one joins, so the group need not
+        // wait for it. Closing waits for the coordinator if it can: off the async threads,
+        // and not for ever while the cluster is away (the group then waits for the old
+        // member's session to time out).
+        let closing = tokio::task::spawn_blocking(move || drop(old));
+        if tokio::time::timeout(CONSUMER_CLOSE_TIMEOUT, closing)
+            .await
+            .is_err()
+        {
+            tracing::warn!("old consumer still closing; going on without it");
+        }
+        while let Err(err) = self.consumer.subscribe(&[&self.topics.events()]) {
+            let wait = backoff.next_delay();
+            tracing::warn!(%err, retry_in = ?wait, "could not subscribe again");
+            tokio::time::sleep(wait).await;
+        }
+        self.metrics.consumers_renewed.inc();
+        tracing::info!("consumer built again; routing from the committed offsets");
+    }
+
+    /// Closes the producer whose turn it is and builds it again with the same
+    /// transactional id; its `init_transactions` fences the old one and completes or
+    /// aborts whatever transaction it left open. Retries with backoff until it works.
+    async fn renew_producer(&mut self, reason: &str) {
+        let turn = self.turn.load(Ordering::Relaxed) % self.producers.len();
+        let id = self.transactional_ids.get(turn).cloned();
+        tracing::warn!(%reason, transactional_id = id.as_deref().unwrap_or(""), "producer unusable; building it again");
+        let mut backoff = Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX);
+        let producer = loop {
+            match self.build_producer(id.as_deref()).await {
+                Ok(producer) => break producer,
+                Err(err) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(%err, retry_in = ?wait, "could not build the producer again");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        if let Some(slot) = self.producers.get_mut(turn) {
+            let old = std::mem::replace(slot, producer);
+            // Dropping a producer purges and waits for its queue: off the async threads.
+            tokio::task::spawn_blocking(move || drop(old));
+        }
+        self.metrics.producers_renewed.inc();
+    }
+
+    async fn build_producer(
+        &self,
+        transactional_id: Option<&str>,
+    ) -> anyhow::Result<FutureProducer> {
+        let producer = new_producer(&self.args, transactional_id)?;
+        if transactional_id.is_some() {
+            let init = producer.clone();
+            tokio::task::spawn_blocking(move || init.init_transactions(TXN_TIMEOUT)).await??;
+        }
+        Ok(producer)
     }
 
     /// The producer whose turn it is.
@@ -557,9 +723,9 @@ impl Router {
     }
 
     /// Aborts the open transaction. A timed-out abort is resumed by calling it again, a
-    /// few times; after that, or on a fatal error, the router stops (a restarted router
-    /// with the same instance id fences what is left open).
-    async fn abort(&self) -> anyhow::Result<()> {
+    /// few times; after that, or on a fatal error, the producer is unusable (see
+    /// [`recover`](Self::recover)).
+    async fn abort(&self) -> Result<(), KafkaError> {
         if self.routing == Routing::AtLeastOnce {
             // Nothing to abort: what was produced stays, and is routed again.
             return Ok(());
@@ -573,7 +739,7 @@ impl Router {
                 Err(KafkaError::Transaction(err)) if err.is_retriable() && calls < ABORT_CALLS => {
                     tracing::warn!(%err, "abort not finished; calling it again");
                 }
-                Err(err) => anyhow::bail!("could not abort the transaction: {err}"),
+                Err(err) => return Err(err),
             }
         }
     }
@@ -1021,12 +1187,25 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
-/// Whether a transactional failure can be handled by aborting and trying again.
-fn is_abortable(err: &KafkaError) -> bool {
-    match err {
-        KafkaError::Transaction(txn) => txn.txn_requires_abort() || txn.is_retriable(),
-        // A produce that failed inside the transaction: abort and route again.
-        _ => !matches!(err, KafkaError::Canceled),
+/// A consumer of the events topic built from `config`, subscribed.
+fn subscribe(
+    config: &ClientConfig,
+    topics: &Topics,
+    context: kafka::AssignmentContext,
+) -> Result<StreamConsumer<kafka::AssignmentContext>, KafkaError> {
+    let consumer: StreamConsumer<kafka::AssignmentContext> = config.create_with_context(context)?;
+    consumer.subscribe(&[&topics.events()])?;
+    Ok(consumer)
+}
+
+/// The router's producer: transactional with `transactional_id`, else idempotent.
+fn new_producer(
+    args: &KafkaArgs,
+    transactional_id: Option<&str>,
+) -> Result<FutureProducer, KafkaError> {
+    match transactional_id {
+        Some(id) => kafka::transactional_producer(args, "hookline-router", id),
+        None => kafka::low_latency_producer(args, "hookline-router", kafka::DELIVERY_TIMEOUT),
     }
 }
 

@@ -1,0 +1,266 @@
+//! Broker failures on a real three-node KRaft cluster: a steady load over the HTTP API
+//! while a broker is killed and restarted, or two of three are down for a while. Each
+//! test checks, from what the receivers got, that every accepted event reached every
+//! subscription it matches, that the binaries kept running, and that ingest refused
+//! what it could not make durable with `503` and `Retry-After` within its produce
+//! timeout instead of holding requests.
+//!
+//! Needs the cluster of `scripts/test.sh` (`HOOKLINE_TEST_KAFKA_CLUSTER_PORT`); the
+//! tests take turns on it (`--test-threads=1`): each kills nodes of the one cluster.
+//! Run: `cargo test -p hookline-e2e --test cluster -- --test-threads=1`.
+
+use std::time::{Duration, Instant};
+
+use hookline_e2e::{Cluster, Deployment, Ledger, Load, LoadReport, Proc, Receiver, Subscribed};
+use serde_json::json;
+
+const TENANTS: [&str; 2] = ["acme", "globex"];
+/// Events a second sent over HTTP during a fault.
+const RATE: u32 = 50;
+
+/// Ingest's shipped produce timeout (5 s) and report slack (1 s), plus room for a
+/// 2-core machine running three brokers and the binaries to schedule the answer.
+const ANSWER_BOUND: Duration = Duration::from_secs(5 + 1 + 14);
+
+/// The binaries, a receiver and eight subscriptions (four per tenant) on the cluster.
+struct Setup {
+    deployment: Deployment,
+    ingest: Proc,
+    router: Proc,
+    worker: Proc,
+    receiver: Receiver,
+    subscriptions: Vec<Subscribed>,
+}
+
+impl Setup {
+    async fn start(cluster: &Cluster) -> Self {
+        let mut deployment = Deployment::on(&cluster.brokers());
+        deployment.set("HOOKLINE_TOPIC_PARTITIONS", "6");
+        let ingest = deployment.start("hookline-ingest").await.unwrap();
+        let router = match std::env::var("HOOKLINE_TEST_ROUTER_DEBUG") {
+            Ok(debug) => deployment
+                .start_with(
+                    "hookline-router",
+                    &[
+                        ("HOOKLINE_KAFKA_PROPERTIES", &format!("debug={debug}")),
+                        ("RUST_LOG", "info,librdkafka=debug"),
+                    ],
+                )
+                .await
+                .unwrap(),
+            Err(_) => deployment.start("hookline-router").await.unwrap(),
+        };
+        let worker = deployment.start("hookline-delivery").await.unwrap();
+        let receiver = Receiver::start().await.unwrap();
+        let api = hookline_e2e::Api::new(ingest.url());
+        let patterns: [&[&str]; 4] = [
+            &["*"],
+            &["payment.*"],
+            &["invoice.*", "expense.created"],
+            &["customer.changed"],
+        ];
+        let mut subscriptions = Vec::new();
+        for tenant in TENANTS {
+            for (n, patterns) in patterns.iter().enumerate() {
+                let (id, secret) = api
+                    .subscribe(
+                        json!({"tenant": tenant, "url": receiver.url(&format!("{tenant}-{n}")),
+                                      "event_types": patterns}),
+                    )
+                    .await
+                    .unwrap();
+                // The receiver path is the subscription id, so the ledger can tell them apart.
+                let (status, _) = api
+                    .call(
+                        reqwest::Method::PATCH,
+                        &format!("/v1/subscriptions/{id}"),
+                        Some(json!({"url": receiver.url(&id)})),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(status, 200);
+                subscriptions.push(Subscribed {
+                    id,
+                    tenant: tenant.to_owned(),
+                    patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+                    secret,
+                });
+            }
+        }
+        Self {
+            deployment,
+            ingest,
+            router,
+            worker,
+            receiver,
+            subscriptions,
+        }
+    }
+
+    fn load(&self, label: &str) -> Load {
+        let tenants = TENANTS.iter().map(|t| (*t).to_owned()).collect();
+        Load::start(self.ingest.url(), tenants, RATE, label)
+    }
+
+    /// Waits until every accepted event reached its subscriptions (or `patience`
+    /// passes), then checks the ledger.
+    async fn settle(&self, report: &LoadReport, patience: Duration) -> Ledger {
+        let deadline = Instant::now() + patience;
+        loop {
+            let ledger = Ledger::check(
+                &report.accepted,
+                &self.subscriptions,
+                &self.receiver.received(),
+            );
+            if ledger.missing_count == 0 || Instant::now() >= deadline {
+                return ledger;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn assert_running(&mut self) {
+        for proc in [&mut self.ingest, &mut self.router, &mut self.worker] {
+            assert!(
+                proc.is_running(),
+                "{} exited; log:\n{}",
+                proc.name(),
+                proc.log_tail()
+            );
+        }
+    }
+}
+
+fn assert_ledger(report: &LoadReport, ledger: &Ledger) {
+    println!(
+        "accepted {} events; {} pairs expected, {} missing, {} duplicates; {} 503s; slowest answer {:?}; \
+         slowest delivery {:?}; longest gap between deliveries {:?}",
+        report.accepted.len(),
+        ledger.expected,
+        ledger.missing_count,
+        ledger.duplicates,
+        report.unavailable,
+        report.slowest_answer,
+        ledger.slowest_delivery,
+        ledger.longest_gap
+    );
+    assert!(report.accepted.len() > 100, "the load ran: {report:?}");
+    assert_eq!(
+        report.never_accepted, 0,
+        "every event accepted in the end: {:?}",
+        report.unexpected
+    );
+    assert_eq!(
+        report.unavailable_without_retry_after, 0,
+        "every 503 says when to retry"
+    );
+    assert!(
+        report.slowest_answer <= ANSWER_BOUND,
+        "ingest held a request {:?} (bound {ANSWER_BOUND:?})",
+        report.slowest_answer
+    );
+    assert!(ledger.holds(), "ledger: {ledger:#?}");
+}
+
+/// Kills `victim(cluster)` 10 s into a steady load, restarts it 20 s later, and checks
+/// that nothing was lost.
+async fn survive_a_broker_kill(victim: impl Fn(&Cluster, &Deployment) -> u32) {
+    let cluster = Cluster::get().await.unwrap();
+    let mut setup = Setup::start(&cluster).await;
+    let load = setup.load("kill");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let node = victim(&cluster, &setup.deployment);
+    println!("killing node {node}");
+    let killed = Instant::now();
+    cluster.kill(node).unwrap();
+    // Kafka's own part of the stall: until every partition the node led has a new leader.
+    let topics = ["events", "deliveries", "attempts"].map(|t| setup.deployment.topic(t));
+    let elected = hookline_e2e::eventually(Duration::from_secs(60), || {
+        topics.iter().all(|topic| {
+            cluster.leaders(topic).is_ok_and(|leaders| {
+                !leaders.contains_key(&(node as i32)) && !leaders.contains_key(&-1)
+            })
+        })
+    })
+    .await;
+    let election = killed.elapsed();
+    assert!(elected, "partitions of node {node} got no new leader");
+    println!("leaders elected {election:?} after the kill");
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(election)).await;
+    setup.assert_running();
+    cluster.restart(node).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let report = load.stop(Duration::from_secs(60)).await;
+    let ledger = setup.settle(&report, Duration::from_secs(120)).await;
+    setup.assert_running();
+    assert_ledger(&report, &ledger);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_busiest_deliveries_leader_loses_nothing() {
+    survive_a_broker_kill(|cluster, deployment| {
+        cluster
+            .busiest_leader(&deployment.topic("deliveries"))
+            .unwrap()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_active_controller_loses_nothing() {
+    survive_a_broker_kill(|cluster, _| cluster.controller().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_brokers_down_refuse_writes_then_recover() {
+    let cluster = Cluster::get().await.unwrap();
+    let mut setup = Setup::start(&cluster).await;
+    let load = setup.load("two-down");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let survivor = cluster.controller().unwrap();
+    let down: Vec<u32> = (1..=3).filter(|n| *n != survivor).collect();
+    for node in &down {
+        cluster.kill(*node).unwrap();
+    }
+    // With one broker of three, no write has the two in-sync replicas it needs: ingest
+    // refuses events in bounded time, and says it is not ready once nothing succeeds.
+    let api = hookline_e2e::Api::new(setup.ingest.url());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let started = Instant::now();
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/events",
+            Some(json!({"type": "invoice.paid", "tenant": "acme", "data": {}})),
+        )
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(
+        body["error"]["ids"].as_array().map(Vec::len),
+        Some(1),
+        "{body}"
+    );
+    assert!(took <= ANSWER_BOUND, "refused after {took:?}");
+    let unready = hookline_e2e::eventually(Duration::from_secs(60), || async {
+        matches!(reqwest::get(format!("{}/readyz", setup.ingest.url())).await, Ok(r) if r.status() == 503)
+    })
+    .await;
+    assert!(unready, "ingest still says ready while no write succeeds");
+    setup.assert_running();
+    for node in &down {
+        cluster.restart(*node).unwrap();
+    }
+    let ready = hookline_e2e::eventually(Duration::from_secs(90), || async {
+        matches!(reqwest::get(format!("{}/readyz", setup.ingest.url())).await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(ready, "ingest ready again once the brokers are back");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let report = load.stop(Duration::from_secs(90)).await;
+    let ledger = setup.settle(&report, Duration::from_secs(180)).await;
+    setup.assert_running();
+    assert_ledger(&report, &ledger);
+}
