@@ -138,7 +138,7 @@ impl Deployment {
     pub async fn start_with(&self, binary: &str, extra: &[(&str, &str)]) -> anyhow::Result<Proc> {
         let mut proc = self.spawn_with(binary, extra)?;
         // A worker or router is ready once its group assigned it partitions; one that
-        // replaces a killed member waits for that member's session to time out (45 s).
+        // replaces a killed member waits for that member's session to time out (10 s).
         proc.wait_ready(Duration::from_secs(90)).await?;
         Ok(proc)
     }

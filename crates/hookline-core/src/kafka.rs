@@ -30,6 +30,13 @@ pub const GROUP_METADATA_REFRESH_MS: &str = "5000";
 /// application, at most, in KiB.
 pub const GROUP_PREFETCH_KBYTES: &str = "8192";
 
+/// `session.timeout.ms` of group consumers (librdkafka's default is 45 s): how long the
+/// group waits for a member that stopped heartbeating (a killed process, or a router's
+/// consumer replaced after a failure that could not reach the coordinator to leave)
+/// before its partitions move to the others. Heartbeats come from librdkafka's own
+/// thread every 3 s, so only a process frozen this long loses its partitions.
+pub const GROUP_SESSION_TIMEOUT_MS: &str = "10000";
+
 /// `fetch.max.bytes` of group consumers: the largest fetch answer (it must stay above
 /// the brokers' `message.max.bytes`, 1 MiB by default).
 pub const GROUP_FETCH_MAX_BYTES: &str = "4194304";
@@ -180,6 +187,7 @@ pub fn group_consumer_config(args: &KafkaArgs, client_id: &str, group: &str) -> 
             // One fetch answer is held in memory whole until its records are read; the
             // default allows 50 MiB.
             ("fetch.max.bytes", GROUP_FETCH_MAX_BYTES),
+            ("session.timeout.ms", GROUP_SESSION_TIMEOUT_MS),
             (
                 "topic.metadata.refresh.interval.ms",
                 GROUP_METADATA_REFRESH_MS,

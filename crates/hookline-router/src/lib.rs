@@ -1,4 +1,5 @@
 //! The router as a library: the routing loop ([`router`]). The binary wires it.
 #![warn(missing_docs)]
 
+pub mod fetch_watch;
 pub mod router;

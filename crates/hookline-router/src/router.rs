@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fetch_watch::{FetchWatch, Mark};
 use chrono::Utc;
 use futures::FutureExt;
 use hookline_core::config::KafkaArgs;
@@ -24,7 +25,7 @@ use hookline_domain::event::FieldError;
 use hookline_domain::routing::{route_record, EventRecord};
 use hookline_domain::task::DeliveryTask;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -106,8 +107,9 @@ impl Metrics {
         registry.register(Box::new(producers_renewed.clone()))?;
         let consumers_renewed = IntCounter::new(
             "hookline_router_consumers_renewed_total",
-            "Consumers closed and built again after a Kafka failure of a batch, so that \
-             routing goes on from the group's committed offsets.",
+            "Consumers closed and built again, so that routing goes on from the group's \
+             committed offsets: after a Kafka failure of a batch, a fatal consumer error, \
+             or a consumer found fetching nothing from growing partitions.",
         )?;
         registry.register(Box::new(consumers_renewed.clone()))?;
         let stages = hookline_core::telemetry::stage_histogram(
@@ -242,17 +244,19 @@ const ABORT_CALLS: u32 = 3;
 /// aborts before the next begins, so tasks and offsets keep their order.
 const PRODUCERS: usize = 2;
 
+/// How often the router, waiting for records, looks whether its consumer still fetches.
+const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How long a consumer being replaced may take to leave the group before the router
 /// goes on without waiting.
 const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `session.timeout.ms` of the router's consumer (librdkafka's default is 45 s): how
-/// long the group waits for a member that stopped heartbeating, a killed router or a
-/// replaced consumer that could not leave, before its partitions move.
-const ROUTER_SESSION_TIMEOUT_MS: &str = "10000";
-
 /// How long one transactional call may take.
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+const TXN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the router waits for a transactional call before it gives up on it and on
+/// its producer (see [`blocking`]).
+const CALL_BOUND: Duration = Duration::from_secs(20);
 
 /// The router of one process.
 pub struct Router {
@@ -271,6 +275,10 @@ pub struct Router {
     args: KafkaArgs,
     /// Batches taken on and committed, for `/readyz`.
     progress: Progress,
+    /// Whether the consumer still fetches while the router waits for records.
+    watch: FetchWatch,
+    /// Reads the events topic's ends for `watch` (a client that fetches no records).
+    probe: Arc<BaseConsumer>,
     view: Arc<SubscriptionView>,
     topics: Topics,
     batch_size: usize,
@@ -340,16 +348,6 @@ impl Router {
             // Offsets are committed inside each transaction, never on their own.
             consumer_config.set("enable.auto.commit", "false");
         }
-        // A consumer the router replaces after a Kafka failure may not reach the group
-        // coordinator to leave (the coordinator may be the broker that failed); the group
-        // then waits this long for it before assigning its partitions to the new one.
-        if !args
-            .properties
-            .iter()
-            .any(|(key, _)| key == "session.timeout.ms")
-        {
-            consumer_config.set("session.timeout.ms", ROUTER_SESSION_TIMEOUT_MS);
-        }
         if let Some(instance) = &settings.instance_id {
             // Static membership: a restarted instance takes its partitions back without
             // a rebalance of the whole group.
@@ -385,6 +383,8 @@ impl Router {
             transactional_ids,
             args: args.clone(),
             progress: Progress::new(settings.stall),
+            watch: FetchWatch::new(settings.stall),
+            probe: Arc::new(kafka::reader(args, "hookline-router-probe")?),
             turn: AtomicUsize::new(0),
             view,
             topics,
@@ -419,8 +419,7 @@ impl Router {
         if self.routing == Routing::ExactlyOnce {
             for producer in &self.producers {
                 let producer = producer.clone();
-                tokio::task::spawn_blocking(move || producer.init_transactions(TXN_TIMEOUT))
-                    .await??;
+                blocking(move || producer.init_transactions(TXN_TIMEOUT)).await?;
             }
         }
         while let Err(err) = self.view.catch_up(Duration::from_secs(10)).await {
@@ -461,8 +460,38 @@ impl Router {
     /// size, without waiting for more: at a low rate a record is routed at once, and
     /// under load records pile up while the previous transaction commits, so batches
     /// grow by themselves.
-    async fn next_batch(&self) -> Vec<OwnedMessage> {
-        let mut batch = vec![kafka::next_record(&self.consumer, "events").await.detach()];
+    ///
+    /// While it waits, it looks every few seconds whether the consumer stopped fetching
+    /// (see [`FetchWatch`]), and builds it again if so, as it does on a fatal consumer
+    /// error.
+    async fn next_batch(&mut self) -> Vec<OwnedMessage> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = loop {
+            let waited = tokio::select! {
+                result = self.consumer.recv() => Some(result.map(|message| message.detach())),
+                _ = tokio::time::sleep(WATCH_INTERVAL) => None,
+            };
+            match waited {
+                Some(Ok(message)) => break message,
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    tracing::error!(%code, "fatal consumer error; building the consumer again");
+                    self.renew_consumer().await;
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(%err, "events topic read failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                None if self.watch.due() && self.fetching_stopped().await => {
+                    tracing::warn!(
+                        "the consumer stopped fetching from growing partitions; building it again"
+                    );
+                    self.renew_consumer().await;
+                }
+                None => {}
+            }
+        };
+        self.watch.fetched();
+        let mut batch = vec![first];
         while batch.len() < self.batch_size {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(message)) => batch.push(message.detach()),
@@ -474,6 +503,55 @@ impl Router {
             }
         }
         batch
+    }
+
+    /// Whether the consumer stopped fetching: see [`FetchWatch::stuck`]. Unknown (a
+    /// query failed) counts as not stopped.
+    async fn fetching_stopped(&mut self) -> bool {
+        let ends = match kafka::high_watermarks(
+            Arc::clone(&self.probe),
+            self.topics.events(),
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(ends) => ends,
+            Err(err) => {
+                tracing::debug!(%err, "events topic ends not known");
+                return false;
+            }
+        };
+        let (Ok(assignment), Ok(positions)) =
+            (self.consumer.assignment(), self.consumer.position())
+        else {
+            return false;
+        };
+        let position = |partition: i32| {
+            positions
+                .elements()
+                .iter()
+                .find(|e| e.partition() == partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                })
+                .unwrap_or(-1)
+        };
+        let marks: Vec<Mark> = assignment
+            .elements()
+            .iter()
+            .filter_map(|element| {
+                let partition = element.partition();
+                let end = ends.iter().find(|(p, _)| *p == partition)?.1;
+                Some(Mark {
+                    partition,
+                    position: position(partition),
+                    end,
+                })
+            })
+            .collect();
+        let topic_end = ends.iter().map(|(_, end)| end).sum();
+        self.watch.stuck(&marks, topic_end)
     }
 
     /// Routes one batch in one transaction. An abortable failure aborts it and rewinds
@@ -536,17 +614,17 @@ impl Router {
             }
             Err(Failure::ViewMoved) => {
                 self.metrics.view_moved.inc();
-                self.recover(batch, false).await?;
+                self.recover(batch, None).await?;
                 self.catch_up_first = true;
                 Ok(Next::RetryAfter(Duration::ZERO))
             }
             Err(Failure::ViewUnreachable(err)) => {
-                self.recover(batch, false).await?;
+                self.recover(batch, None).await?;
                 self.hold_back(batch, readiness, &err)
             }
             Err(Failure::Kafka(failure)) => {
                 tracing::warn!(err = %failure.error, "transaction failed; routing the batch again");
-                self.recover(batch, true).await?;
+                self.recover(batch, Some(&failure.error)).await?;
                 // A new remedy changes what the retry produces: no reason to wait. Anything
                 // else (timeouts, a broker or leader away) is retried as is, with backoff:
                 // skipping records then would lose events during an outage.
@@ -565,24 +643,33 @@ impl Router {
     /// it unusable (a fatal error, an abort that failed), then points the consumer back
     /// at the batch's start.
     ///
-    /// After a Kafka failure (`kafka_failed`) the consumer is closed and built again, so
+    /// After a Kafka failure (`failure`) the consumer is closed and built again, so
     /// that it starts from the group's committed offsets, as a restarted router would:
     /// a commit that failed may have landed all the same (routing its batch again would
     /// write its tasks twice), and a consumer pointed back with `seek` while partition
     /// leaders were moving was seen to fetch nothing more, for good.
-    async fn recover(&mut self, batch: &[OwnedMessage], kafka_failed: bool) -> anyhow::Result<()> {
-        let unusable = match self.abort().await {
-            Ok(()) => self
-                .producer()
-                .client()
-                .fatal_error()
-                .map(|(_, reason)| reason),
-            Err(err) => Some(err.to_string()),
+    async fn recover(
+        &mut self,
+        batch: &[OwnedMessage],
+        failure: Option<&KafkaError>,
+    ) -> anyhow::Result<()> {
+        let unusable = if failure.is_some_and(gave_up) {
+            // The producer is stuck in a call: no abort would get through it.
+            Some("a transactional call did not return".to_owned())
+        } else {
+            match self.abort().await {
+                Ok(()) => self
+                    .producer()
+                    .client()
+                    .fatal_error()
+                    .map(|(_, reason)| reason),
+                Err(err) => Some(err.to_string()),
+            }
         };
         if let Some(reason) = unusable {
             self.renew_producer(&reason).await;
         }
-        if kafka_failed {
+        if failure.is_some() {
             self.renew_consumer().await;
             Ok(())
         } else {
@@ -625,6 +712,7 @@ impl Router {
             tokio::time::sleep(wait).await;
         }
         self.metrics.consumers_renewed.inc();
+        self.watch.fetched();
         tracing::info!("consumer built again; routing from the committed offsets");
     }
 
@@ -661,7 +749,7 @@ impl Router {
         let producer = new_producer(&self.args, transactional_id)?;
         if transactional_id.is_some() {
             let init = producer.clone();
-            tokio::task::spawn_blocking(move || init.init_transactions(TXN_TIMEOUT)).await??;
+            blocking(move || init.init_transactions(TXN_TIMEOUT)).await?;
         }
         Ok(producer)
     }
@@ -1210,13 +1298,27 @@ fn new_producer(
 }
 
 /// Runs a blocking librdkafka call off the async threads.
+///
+/// Gives up on it after [`CALL_BOUND`], whatever timeout the call itself was given:
+/// `send_offsets_to_transaction` was seen to wait for ever for an operation librdkafka
+/// never completed (after a broker failure). A call given up on leaves its thread
+/// blocked and fails with [`GAVE_UP`]; its producer is built again.
 async fn blocking<F>(call: F) -> Result<(), KafkaError>
 where
     F: FnOnce() -> Result<(), KafkaError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(call)
-        .await
-        .unwrap_or(Err(KafkaError::Canceled))
+    match tokio::time::timeout(CALL_BOUND, tokio::task::spawn_blocking(call)).await {
+        Ok(joined) => joined.unwrap_or(Err(KafkaError::Canceled)),
+        Err(_) => Err(GAVE_UP),
+    }
+}
+
+/// The error of a transactional call given up on (see [`blocking`]).
+const GAVE_UP: KafkaError = KafkaError::Global(RDKafkaErrorCode::OperationTimedOut);
+
+/// Whether `err` says a transactional call was given up on, its producer stuck.
+fn gave_up(err: &KafkaError) -> bool {
+    matches!(err, KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
 }
 
 #[cfg(test)]

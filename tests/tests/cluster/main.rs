@@ -22,6 +22,12 @@ const RATE: u32 = 50;
 /// 2-core machine running three brokers and the binaries to schedule the answer.
 const ANSWER_BOUND: Duration = Duration::from_secs(5 + 1 + 14);
 
+/// How much longer than Kafka's leader election an accepted event may wait for its
+/// delivery around a broker kill: the router's retry backoff and consumer rebuild, the
+/// group's session timeout (10 s) and the producers' retries, on a 2-core machine that
+/// also runs the three brokers.
+const STALL_MARGIN: Duration = Duration::from_secs(60);
+
 /// The binaries, a receiver and eight subscriptions (four per tenant) on the cluster.
 struct Setup {
     deployment: Deployment,
@@ -194,6 +200,15 @@ async fn survive_a_broker_kill(victim: impl Fn(&Cluster, &Deployment) -> u32) {
     let ledger = setup.settle(&report, Duration::from_secs(120)).await;
     setup.assert_running();
     assert_ledger(&report, &ledger);
+    println!(
+        "stall beyond the election: {:?}",
+        ledger.slowest_delivery.saturating_sub(election)
+    );
+    assert!(
+        ledger.slowest_delivery <= election + STALL_MARGIN,
+        "an event waited {:?} for its delivery; the election took {election:?}",
+        ledger.slowest_delivery
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
