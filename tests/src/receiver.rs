@@ -55,6 +55,9 @@ pub enum Behaviour {
     RetryAfter(u16, u64, usize),
     /// `302 Found` to this URL, always.
     Redirect(&'static str),
+    /// This status for every `n`-th request on the path (the `n`-th, `2n`-th, …), 204
+    /// otherwise: `FailEvery(500, 2)` fails half the requests.
+    FailEvery(u16, usize),
 }
 
 #[derive(Default)]
@@ -64,6 +67,14 @@ struct ReceiverState {
     counts: Mutex<HashMap<String, usize>>,
     /// Requests being handled per path: (now, most ever).
     concurrency: Mutex<HashMap<String, (usize, usize)>>,
+    /// The running server: how to stop it, and its task ([`Receiver::stop_serving`]).
+    server: Mutex<Option<Server>>,
+}
+
+/// A running HTTP server of a receiver.
+struct Server {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl ReceiverState {
@@ -90,6 +101,8 @@ pub struct Receiver {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     state: Arc<ReceiverState>,
+    /// The address it listens on (kept across [`stop_serving`](Self::stop_serving)).
+    addr: SocketAddr,
 }
 
 impl Receiver {
@@ -101,15 +114,58 @@ impl Receiver {
     /// Starts a receiver on `addr`.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
         let state = Arc::new(ReceiverState::default());
-        let app = axum::Router::new()
-            .route("/hooks/{path}", post(on_request))
-            .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { base, state })
+        let addr = listener.local_addr()?;
+        serve(listener, &state);
+        Ok(Self {
+            base: format!("http://{addr}"),
+            state,
+            addr,
+        })
+    }
+
+    /// Takes the receiver off the network: its listening socket closes at once (new
+    /// connections are refused), idle keep-alive connections are closed, and requests
+    /// being answered finish (waited for up to `patience`, then cut). What it recorded
+    /// is kept; [`serve_again`](Self::serve_again) brings it back on the same address.
+    pub async fn stop_serving(&self, patience: Duration) {
+        let server = self.state.server.lock().ok().and_then(|mut s| s.take());
+        if let Some(server) = server {
+            let _ = server.stop.send(());
+            let abort = server.task.abort_handle();
+            if tokio::time::timeout(patience, server.task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Listens again on the address it had, after [`stop_serving`](Self::stop_serving)
+    /// (a no-op while it serves). Retries the bind for a few seconds.
+    pub async fn serve_again(&self) -> anyhow::Result<()> {
+        if self.is_serving() {
+            return Ok(());
+        }
+        let mut last_error = None;
+        for _ in 0..50 {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => {
+                    serve(listener, &self.state);
+                    return Ok(());
+                }
+                Err(err) => last_error = Some(err),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(anyhow::anyhow!("rebinding {}: {:?}", self.addr, last_error))
+    }
+
+    /// Whether its HTTP server is up (not stopped with [`stop_serving`](Self::stop_serving)).
+    pub fn is_serving(&self) -> bool {
+        self.state
+            .server
+            .lock()
+            .map(|s| s.is_some())
+            .unwrap_or(false)
     }
 
     /// When each request on `path` arrived, in order.
@@ -172,6 +228,26 @@ impl Receiver {
     }
 }
 
+/// Serves the receiver's routes on `listener` until told to stop.
+fn serve(listener: tokio::net::TcpListener, state: &Arc<ReceiverState>) {
+    let app = axum::Router::new()
+        .route("/hooks/{path}", post(on_request))
+        .with_state(Arc::clone(state));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                // Only an explicit stop ends the server: the sender lives in the state,
+                // which the server itself holds.
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    if let Ok(mut server) = state.server.lock() {
+        *server = Some(Server { stop, task });
+    }
+}
+
 async fn on_request(
     State(state): State<Arc<ReceiverState>>,
     Path(path): Path<String>,
@@ -206,6 +282,8 @@ async fn on_request(
             status
         }
         Behaviour::FailFirst(..) | Behaviour::RetryAfter(..) => 204,
+        Behaviour::FailEvery(status, n) if n > 0 && seen % n == 0 => status,
+        Behaviour::FailEvery(..) => 204,
         Behaviour::Always(status) => status,
         Behaviour::Redirect(_) => 302,
     };
