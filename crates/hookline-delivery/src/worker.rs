@@ -417,12 +417,18 @@ impl Worker {
         self.admit(tp, record, generation, finisher);
     }
 
-    /// Admits a record: it starts at once, or waits for its partition's window.
+    /// Admits a record: it starts at once, or waits for its partition's window behind the
+    /// records already waiting there.
     fn admit(&mut self, tp: Tp, record: TaskRecord, generation: u64, finisher: &Finisher) {
         self.in_flight += 1;
         self.context.metrics.in_flight.inc();
         let running = lock(&self.progress).running(&tp);
-        if running >= self.limits.partition_window {
+        // Behind records already waiting, never beside them: a slot freed by a finished
+        // task goes to the oldest waiting record (in `on_done`), and a record read in the
+        // meantime must not overtake it, or an ordered subscription's lane would get its
+        // records out of order.
+        let waiting = self.backlog.get(&tp).is_some_and(|queue| !queue.is_empty());
+        if waiting || running >= self.limits.partition_window {
             self.backlog
                 .entry(tp)
                 .or_default()
