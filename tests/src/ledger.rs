@@ -248,6 +248,35 @@ async fn send_until_accepted(
     }
 }
 
+/// Whether `request` is a genuine delivery of event `event_id` to subscription
+/// `subscription_id`: its Standard Webhooks signature verifies with `secret` (a timestamp
+/// up to `tolerance` seconds before `now`, Unix seconds: a copy sent again after an
+/// outage keeps its first one) and its `webhook-id` is the one derived from the two ids.
+pub fn genuine(
+    request: &Received,
+    secret: &str,
+    event_id: &str,
+    subscription_id: &str,
+    now: i64,
+    tolerance: i64,
+) -> bool {
+    let webhook_id = request.header("webhook-id");
+    let verified = WebhookSecret::parse(secret).is_ok_and(|secret| {
+        let timestamp = request.header("webhook-timestamp").parse().unwrap_or(0);
+        secret
+            .verify(
+                webhook_id,
+                timestamp,
+                &request.body,
+                request.header("webhook-signature"),
+                now,
+                tolerance,
+            )
+            .is_ok()
+    });
+    verified && webhook_id == message_id(event_id, subscription_id).as_str()
+}
+
 /// What the receivers got, checked against what was accepted.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -316,20 +345,7 @@ impl Ledger {
                 continue;
             }
             let webhook_id = r.header("webhook-id");
-            let verified = WebhookSecret::parse(&sub.secret).is_ok_and(|secret| {
-                let timestamp = r.header("webhook-timestamp").parse().unwrap_or(0);
-                secret
-                    .verify(
-                        webhook_id,
-                        timestamp,
-                        &r.body,
-                        r.header("webhook-signature"),
-                        now,
-                        3600,
-                    )
-                    .is_ok()
-            });
-            if !verified || webhook_id != message_id(&event_id, &sub.id).as_str() {
+            if !genuine(r, &sub.secret, &event_id, &sub.id, now, 3600) {
                 ledger
                     .bad
                     .push(format!("{event_id} to {}: webhook-id {webhook_id}", sub.id));

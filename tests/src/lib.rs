@@ -51,7 +51,7 @@ pub use kafka::{
     produce, producer, producer_on, read_all, read_all_on, record_count, record_count_on, Broker,
     Record, TopicSpec,
 };
-pub use ledger::{Ledger, Load, LoadReport, Sent, Subscribed};
+pub use ledger::{genuine, Ledger, Load, LoadReport, Sent, Subscribed};
 pub use process::{free_addr, is_stray, Deployment, Proc};
 pub use receiver::{Behaviour, Received, Receiver};
 pub use wait::eventually;

@@ -44,9 +44,8 @@ use std::time::{Duration, Instant};
 
 use hookline_domain::filter::Filter;
 use hookline_domain::ids::message_id;
-use hookline_domain::signing::WebhookSecret;
 use hookline_domain::subscription::EventTypePattern;
-use hookline_e2e::Received;
+use hookline_e2e::{genuine, Received};
 
 use crate::load::{LoadStats, SentEvent, Via};
 use crate::setup::{moved_path, refilter, Change, Created, Ending, Fate, ProcMetrics, Rx};
@@ -374,25 +373,12 @@ fn check_requests(
             continue;
         }
         let webhook_id = r.header("webhook-id");
-        let verified = WebhookSecret::parse(&sub.secret).is_ok_and(|secret| {
-            let timestamp = r.header("webhook-timestamp").parse().unwrap_or(0);
-            secret
-                .verify(
-                    webhook_id,
-                    timestamp,
-                    &r.body,
-                    r.header("webhook-signature"),
-                    now,
-                    3 * 3600,
-                )
-                .is_ok()
-        });
-        if !verified || webhook_id != message_id(event_id, &sub.id).as_str() {
+        if !genuine(r, &sub.secret, event_id, &sub.id, now, 3 * 3600) {
             push_capped(
                 &mut book.violations,
                 &mut bad,
                 format!(
-                    "{event_id} to {}: webhook-id {webhook_id}, signature verified: {verified}",
+                    "{event_id} to {}: webhook-id {webhook_id}: signature or id not genuine",
                     sub.spec.name
                 ),
             );
@@ -420,10 +406,13 @@ fn check_requests(
         }
         if (200..300).contains(&r.status) {
             let pair = (event_id.to_owned(), sub.id.clone());
-            if deliveries.first.contains_key(&pair) {
-                deliveries.copies.push(r.arrived);
-            } else {
-                deliveries.first.insert(pair, r.arrived);
+            match deliveries.first.entry(pair) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    deliveries.copies.push(r.arrived)
+                }
+                std::collections::btree_map::Entry::Vacant(first) => {
+                    first.insert(r.arrived);
+                }
             }
         }
     }
