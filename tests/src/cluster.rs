@@ -101,6 +101,20 @@ impl Cluster {
         Ok(leaders)
     }
 
+    /// Whether `node` is an in-sync replica of every partition of `topic` (its replicas
+    /// caught up).
+    pub fn in_sync(&self, topic: &str, node: u32) -> anyhow::Result<bool> {
+        let consumer: BaseConsumer =
+            client_config_on(&self.brokers(), "hookline-test-isr", &[]).create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions: Vec<_> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .collect();
+        Ok(!partitions.is_empty() && partitions.iter().all(|p| p.isr().contains(&(node as i32))))
+    }
+
     /// The node leading the most partitions of `topic`.
     pub fn busiest_leader(&self, topic: &str) -> anyhow::Result<u32> {
         let leaders = self.leaders(topic)?;

@@ -70,8 +70,21 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
     /// The longest any one request took to be answered.
     pub slowest_answer: Duration,
+    /// How long each `202` took to come, in the order they came: requests to
+    /// partitions with a leader while another partition has none show here.
+    pub accepted_answers: Vec<Duration>,
     /// Events not accepted: refused for good, or still retried when the drain ended.
     pub never_accepted: usize,
+}
+
+impl LoadReport {
+    /// The `q` quantile (0 to 1) of the `202` answers' times.
+    pub fn accepted_answer_quantile(&self, q: f64) -> Duration {
+        let mut answers = self.accepted_answers.clone();
+        answers.sort();
+        let index = ((answers.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize;
+        answers.get(index).copied().unwrap_or_default()
+    }
 }
 
 /// A steady load running in the background; [`stop`](Self::stop) ends it.
@@ -213,6 +226,7 @@ async fn send_until_accepted(
                 };
                 record(&mut |s| {
                     s.report.accepted.push(accepted.clone());
+                    s.report.accepted_answers.push(took);
                     s.pending -= 1;
                 });
                 return;
