@@ -211,7 +211,7 @@ await_nodes() {
     for node in "$@"; do
       if ! running "$node"; then
         log "node $node exited during start; last lines:"
-        tail -30 "$(node_home "$node")/stdout.log" "$(logfile "$node")" >&2 || true
+        tail -n 30 "$(node_home "$node")/stdout.log" "$(logfile "$node")" >&2 || true
         exit 1
       fi
       answers "$node" || pending="$pending $node"
@@ -350,7 +350,14 @@ restart_node() {
   fetch
   configure "$1"
   launch "$1"
-  await_nodes "$1"
+  # A node killed a moment ago can fail its first start (seen once under load in the
+  # fault tests): one more try before giving up.
+  if ! (await_nodes "$1"); then
+    log "node $1 did not start; trying once more"
+    sleep 2
+    launch "$1"
+    await_nodes "$1"
+  fi
   log "node $1 running on 127.0.0.1:$(client_port "$1")"
 }
 
