@@ -244,7 +244,7 @@ async fn killing_the_active_controller_loses_nothing() {
     survive_a_broker_kill(|cluster, _| cluster.controller().unwrap()).await;
 }
 
-// Known to fail about one run in three: after the brokers return, a router can stop
+// Failed one run in six: after the brokers return, a router can stop
 // routing for good (no fetch-watch alarm, no error logged) — under investigation in
 // issue 10. Run it with `-- --ignored`.
 #[ignore = "a router can stay stuck after two brokers return (issue 10)"]
