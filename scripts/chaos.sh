@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The fault-injection ledger (issue 10): builds the binaries, starts a three-node KRaft
 # cluster with deploy/local/kafka.sh on HOOKLINE_CHAOS_KAFKA_PORT (default 49092; its
-# nodes listen on that port, +2 and +4) unless one already answers there (and stops it
-# again at the end if it started it), then runs the chaos test target against it and
+# nodes listen on that port, +2 and +4; in network namespaces when run as root) unless
+# one already answers there (and stops it again at the end if it started it), then runs the chaos test target against it and
 # exits with its status. The ledger's report is printed at the end of the test output.
 #
 #   scripts/chaos.sh [--size small|long]
@@ -31,7 +31,13 @@ kafka() { HOOKLINE_KAFKA_PORT=$port HOOKLINE_KAFKA_NODES=3 deploy/local/kafka.sh
 
 started_here=false
 if ! kafka status 2>/dev/null; then
-  kafka start --nodes 3
+  # Network namespaces (root) let the ledger cut a broker off the network.
+  if kafka can-netns; then
+    kafka start --nodes 3 --netns
+  else
+    echo "== network namespaces not available here: the network partition is not staged"
+    kafka start --nodes 3
+  fi
   started_here=true
 fi
 cleanup() { if $started_here; then kafka stop || true; fi; }
@@ -39,7 +45,7 @@ trap cleanup EXIT
 
 echo "== building binaries"
 cargo build --workspace --bins --locked
-echo "== chaos ledger, size $size (cluster 127.0.0.1:$port,$((port + 2)),$((port + 4)))"
+echo "== chaos ledger, size $size (cluster $(kafka brokers))"
 status=0
 HOOKLINE_CHAOS_SIZE=$size HOOKLINE_TEST_KAFKA_CLUSTER_PORT=$port \
   cargo test -p hookline-e2e --locked --test chaos -- --nocapture --test-threads=1 || status=$?

@@ -4,7 +4,8 @@
 # again if this script started it) with the binaries running as processes, then the
 # broker-failure tests on a real three-node cluster (started on
 # HOOKLINE_TEST_KAFKA_CLUSTER_PORT, default 19192, once the single broker is stopped:
-# they kill its nodes). Installs what is missing first (scripts/setup.sh) and runs every
+# they kill its nodes; in network namespaces when run as root, so that one can be cut
+# off the network). Installs what is missing first (scripts/setup.sh) and runs every
 # test binary even when one fails (--no-fail-fast).
 #
 #   scripts/test.sh [extra cargo test arguments]
@@ -38,7 +39,15 @@ cluster_port=${HOOKLINE_TEST_KAFKA_CLUSTER_PORT:-19192}
 cluster() { HOOKLINE_KAFKA_PORT=$cluster_port deploy/local/kafka.sh "$@"; }
 cluster_started_here=false
 if ! cluster status 2>/dev/null; then
-  cluster start --nodes 3
+  # In network namespaces where this machine allows it (root), so that a broker can be
+  # cut off the network; the partition test must then run (HOOKLINE_TEST_REQUIRE_NETNS).
+  if cluster can-netns; then
+    cluster start --nodes 3 --netns
+    export HOOKLINE_TEST_REQUIRE_NETNS=1
+  else
+    echo "== network namespaces not available here: the network-partition test is not staged"
+    cluster start --nodes 3
+  fi
   cluster_started_here=true
 fi
 cluster_cleanup() { if $cluster_started_here; then cluster stop || true; fi; }

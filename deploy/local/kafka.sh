@@ -4,7 +4,8 @@
 # three, each node broker + controller in a quorum of three. Real broker, fetched from
 # Maven Central.
 #
-#   deploy/local/kafka.sh start [--nodes 1|3]   start (idempotent); waits until every node answers
+#   deploy/local/kafka.sh start [--nodes 1|3] [--netns]
+#                                               start (idempotent); waits until every node answers
 #   deploy/local/kafka.sh stop                  stop every node
 #   deploy/local/kafka.sh status                exit 0 when every node answers
 #   deploy/local/kafka.sh kill NODE             kill -9 one node (fault tests)
@@ -13,9 +14,19 @@
 #   deploy/local/kafka.sh controller            the node leading the controller quorum (the active controller)
 #   deploy/local/kafka.sh brokers               the bootstrap list, e.g. 127.0.0.1:9092,127.0.0.1:9094,...
 #   deploy/local/kafka.sh logs [N] [NODE]       last N lines of a node's log
+#   deploy/local/kafka.sh cut NODE              cut a node off the network, running (--netns only)
+#   deploy/local/kafka.sh mend [NODE]           connect a cut node (every node) again
+#   deploy/local/kafka.sh can-netns             exit 0 when --netns can work here (root, iproute2)
 #
 # Ports: node i (1-based) listens for clients on port + 2(i-1) and for its controller
 # on the port after that: 9092/9093 for one node; 9092, 9094, 9096 for three.
+#
+# Addresses: 127.0.0.1, unless the cluster is started with --netns (root only): then
+# each node runs in a network namespace of its own, hk<port>-<i>, at 10.X.Y.<i> (X.Y
+# from the port), joined by veth pairs to a bridge hk<port> at 10.X.Y.254 on this
+# host. `cut` takes a node's link down: it keeps running, with its connections and
+# its state, and reaches nothing and nobody reaches it, as across a network partition.
+# `stop` removes the namespaces and the bridge.
 #
 # Environment:
 #   HOOKLINE_KAFKA_PORT      first client port (default 9092)
@@ -38,6 +49,58 @@ log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 # Nodes of the cluster in $home: what it was formatted with, else what was asked.
 nodes() {
   if [ -f "$home/nodes" ]; then cat "$home/nodes"; else echo "${HOOKLINE_KAFKA_NODES:-1}"; fi
+}
+
+# Whether the cluster in $home runs its nodes in network namespaces (start --netns).
+netns() { [ -f "$home/netns" ]; }
+# 10.X.Y: the subnet of a --netns cluster, from its port, so clusters on different
+# ports do not share one.
+subnet() { echo "10.$(((port / 256) % 256)).$((port % 256))"; }
+# The address node $1 listens on.
+addr() { if netns; then echo "$(subnet).$1"; else echo 127.0.0.1; fi; }
+bridge() { echo "hk$port"; }
+namespace() { echo "hk$port-$1"; }
+host_link() { echo "hk${port}h$1"; }
+
+# Creates the bridge and the namespaces with their links (idempotent).
+net_up() {
+  local n node ns link
+  n=$(nodes)
+  command -v ip >/dev/null || { log "--netns needs iproute2 (ip)"; exit 1; }
+  if ! ip link show "$(bridge)" >/dev/null 2>&1; then
+    ip link add "$(bridge)" type bridge || { log "cannot create a bridge: --netns needs root (CAP_NET_ADMIN)"; exit 1; }
+    ip addr add "$(subnet).254/24" dev "$(bridge)"
+    ip link set "$(bridge)" up
+  fi
+  for node in $(seq 1 "$n"); do
+    ns=$(namespace "$node") link=$(host_link "$node")
+    ip netns list | grep -qw "$ns" || ip netns add "$ns"
+    if ! ip link show "$link" >/dev/null 2>&1; then
+      ip link add "$link" type veth peer name eth0 netns "$ns"
+      ip link set "$link" master "$(bridge)"
+      ip link set "$link" up
+      ip -n "$ns" addr add "$(addr "$node")/24" dev eth0
+      ip -n "$ns" link set eth0 up
+      ip -n "$ns" link set lo up
+    fi
+  done
+}
+
+# Removes what net_up created.
+net_down() {
+  local node
+  for node in $(seq 1 "$(nodes)"); do
+    ip link del "$(host_link "$node")" 2>/dev/null || true
+    ip netns del "$(namespace "$node")" 2>/dev/null || true
+  done
+  ip link del "$(bridge)" 2>/dev/null || true
+}
+
+# Takes node $1's link down (cut) or up (mend).
+set_link() {
+  valid_node "$1"
+  netns || { log "the cluster was not started with --netns: no network to cut"; exit 2; }
+  ip link set "$(host_link "$1")" "$2"
 }
 
 client_port() { echo $((port + 2 * ($1 - 1))); }
@@ -93,18 +156,18 @@ running() {
   [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
 
-port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_taken() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 # True once the node accepts TCP connections on its client port and has written its
 # "started" line (the controller quorum is up and the broker registered).
 answers() {
-  port_taken "$(client_port "$1")" && grep -q 'Kafka Server started' "$(logfile "$1")" 2>/dev/null
+  port_taken "$(client_port "$1")" "$(addr "$1")" && grep -q 'Kafka Server started' "$(logfile "$1")" 2>/dev/null
 }
 
 # The quorum every node of a cluster names: 1@127.0.0.1:9093,2@127.0.0.1:9095,...
 voters() {
   local n=$1 i list=""
-  for i in $(seq 1 "$n"); do list="$list${list:+,}$i@127.0.0.1:$(controller_port "$i")"; done
+  for i in $(seq 1 "$n"); do list="$list${list:+,}$i@$(addr "$i"):$(controller_port "$i")"; done
   echo "$list"
 }
 
@@ -126,8 +189,8 @@ configure() {
 process.roles=broker,controller
 node.id=$node
 $quorum
-listeners=PLAINTEXT://127.0.0.1:$(client_port "$node"),CONTROLLER://127.0.0.1:$(controller_port "$node")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(client_port "$node")
+listeners=PLAINTEXT://$(addr "$node"):$(client_port "$node"),CONTROLLER://$(addr "$node"):$(controller_port "$node")
+advertised.listeners=PLAINTEXT://$(addr "$node"):$(client_port "$node")
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
@@ -196,7 +259,10 @@ launch() {
   local node=$1 dir
   dir=$(node_home "$node")
   : >"$(logfile "$node")"
-  nohup java -Xms256m "-Xmx$(heap)" -XX:+UseG1GC \
+  local inside=()
+  if netns; then inside=(ip netns exec "$(namespace "$node")"); fi
+  # `ip netns exec` execs the command, so $! is the broker's own pid.
+  nohup "${inside[@]}" java -Xms256m "-Xmx$(heap)" -XX:+UseG1GC \
     -Dlog4j2.configurationFile="$dir/log4j2.properties" \
     -cp "$cache/lib/*" kafka.Kafka "$dir/server.properties" \
     >"$dir/stdout.log" 2>&1 </dev/null &
@@ -227,7 +293,7 @@ await_nodes() {
 }
 
 start() {
-  local asked=${1:-${HOOKLINE_KAFKA_NODES:-1}} n node all
+  local asked=${1:-${HOOKLINE_KAFKA_NODES:-1}} isolated=${2:-false} n node all
   case "$asked" in 1 | 3) ;; *) log "--nodes must be 1 or 3"; exit 2 ;; esac
   if [ -f "$home/nodes" ] && [ "$(cat "$home/nodes")" != "$asked" ]; then
     log "$home holds a $(cat "$home/nodes")-node cluster; stop it and remove the directory, or set HOOKLINE_KAFKA_PORT"
@@ -237,14 +303,21 @@ start() {
     log "$home holds a 1-node broker; stop it and remove the directory, or set HOOKLINE_KAFKA_PORT"
     exit 1
   fi
+  # Without --netns, a cluster keeps the addresses it was started with.
+  if netns; then isolated=true; fi
+  if $isolated && ! netns && [ -f "$(node_home 1)/data/meta.properties" ]; then
+    log "$home holds a cluster on 127.0.0.1; stop it and remove the directory, or set HOOKLINE_KAFKA_PORT"
+    exit 1
+  fi
   mkdir -p "$home"
   echo "$asked" >"$home/nodes"
+  if $isolated; then touch "$home/netns"; net_up; fi
   n=$asked
   all=$(seq 1 "$n")
   local started=()
   for node in $all; do
     if running "$node"; then continue; fi
-    if port_taken "$(client_port "$node")" || port_taken "$(controller_port "$node")"; then
+    if port_taken "$(client_port "$node")" "$(addr "$node")" || port_taken "$(controller_port "$node")" "$(addr "$node")"; then
       log "port $(client_port "$node") or $(controller_port "$node") is already in use by another process (another checkout's broker?); stop it or set HOOKLINE_KAFKA_PORT"
       exit 1
     fi
@@ -285,6 +358,7 @@ stop() {
   done
   if ! $any; then
     for node in $(seq 1 "$(nodes)"); do rm -f "$(pidfile "$node")"; done
+    if netns; then net_down; fi
     log "not running"
     return 0
   fi
@@ -292,6 +366,7 @@ stop() {
   # stopping one after the other would stall the last ones.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for node in $(seq 1 "$(nodes)"); do stop_node "$node"; done
+  if netns; then net_down; fi
   log "stopped"
 }
 
@@ -310,7 +385,7 @@ status() {
 
 brokers() {
   local node list=""
-  for node in $(seq 1 "$(nodes)"); do list="$list${list:+,}127.0.0.1:$(client_port "$node")"; done
+  for node in $(seq 1 "$(nodes)"); do list="$list${list:+,}$(addr "$node"):$(client_port "$node")"; done
   echo "$list"
 }
 
@@ -348,6 +423,7 @@ restart_node() {
   valid_node "$1"
   stop_node "$1"
   fetch
+  if netns; then net_up; fi
   configure "$1"
   launch "$1"
   # A node killed a moment ago can fail its first start (seen once under load in the
@@ -358,26 +434,33 @@ restart_node() {
     launch "$1"
     await_nodes "$1"
   fi
-  log "node $1 running on 127.0.0.1:$(client_port "$1")"
+  log "node $1 running on $(addr "$1"):$(client_port "$1")"
 }
 
 case "${1:-}" in
   start)
     shift
-    asked=""
+    asked="" isolated=false
     while [ $# -gt 0 ]; do
       case "$1" in
+        --netns) isolated=true; shift ;;
         --nodes) asked=${2:-}; shift 2 ;;
         --nodes=*) asked=${1#--nodes=}; shift ;;
         *) log "unknown option $1"; exit 2 ;;
       esac
     done
-    start "$asked"
+    start "$asked" "$isolated"
     ;;
   stop) stop ;;
   status) status ;;
   kill) kill_node "${2:-}" ;;
   restart) restart_node "${2:-}" ;;
+  cut) set_link "${2:-}" down; log "node ${2:-} cut off the network" ;;
+  mend)
+    if [ -n "${2:-}" ]; then set_link "$2" up; log "node $2 connected again"
+    elif netns; then for node in $(seq 1 "$(nodes)"); do ip link set "$(host_link "$node")" up 2>/dev/null || true; done
+    fi
+    ;;
   pids)
     for node in $(seq 1 "$(nodes)"); do
       if running "$node"; then echo "$node $(cat "$(pidfile "$node")")"; fi
@@ -387,8 +470,12 @@ case "${1:-}" in
   controller) controller ;;
   logs) tail -n "${2:-50}" "$(logfile "${3:-1}")" ;;
   fetch) fetch ;;
+  can-netns)
+    probe="hkprobe$$"
+    command -v ip >/dev/null && ip netns add "$probe" 2>/dev/null && ip netns del "$probe"
+    ;;
   *)
-    echo "usage: $0 start [--nodes 1|3]|stop|status|kill NODE|restart NODE|pids|brokers|controller|logs [N] [NODE]|fetch" >&2
+    echo "usage: $0 start [--nodes 1|3] [--netns]|stop|status|kill NODE|restart NODE|cut NODE|mend [NODE]|can-netns|pids|brokers|controller|logs [N] [NODE]|fetch" >&2
     exit 2
     ;;
 esac

@@ -41,17 +41,27 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The bootstrap list naming all three nodes.
+    /// The bootstrap list naming all three nodes, as `kafka.sh brokers` gives it
+    /// (127.0.0.1, or the nodes' own addresses in a `--netns` cluster).
     pub fn brokers(&self) -> String {
-        (1..=NODES)
-            .map(|node| format!("127.0.0.1:{}", self.client_port(node)))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.command(&["brokers"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+            .filter(|list| !list.is_empty())
+            .unwrap_or_else(|| {
+                (1..=NODES)
+                    .map(|node| format!("127.0.0.1:{}", self.port + 2 * (node as u16 - 1)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
     }
 
-    /// The client port of `node` (1-based).
-    pub fn client_port(&self, node: u32) -> u16 {
-        self.port + 2 * (node as u16 - 1)
+    /// Whether the nodes run in network namespaces of their own (`kafka.sh start
+    /// --netns`), so that one can be cut off the network with [`cut`](Self::cut).
+    pub fn isolated(&self) -> bool {
+        !self.brokers().starts_with("127.0.0.1:")
     }
 
     /// `kill -9` of `node`.
@@ -75,8 +85,21 @@ impl Cluster {
         self.signal(node, "-CONT")
     }
 
-    /// Resumes every paused node and starts every node that is down.
+    /// Cuts `node` off the network (its link down): it keeps running, reaches no one
+    /// and no one reaches it. Only in an [`isolated`](Self::isolated) cluster.
+    pub fn cut(&self, node: u32) -> anyhow::Result<()> {
+        self.script(&["cut", &node.to_string()])
+    }
+
+    /// Connects a node [`cut`](Self::cut) off again.
+    pub fn mend(&self, node: u32) -> anyhow::Result<()> {
+        self.script(&["mend", &node.to_string()])
+    }
+
+    /// Connects every cut node again, resumes every paused one and starts every node
+    /// that is down.
     pub fn heal(&self) -> anyhow::Result<()> {
+        self.script(&["mend"])?;
         let running = self.pids()?;
         for node in 1..=NODES {
             match running.get(&node) {

@@ -81,8 +81,16 @@ impl Metrics {
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// Idempotent, `acks=all` producer, giving up on a record after `produce_timeout`.
+    /// Idempotent, `acks=all` producer of control records (subscriptions, redrives),
+    /// giving up on a record after `produce_timeout`: a write answered `503` is then
+    /// almost never written after all.
     pub producer: FutureProducer,
+    /// Idempotent, `acks=all` producer of events. It keeps trying a record for
+    /// [`kafka::DELIVERY_TIMEOUT`](hookline_core::kafka::DELIVERY_TIMEOUT), longer than
+    /// the request waits for it: a record that times out inside librdkafka makes an
+    /// idempotent producer drain and bump its epoch, which holds back every partition,
+    /// and so one partition without a leader would slow requests for all the others.
+    pub event_producer: FutureProducer,
     /// How long a write waits for Kafka's acknowledgement before answering 503.
     pub produce_timeout: Duration,
     /// Writes taken on and acknowledged, for `/readyz`.
@@ -158,7 +166,7 @@ async fn accept_events(
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let accepted = std::time::Instant::now();
     state.progress.started();
-    let results = send_within(&state.producer, &records, state.produce_timeout).await;
+    let results = send_within(&state.event_producer, &records, state.produce_timeout).await;
     state
         .metrics
         .stages
@@ -206,9 +214,9 @@ async fn accept_events(
 const REPORT_SLACK: Duration = Duration::from_secs(1);
 
 /// [`send_all`], answered within `timeout` plus [`REPORT_SLACK`] whatever librdkafka
-/// does: the producer gives up on a record after `timeout` (`message.timeout.ms`), but
-/// one already sent waits for its broker's answer; records not reported by then count as
-/// not acknowledged (they may still be written, as any timed-out record may).
+/// does: records not reported by then count as not acknowledged. They may still be
+/// written, as any timed-out record may; an event surely, if Kafka takes it within
+/// the event producer's delivery timeout.
 async fn send_within(
     producer: &FutureProducer,
     records: &[OutRecord],

@@ -109,6 +109,11 @@ async fn run() -> anyhow::Result<()> {
     )
     .await?;
     let producer = kafka::low_latency_producer(&cli.kafka, "hookline-ingest", cli.produce_timeout)?;
+    let event_producer = kafka::low_latency_producer(
+        &cli.kafka,
+        "hookline-ingest-events",
+        kafka::DELIVERY_TIMEOUT.max(cli.produce_timeout),
+    )?;
 
     if let Some(Command::Redrive {
         subscription_id,
@@ -132,6 +137,7 @@ async fn run() -> anyhow::Result<()> {
     let progress = Progress::new(cli.progress.stall_after);
     let state = api::AppState {
         producer,
+        event_producer,
         produce_timeout: cli.produce_timeout,
         progress: progress.clone(),
         view: Arc::clone(&view),
@@ -144,7 +150,7 @@ async fn run() -> anyhow::Result<()> {
     };
     let starting = Starting {
         view,
-        producer: state.producer.clone(),
+        producer: state.event_producer.clone(),
         events: state.topics.events(),
         attempts: state.attempts.assigned(),
     };

@@ -2,15 +2,15 @@
 //! API and straight to the events topic, ordered and unordered subscriptions (some
 //! filtered), two routers and two delivery workers on the three-node cluster, and
 //! faults one after another, then overlapping: `kill -9` of each binary, workers and
-//! routers added and removed, a broker killed, frozen, two brokers down, a receiver
-//! taken off the network, a slow and a half-failing receiver, subscriptions deleted,
-//! disabled, moved and refiltered while their attempts are in flight. At the end the
-//! ledger ([`book`]) checks what the receivers got and what the topics hold, prints its
-//! report and fails on any violation.
+//! routers added and removed, a broker killed, cut off the network, frozen, two
+//! brokers down, a receiver taken off the network, a slow and a half-failing receiver,
+//! subscriptions deleted, disabled, moved and refiltered while their attempts are in
+//! flight. At the end the ledger ([`book`]) checks what the receivers got and what the
+//! topics hold, prints its report and fails on any violation.
 //!
-//! Not staged: a real network partition (network namespaces and veth pairs need root
-//! and would move the brokers off 127.0.0.1); a broker frozen with SIGSTOP stands in for
-//! one cut off the network (it holds its connections and answers nothing).
+//! The network partition needs a cluster whose nodes run in network namespaces
+//! (`kafka.sh start --nodes 3 --netns`, root only; `scripts/chaos.sh` starts one when
+//! it can). On a cluster on 127.0.0.1 it is not staged, and the report says so.
 //!
 //! Needs a three-node cluster (`HOOKLINE_TEST_KAFKA_CLUSTER_PORT`) and the binaries
 //! built; `scripts/chaos.sh [--size small|long]` does both. Size from
@@ -206,6 +206,31 @@ impl Chaos {
         self.cluster.restart(node)?;
         self.close(
             &format!("kill -9 broker {node} (deliveries leader) + restart"),
+            start,
+        )
+        .await
+    }
+
+    /// Cuts the node leading the most delivery partitions off the network while it
+    /// runs: its partitions' leadership moves once the controller stops hearing from
+    /// it, and it rejoins when the network is mended.
+    async fn cut_broker(&mut self) -> anyhow::Result<()> {
+        if !self.cluster.isolated() {
+            self.log("network partition NOT STAGED: the cluster runs on 127.0.0.1 (start it with kafka.sh --netns, as root)");
+            return Ok(());
+        }
+        let start = Instant::now();
+        let node = self
+            .cluster
+            .busiest_leader(&self.fleet.deployment.topic("deliveries"))?;
+        self.log(&format!(
+            "cut broker {node} off the network (busiest deliveries leader)"
+        ));
+        self.cluster.cut(node)?;
+        tokio::time::sleep(self.size.hold.max(Duration::from_secs(15))).await;
+        self.cluster.mend(node)?;
+        self.close(
+            &format!("network partition: broker {node} cut off + mended"),
             start,
         )
         .await
@@ -461,6 +486,7 @@ async fn run_faults(chaos: &mut Chaos) -> anyhow::Result<()> {
         }
         chaos.grow_and_shrink().await?;
         chaos.kill_broker().await?;
+        chaos.cut_broker().await?;
         chaos.freeze_broker().await?;
         chaos.two_brokers_down().await?;
     }

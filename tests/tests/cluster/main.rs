@@ -1,5 +1,6 @@
 //! Broker failures on a real three-node KRaft cluster: a steady load over the HTTP API
-//! while a broker is killed and restarted, or two of three are down for a while. Each
+//! while a broker is killed and restarted, cut off the network and connected again, or two
+//! of three are down for a while. Each
 //! test checks, from what the receivers got, that every accepted event reached every
 //! subscription it matches, that the binaries kept running, and that ingest refused
 //! what it could not make durable with `503` and `Retry-After` within its produce
@@ -173,17 +174,49 @@ fn assert_ledger(report: &LoadReport, ledger: &Ledger) {
     assert!(ledger.holds(), "ledger: {ledger:#?}");
 }
 
-/// Kills `victim(cluster)` 10 s into a steady load, restarts it 20 s later, and checks
-/// that nothing was lost.
-async fn survive_a_broker_kill(victim: impl Fn(&Cluster, &Deployment) -> u32) {
+/// What happens to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `kill -9`, then started again.
+    Kill,
+    /// Cut off the network while it runs (a partition), then connected again.
+    Cut,
+}
+
+/// Whether the cluster can be partitioned; with `HOOKLINE_TEST_REQUIRE_NETNS` set (as
+/// `scripts/test.sh` does when it started the cluster in network namespaces) it must.
+fn partitionable(cluster: &Cluster) -> bool {
+    if cluster.isolated() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("HOOKLINE_TEST_REQUIRE_NETNS").is_none(),
+        "HOOKLINE_TEST_REQUIRE_NETNS is set but the cluster runs on 127.0.0.1"
+    );
+    println!(
+        "NOT STAGED: the cluster runs on 127.0.0.1; start it with `kafka.sh start --nodes 3 \
+         --netns` (root) to cut a broker off the network"
+    );
+    false
+}
+
+/// Applies `fault` to `victim(cluster)` 10 s into a steady load, undoes it 20 s later,
+/// and checks that nothing was lost.
+async fn survive_a_broker_fault(victim: impl Fn(&Cluster, &Deployment) -> u32, fault: Fault) {
     let cluster = Cluster::get().await.unwrap();
+    if fault == Fault::Cut && !partitionable(&cluster) {
+        return;
+    }
     let mut setup = Setup::start(&cluster).await;
     let load = setup.load("kill");
     tokio::time::sleep(Duration::from_secs(10)).await;
     let node = victim(&cluster, &setup.deployment);
-    println!("killing node {node}");
-    let killed = Instant::now();
-    cluster.kill(node).unwrap();
+    println!("{fault:?} node {node}");
+    let struck = Instant::now();
+    match fault {
+        Fault::Kill => cluster.kill(node).unwrap(),
+        Fault::Cut => cluster.cut(node).unwrap(),
+    }
     // Kafka's own part of the stall: until every partition the node led has a new leader.
     let topics = ["events", "deliveries", "attempts"].map(|t| setup.deployment.topic(t));
     let elected = hookline_e2e::eventually(Duration::from_secs(60), || {
@@ -194,13 +227,16 @@ async fn survive_a_broker_kill(victim: impl Fn(&Cluster, &Deployment) -> u32) {
         })
     })
     .await;
-    let election = killed.elapsed();
+    let election = struck.elapsed();
     assert!(elected, "partitions of node {node} got no new leader");
-    println!("leaders elected {election:?} after the kill");
+    println!("leaders elected {election:?} after the fault");
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(election)).await;
     setup.assert_running();
     let restarted = Instant::now();
-    cluster.restart(node).unwrap();
+    match fault {
+        Fault::Kill => cluster.restart(node).unwrap(),
+        Fault::Cut => cluster.mend(node).unwrap(),
+    }
     // Its replicas catch up: it is back in the in-sync set of every partition.
     let caught_up = hookline_e2e::eventually(Duration::from_secs(120), || {
         topics
@@ -210,7 +246,7 @@ async fn survive_a_broker_kill(victim: impl Fn(&Cluster, &Deployment) -> u32) {
     .await;
     assert!(caught_up, "node {node} did not rejoin the in-sync replicas");
     println!(
-        "node {node} in sync again {:?} after its restart",
+        "node {node} in sync again {:?} after it came back",
         restarted.elapsed()
     );
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(restarted.elapsed())).await;
@@ -231,17 +267,31 @@ async fn survive_a_broker_kill(victim: impl Fn(&Cluster, &Deployment) -> u32) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_busiest_deliveries_leader_loses_nothing() {
-    survive_a_broker_kill(|cluster, deployment| {
-        cluster
-            .busiest_leader(&deployment.topic("deliveries"))
-            .unwrap()
-    })
+    survive_a_broker_fault(
+        |cluster, deployment| {
+            cluster
+                .busiest_leader(&deployment.topic("deliveries"))
+                .unwrap()
+        },
+        Fault::Kill,
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_active_controller_loses_nothing() {
-    survive_a_broker_kill(|cluster, _| cluster.controller().unwrap()).await;
+    survive_a_broker_fault(|cluster, _| cluster.controller().unwrap(), Fault::Kill).await;
+}
+
+/// A network partition: the broker leading the most event partitions keeps running,
+/// cut off from its peers and from every client, until the network is mended.
+#[tokio::test(flavor = "multi_thread")]
+async fn cutting_the_busiest_events_leader_off_the_network_loses_nothing() {
+    survive_a_broker_fault(
+        |cluster, deployment| cluster.busiest_leader(&deployment.topic("events")).unwrap(),
+        Fault::Cut,
+    )
+    .await;
 }
 
 // Failed one run in six: after the brokers return, a router can stop
