@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::produce::RenewingProducer;
 use hookline_domain::backoff::Backoff;
 use hookline_domain::position::RecordPosition;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -84,7 +85,8 @@ pub fn client_config(args: &KafkaArgs, client_id: &str, base: &[(&str, &str)]) -
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &args.brokers)
-        .set("client.id", client_id);
+        .set("client.id", client_id)
+        .set("socket.timeout.ms", SOCKET_TIMEOUT_MS);
     for (key, value) in base {
         config.set(*key, *value);
     }
@@ -93,6 +95,13 @@ pub fn client_config(args: &KafkaArgs, client_id: &str, base: &[(&str, &str)]) -
     }
     config
 }
+
+/// How long a request may go unanswered before librdkafka gives up on it and its
+/// connection (`socket.timeout.ms`, librdkafka's default 60 s). A broker cut off the
+/// network answers nothing and closes nothing: until this passes, every request sent to
+/// it, and every record queued behind them for its partitions, waits, even once the
+/// partitions have new leaders elsewhere.
+const SOCKET_TIMEOUT_MS: &str = "10000";
 
 /// How long a producer lets records gather into a batch (`linger.ms`) for writes
 /// that nobody waits on: delivery's attempt records, retries and health.
@@ -108,6 +117,26 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A producer that loses nothing it acknowledged: `acks=all`, idempotent, batching.
 pub fn producer(args: &KafkaArgs, client_id: &str) -> Result<FutureProducer, KafkaError> {
     producer_lingering(args, client_id, THROUGHPUT_LINGER_MS, DELIVERY_TIMEOUT)
+}
+
+/// A [`producer`] built again whenever it fails fatally (see [`RenewingProducer`]).
+pub fn renewing_producer(
+    args: &KafkaArgs,
+    client_id: &str,
+) -> Result<RenewingProducer, KafkaError> {
+    let (args, client_id) = (args.clone(), client_id.to_owned());
+    RenewingProducer::new(move || producer(&args, &client_id))
+}
+
+/// A [`low_latency_producer`] built again whenever it fails fatally (see
+/// [`RenewingProducer`]).
+pub fn renewing_low_latency_producer(
+    args: &KafkaArgs,
+    client_id: &str,
+    delivery_timeout: Duration,
+) -> Result<RenewingProducer, KafkaError> {
+    let (args, client_id) = (args.clone(), client_id.to_owned());
+    RenewingProducer::new(move || low_latency_producer(&args, &client_id, delivery_timeout))
 }
 
 /// A [`producer`] whose acknowledgements are waited on by a caller (ingest's answer),

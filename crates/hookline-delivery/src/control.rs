@@ -14,10 +14,9 @@ use hookline_domain::event::Event;
 use hookline_domain::health::SubscriptionHealth;
 use hookline_domain::ids::{self, SubscriptionId};
 use hookline_domain::subscription::Subscription;
-use rdkafka::producer::FutureProducer;
 use serde_json::json;
 
-use hookline_core::produce::{produce_durably, produce_json, OutRecord};
+use hookline_core::produce::{produce_durably, produce_json, OutRecord, RenewingProducer};
 
 /// Type of the operational event published when the pipeline disables a subscription.
 pub const SUBSCRIPTION_DISABLED: &str = "subscription.disabled";
@@ -29,7 +28,7 @@ const OWN_WRITE_TRUST: Duration = Duration::from_secs(10);
 
 /// Writes subscription health.
 pub struct HealthWriter {
-    producer: FutureProducer,
+    producer: RenewingProducer,
     topics: Topics,
     /// This worker's latest write per subscription, until its view shows it: tasks of
     /// one subscription run concurrently, and the view lags a write by a few ms.
@@ -40,7 +39,7 @@ pub struct HealthWriter {
 impl HealthWriter {
     /// A writer producing with `producer`.
     pub fn new(
-        producer: FutureProducer,
+        producer: RenewingProducer,
         topics: Topics,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Self> {

@@ -141,7 +141,7 @@ async fn run() -> anyhow::Result<()> {
 
     let registry = telemetry::registry("delivery");
     let readiness = Readiness::default();
-    let producer = kafka::producer(&cli.kafka, "hookline-delivery")?;
+    let producer = kafka::renewing_producer(&cli.kafka, "hookline-delivery")?;
     let progress = Progress::new(cli.progress.stall_after);
     let context = pipeline::Context {
         progress: progress.clone(),

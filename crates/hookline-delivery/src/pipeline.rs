@@ -20,12 +20,12 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 use rdkafka::message::{Header, Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use crate::control::HealthWriter;
 use crate::limits::{Breakers, Limits, Slot};
 use crate::sender::{Outcome, Sender};
-use hookline_core::produce::{produce_durably, produce_json, OutRecord};
+use hookline_core::produce::{produce_durably, produce_json, OutRecord, RenewingProducer};
 use hookline_core::progress::Progress;
 
 /// Delivery metrics.
@@ -130,7 +130,7 @@ impl Metrics {
 /// What every delivery task shares.
 pub struct Context {
     /// Producer for retry tiers, the DLQ, attempts and health writes.
-    pub producer: FutureProducer,
+    pub producer: RenewingProducer,
     /// Attempt, retry and dead-letter writes taken on and acknowledged, for `/readyz`.
     pub progress: Progress,
     /// Subscriptions view (URL, secret, enabled, limits, health).
@@ -526,7 +526,11 @@ async fn hand_over(context: &Context, mut task: DeliveryTask, wait: Wait, error:
             let record = FutureRecord::<str, [u8]>::to(&topic)
                 .key(&task.subscription_id)
                 .payload(&payload);
-            context.producer.send_result(record).map_err(|(err, _)| err)
+            context
+                .producer
+                .current()
+                .send_result(record)
+                .map_err(|(err, _)| err)
         };
         let outcome = match enqueued {
             Ok(delivery) => match delivery.await {
@@ -543,6 +547,7 @@ async fn hand_over(context: &Context, mut task: DeliveryTask, wait: Wait, error:
             Err(err) => err.to_string(),
         };
         tracing::error!(error = %outcome, "retry hand-over failed; retrying");
+        context.producer.renew_if_fatal();
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use chrono::Utc;
 use hookline_core::config::KafkaArgs;
-use hookline_core::produce::{send_all, OutRecord};
+use hookline_core::produce::{OutRecord, RenewingProducer};
 use hookline_core::progress::Progress;
 use hookline_core::telemetry;
 use hookline_core::topics::Topics;
@@ -22,7 +22,6 @@ use hookline_domain::event::{parse_batch, Event};
 use hookline_domain::ids;
 use hookline_domain::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 use prometheus::{HistogramVec, IntCounterVec, Opts, Registry};
-use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -84,13 +83,13 @@ pub struct AppState {
     /// Idempotent, `acks=all` producer of control records (subscriptions, redrives),
     /// giving up on a record after `produce_timeout`: a write answered `503` is then
     /// almost never written after all.
-    pub producer: FutureProducer,
+    pub producer: RenewingProducer,
     /// Idempotent, `acks=all` producer of events. It keeps trying a record for
     /// [`kafka::DELIVERY_TIMEOUT`](hookline_core::kafka::DELIVERY_TIMEOUT), longer than
     /// the request waits for it: a record that times out inside librdkafka makes an
     /// idempotent producer drain and bump its epoch, which holds back every partition,
     /// and so one partition without a leader would slow requests for all the others.
-    pub event_producer: FutureProducer,
+    pub event_producer: RenewingProducer,
     /// How long a write waits for Kafka's acknowledgement before answering 503.
     pub produce_timeout: Duration,
     /// Writes taken on and acknowledged, for `/readyz`.
@@ -218,11 +217,11 @@ const REPORT_SLACK: Duration = Duration::from_secs(1);
 /// written, as any timed-out record may; an event surely, if Kafka takes it within
 /// the event producer's delivery timeout.
 async fn send_within(
-    producer: &FutureProducer,
+    producer: &RenewingProducer,
     records: &[OutRecord],
     timeout: Duration,
 ) -> Vec<Result<(i32, i64), rdkafka::error::KafkaError>> {
-    match tokio::time::timeout(timeout + REPORT_SLACK, send_all(producer, records, timeout)).await {
+    match tokio::time::timeout(timeout + REPORT_SLACK, producer.send_all(records, timeout)).await {
         Ok(results) => results,
         Err(_) => records
             .iter()

@@ -108,8 +108,9 @@ async fn run() -> anyhow::Result<()> {
         Duration::from_secs(60),
     )
     .await?;
-    let producer = kafka::low_latency_producer(&cli.kafka, "hookline-ingest", cli.produce_timeout)?;
-    let event_producer = kafka::low_latency_producer(
+    let producer =
+        kafka::renewing_low_latency_producer(&cli.kafka, "hookline-ingest", cli.produce_timeout)?;
+    let event_producer = kafka::renewing_low_latency_producer(
         &cli.kafka,
         "hookline-ingest-events",
         kafka::DELIVERY_TIMEOUT.max(cli.produce_timeout),
@@ -150,7 +151,7 @@ async fn run() -> anyhow::Result<()> {
     };
     let starting = Starting {
         view,
-        producer: state.event_producer.clone(),
+        producer: state.event_producer.current(),
         events: state.topics.events(),
         attempts: state.attempts.assigned(),
     };

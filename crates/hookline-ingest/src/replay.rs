@@ -5,7 +5,8 @@
 use chrono::{DateTime, Utc};
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka::record_headers;
-use hookline_core::produce::{send_all, OutRecord};
+use hookline_core::produce::OutRecord;
+use hookline_core::produce::RenewingProducer;
 use hookline_core::scan::scan_topic;
 use hookline_core::topics::Topics;
 use hookline_domain::cloudevents::CloudEventsConfig;
@@ -13,7 +14,6 @@ use hookline_domain::routing::{parse_record, EventRecord};
 use hookline_domain::subscription::Subscription;
 use hookline_domain::task::DeliveryTask;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 
 /// Which dead letters to redrive.
@@ -43,7 +43,7 @@ pub struct Report {
 pub async fn redrive(
     args: &KafkaArgs,
     topics: &Topics,
-    producer: &FutureProducer,
+    producer: &RenewingProducer,
     request: RedriveRequest,
 ) -> anyhow::Result<Report> {
     let scan_args = args.clone();
@@ -95,7 +95,7 @@ pub async fn redrive(
 pub async fn replay(
     args: &KafkaArgs,
     topics: &Topics,
-    producer: &FutureProducer,
+    producer: &RenewingProducer,
     subscription: &Subscription,
     since: DateTime<Utc>,
     cloudevents: &CloudEventsConfig,
@@ -132,7 +132,7 @@ pub async fn replay(
 
 /// Writes tasks to the deliveries topic, keyed by subscription; all must be acknowledged.
 async fn enqueue(
-    producer: &FutureProducer,
+    producer: &RenewingProducer,
     topic: &str,
     tasks: Vec<DeliveryTask>,
 ) -> anyhow::Result<u64> {
@@ -140,7 +140,9 @@ async fn enqueue(
         .iter()
         .map(|task| OutRecord::json(topic, task.subscription_id.as_str(), task))
         .collect::<Result<_, serde_json::Error>>()?;
-    let results = send_all(producer, &records, std::time::Duration::from_secs(30)).await;
+    let results = producer
+        .send_all(&records, std::time::Duration::from_secs(30))
+        .await;
     if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
         anyhow::bail!("Kafka did not acknowledge every re-queued task: {err}");
     }

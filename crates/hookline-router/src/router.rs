@@ -517,7 +517,7 @@ impl Router {
         {
             Ok(ends) => ends,
             Err(err) => {
-                tracing::debug!(%err, "events topic ends not known");
+                tracing::warn!(%err, "events topic ends not known: the fetch watch cannot tell whether the consumer still fetches");
                 return false;
             }
         };
