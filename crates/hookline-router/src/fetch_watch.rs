@@ -33,6 +33,8 @@ pub struct FetchWatch {
     unassigned_since: Option<Instant>,
     /// The sum of every partition's end at the last comparison.
     topic_end: Option<i64>,
+    /// Since when the partitions' ends could not be read.
+    blind_since: Option<Instant>,
 }
 
 impl FetchWatch {
@@ -44,6 +46,7 @@ impl FetchWatch {
             marks: HashMap::new(),
             unassigned_since: None,
             topic_end: None,
+            blind_since: None,
         }
     }
 
@@ -53,6 +56,19 @@ impl FetchWatch {
         self.marks.clear();
         self.unassigned_since = None;
         self.topic_end = None;
+        self.blind_since = None;
+    }
+
+    /// The partitions' ends could not be read: no comparison. Suspect once that lasted
+    /// four times the patience with no record either: the watch would otherwise stay
+    /// blind for good while the client it reads with, or the consumer, is wedged.
+    pub fn blind(&mut self) -> bool {
+        self.blind_at(Instant::now())
+    }
+
+    fn blind_at(&mut self, now: Instant) -> bool {
+        let since = *self.blind_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= self.patience * 4
     }
 
     /// Whether it is time to compare marks.
@@ -70,6 +86,7 @@ impl FetchWatch {
     }
 
     fn stuck_at(&mut self, marks: &[Mark], topic_end: i64, now: Instant) -> bool {
+        self.blind_since = None;
         let grew = self.topic_end.is_some_and(|before| topic_end > before);
         self.topic_end = Some(topic_end);
         let behind = marks.iter().any(|mark| {
@@ -138,6 +155,24 @@ mod tests {
         let mut quiet = FetchWatch::new(Duration::from_secs(15));
         assert!(!quiet.stuck_at(&[], 100, start));
         assert!(!quiet.stuck_at(&[], 100, start + Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn ends_unknown_for_long_are_suspect() {
+        let mut watch = FetchWatch::new(Duration::from_secs(15));
+        let start = Instant::now();
+        assert!(!watch.blind_at(start));
+        assert!(!watch.blind_at(start + Duration::from_secs(59)));
+        assert!(watch.blind_at(start + Duration::from_secs(60)));
+        // Ends read again: blind no more, and the clock starts over.
+        watch.stuck_at(&[mark(0, 1, 1)], 1, start + Duration::from_secs(61));
+        assert!(!watch.blind_at(start + Duration::from_secs(62)));
+        assert!(!watch.blind_at(start + Duration::from_secs(121)));
+        watch.fetched();
+        assert!(
+            !watch.blind_at(start + Duration::from_secs(200)),
+            "a record clears it"
+        );
     }
 
     #[test]

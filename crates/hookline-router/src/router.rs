@@ -506,7 +506,8 @@ impl Router {
     }
 
     /// Whether the consumer stopped fetching: see [`FetchWatch::stuck`]. Unknown (a
-    /// query failed) counts as not stopped.
+    /// query failed) counts as not stopped, until it lasted a minute
+    /// ([`FetchWatch::blind`]); the client reading the ends is then built again too.
     async fn fetching_stopped(&mut self) -> bool {
         let ends = match kafka::high_watermarks(
             Arc::clone(&self.probe),
@@ -518,13 +519,18 @@ impl Router {
             Ok(ends) => ends,
             Err(err) => {
                 tracing::warn!(%err, "events topic ends not known: the fetch watch cannot tell whether the consumer still fetches");
+                if self.watch.blind() {
+                    self.renew_probe();
+                    return true;
+                }
                 return false;
             }
         };
         let (Ok(assignment), Ok(positions)) =
             (self.consumer.assignment(), self.consumer.position())
         else {
-            return false;
+            tracing::warn!("the consumer's assignment or positions are not known");
+            return self.watch.blind();
         };
         let position = |partition: i32| {
             positions
@@ -714,6 +720,15 @@ impl Router {
         self.metrics.consumers_renewed.inc();
         self.watch.fetched();
         tracing::info!("consumer built again; routing from the committed offsets");
+    }
+
+    /// Builds the client that reads the events topic's ends again (it could not for a
+    /// minute). Keeps the old one if that fails.
+    fn renew_probe(&mut self) {
+        match kafka::reader(&self.args, "hookline-router-probe") {
+            Ok(probe) => self.probe = Arc::new(probe),
+            Err(err) => tracing::warn!(%err, "could not build the probe again"),
+        }
     }
 
     /// Closes the producer whose turn it is and builds it again with the same
