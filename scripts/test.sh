@@ -5,7 +5,8 @@
 # broker-failure tests on a real three-node cluster (started on
 # HOOKLINE_TEST_KAFKA_CLUSTER_PORT, default 19192, once the single broker is stopped:
 # they kill its nodes; in network namespaces when run as root, so that one can be cut
-# off the network). Installs what is missing first (scripts/setup.sh) and runs every
+# off the network), then the fault-injection ledger (scripts/chaos.sh --size small) on
+# the same cluster. Installs what is missing first (scripts/setup.sh) and runs every
 # test binary even when one fails (--no-fail-fast).
 #
 #   scripts/test.sh [extra cargo test arguments]
@@ -55,6 +56,8 @@ trap cluster_cleanup EXIT
 echo "== broker-failure tests (three-node cluster $(cluster brokers))"
 HOOKLINE_TEST_KAFKA_CLUSTER_PORT=$cluster_port cargo test -p hookline-e2e --test cluster --locked \
   -- --test-threads=1 --nocapture 2>&1 | tee -a "$summary" || status=$?
+echo "== fault-injection ledger, small (same cluster)"
+HOOKLINE_CHAOS_KAFKA_PORT=$cluster_port scripts/chaos.sh --size small 2>&1 | tee -a "$summary" || status=$?
 cluster_cleanup
 trap - EXIT
 # One closing line for the whole run (cargo prints one per test binary), printed last.
