@@ -177,8 +177,12 @@ async fn accept_events(
             let events = parse_batch(body, state.max_batch_events)?;
             admit_events(state, principal, events, batch)
         })
-        .inspect_err(|_| {
-            state.metrics.events.with_label_values(&["invalid"]).inc();
+        .inspect_err(|err| {
+            let outcome = match err.kind {
+                ErrorKind::Forbidden | ErrorKind::RateLimited => "refused",
+                _ => "invalid",
+            };
+            state.metrics.events.with_label_values(&[outcome]).inc();
         })?;
     let topic = state.topics.events();
     let records: Vec<OutRecord> = events
