@@ -236,11 +236,18 @@ pub struct TenantQuotaArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub tenant_max_batch_events: u32,
+
+    /// Tenants with limits of their own, `;`-separated:
+    /// `<tenant>:<name>=<value>[,<name>=<value>…]`, names `max_subscriptions`,
+    /// `events_per_second`, `events_burst`, `max_batch_events`; e.g.
+    /// `acme:events_per_second=5000,events_burst=10000;globex:max_subscriptions=50`.
+    #[arg(long, env = "HOOKLINE_TENANT_QUOTA_OVERRIDES", default_value = "")]
+    pub tenant_quota_overrides: String,
 }
 
 impl TenantQuotaArgs {
     /// The quotas, or why they cannot all be met (naming the settings).
-    pub fn quotas(&self) -> Result<hookline_domain::quota::TenantQuotas, String> {
+    pub fn quotas(&self) -> Result<hookline_domain::quota::QuotaPlan, String> {
         let quotas = hookline_domain::quota::TenantQuotas {
             max_subscriptions: self.tenant_max_subscriptions as usize,
             events_per_second: self.tenant_events_per_second,
@@ -250,7 +257,8 @@ impl TenantQuotaArgs {
         quotas.validate().map_err(|reason| {
             format!("HOOKLINE_TENANT_MAX_BATCH_EVENTS and HOOKLINE_TENANT_EVENTS_BURST: {reason}")
         })?;
-        Ok(quotas)
+        hookline_domain::quota::QuotaPlan::with_overrides(quotas, &self.tenant_quota_overrides)
+            .map_err(|reason| format!("HOOKLINE_TENANT_QUOTA_OVERRIDES: {reason}"))
     }
 }
 
@@ -430,10 +438,24 @@ mod tests {
     #[test]
     fn quotas_have_defaults_and_must_fit_together() {
         let cli = ApiCli::try_parse_from(["x"]).unwrap();
-        let quotas = cli.quotas.quotas().unwrap();
+        let plan = cli.quotas.quotas().unwrap();
+        assert!(plan.tenants.is_empty());
+        let quotas = plan.default;
         assert_eq!(quotas.max_subscriptions, 1000);
         assert_eq!(quotas.events_per_second, 1000);
+        assert_eq!(quotas.events_burst, 2000);
         assert_eq!(quotas.max_batch_events, 500);
+        let cli =
+            ApiCli::try_parse_from(["x", "--tenant-quota-overrides", "acme:max_subscriptions=5"])
+                .unwrap();
+        assert_eq!(cli.quotas.quotas().unwrap().of("acme").max_subscriptions, 5);
+        let cli =
+            ApiCli::try_parse_from(["x", "--tenant-quota-overrides", "acme:speed=5"]).unwrap();
+        let refused = cli.quotas.quotas().unwrap_err();
+        assert!(
+            refused.contains("HOOKLINE_TENANT_QUOTA_OVERRIDES"),
+            "{refused}"
+        );
         let cli = ApiCli::try_parse_from([
             "x",
             "--tenant-events-burst",

@@ -2,7 +2,10 @@
 //! holds, how many events it publishes per request and per second. The rate itself is
 //! metered by the API (a token bucket per tenant); the policy is here.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use crate::event::validate_name;
 
 /// The limits every tenant gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +82,81 @@ impl TenantQuotas {
     }
 }
 
+/// The quotas of every tenant: the defaults, and tenants given other limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaPlan {
+    /// The limits of every tenant not named in `tenants`.
+    pub default: TenantQuotas,
+    /// Tenants with limits of their own.
+    pub tenants: BTreeMap<String, TenantQuotas>,
+}
+
+impl QuotaPlan {
+    /// The same limits for every tenant.
+    pub fn uniform(default: TenantQuotas) -> Self {
+        Self {
+            default,
+            tenants: BTreeMap::new(),
+        }
+    }
+
+    /// The limits of `tenant`.
+    pub fn of(&self, tenant: &str) -> &TenantQuotas {
+        self.tenants.get(tenant).unwrap_or(&self.default)
+    }
+
+    /// Reads overrides of the defaults, `;`-separated, each
+    /// `<tenant>:<name>=<value>[,<name>=<value>…]` with names `max_subscriptions`,
+    /// `events_per_second`, `events_burst`, `max_batch_events`, e.g.
+    /// `acme:events_per_second=5000,events_burst=10000;globex:max_subscriptions=50`.
+    /// A limit not named keeps its default. Every tenant's limits must fit together.
+    pub fn with_overrides(default: TenantQuotas, text: &str) -> Result<Self, String> {
+        let mut plan = Self::uniform(default);
+        for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let (tenant, limits) = entry
+                .split_once(':')
+                .ok_or_else(|| format!("`{entry}`: expected <tenant>:<name>=<value>,…"))?;
+            let tenant = tenant.trim();
+            validate_name(tenant).map_err(|reason| format!("`{entry}`: tenant {reason}"))?;
+            if plan.tenants.contains_key(tenant) {
+                return Err(format!("tenant `{tenant}` is given twice"));
+            }
+            let mut quotas = default;
+            for limit in limits.split(',').map(str::trim) {
+                let (name, value) = limit
+                    .split_once('=')
+                    .ok_or_else(|| format!("`{limit}` of `{tenant}`: expected <name>=<value>"))?;
+                let value: u32 =
+                    value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|v| *v >= 1)
+                        .ok_or_else(|| {
+                            format!("`{limit}` of `{tenant}`: expected a number of at least 1")
+                        })?;
+                match name.trim() {
+                    "max_subscriptions" => quotas.max_subscriptions = value as usize,
+                    "events_per_second" => quotas.events_per_second = value,
+                    "events_burst" => quotas.events_burst = value,
+                    "max_batch_events" => quotas.max_batch_events = value as usize,
+                    other => {
+                        return Err(format!(
+                            "`{other}` of `{tenant}` is no quota: expected max_subscriptions, \
+                             events_per_second, events_burst or max_batch_events"
+                        ))
+                    }
+                }
+            }
+            quotas
+                .validate()
+                .map_err(|reason| format!("tenant `{tenant}`: {reason}"))?;
+            plan.tenants.insert(tenant.to_owned(), quotas);
+        }
+        Ok(plan)
+    }
+}
+
 /// The `Retry-After` (whole seconds, at least 1) of a request refused for `wait`.
 pub fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -126,6 +204,45 @@ mod tests {
             ..QUOTAS
         };
         assert!(never.validate().unwrap_err().contains("burst"));
+    }
+
+    #[test]
+    fn overrides_change_the_named_limits_of_the_named_tenants() {
+        let plan = QuotaPlan::with_overrides(
+            QUOTAS,
+            " acme:events_per_second=500, events_burst=600 ; globex:max_subscriptions=1",
+        )
+        .unwrap();
+        assert_eq!(plan.of("acme").events_per_second, 500);
+        assert_eq!(plan.of("acme").events_burst, 600);
+        assert_eq!(
+            plan.of("acme").max_subscriptions,
+            2,
+            "unnamed limits keep the default"
+        );
+        assert_eq!(plan.of("globex").max_subscriptions, 1);
+        assert_eq!(plan.of("initech"), &QUOTAS);
+        assert_eq!(
+            QuotaPlan::with_overrides(QUOTAS, "").unwrap(),
+            QuotaPlan::uniform(QUOTAS)
+        );
+    }
+
+    #[test]
+    fn bad_overrides_are_refused_with_the_reason() {
+        for (text, reason) in [
+            ("acme", "expected <tenant>"),
+            ("acme:events_per_second", "expected <name>=<value>"),
+            ("acme:events_per_second=0", "at least 1"),
+            ("acme:events_per_second=many", "at least 1"),
+            ("acme:speed=5", "no quota"),
+            ("acme:max_subscriptions=5;acme:max_subscriptions=6", "twice"),
+            (":max_subscriptions=5", "tenant must not be empty"),
+            ("acme:max_batch_events=50", "burst"),
+        ] {
+            let refused = QuotaPlan::with_overrides(QUOTAS, text).unwrap_err();
+            assert!(refused.contains(reason), "{text}: {refused}");
+        }
     }
 
     #[test]

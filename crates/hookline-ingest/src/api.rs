@@ -27,7 +27,7 @@ use hookline_core::view::SubscriptionView;
 use hookline_domain::access::{Principal, Role};
 use hookline_domain::event::{parse_batch, Event, FieldError};
 use hookline_domain::ids;
-use hookline_domain::quota::TenantQuotas;
+use hookline_domain::quota::QuotaPlan;
 use hookline_domain::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 use prometheus::{HistogramVec, IntCounterVec, Opts, Registry};
 use rdkafka::producer::FutureProducer;
@@ -99,8 +99,8 @@ pub struct AppState {
     pub view: Arc<SubscriptionView>,
     /// This process's view of the API keys topic.
     pub keys: Arc<ApiKeyView>,
-    /// What tenant API keys may do at most.
-    pub quotas: TenantQuotas,
+    /// What tenant API keys may do at most, per tenant.
+    pub quotas: QuotaPlan,
     /// The event rate of each tenant publishing with its keys.
     pub event_rate: Arc<EventRate>,
     /// Topic names.
@@ -258,6 +258,7 @@ fn admit_events(
     }
     state
         .quotas
+        .of(tenant)
         .allow_batch(events.len())
         .map_err(|e| ApiError::new(ErrorKind::InvalidField, e.to_string()).at("$"))?;
     state.event_rate.admit(tenant, events.len())?;
@@ -383,6 +384,7 @@ async fn create_subscription(
             .count();
         state
             .quotas
+            .of(tenant)
             .allow_new_subscription(tenant, existing)
             .map_err(|e| ApiError::new(ErrorKind::QuotaExceeded, e.to_string()))?;
     }

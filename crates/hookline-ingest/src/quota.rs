@@ -1,31 +1,45 @@
 //! The per-tenant event rate of tenant API keys: one token bucket per tenant, sized by
-//! [`TenantQuotas`]. Only tenants that hold keys are metered, so the buckets are as
-//! many as those tenants.
+//! its [`TenantQuotas`] (the defaults, or its own). Only tenants that hold keys are
+//! metered, so the buckets are as many as those tenants.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use hookline_domain::quota::{retry_after_secs, TenantQuotas};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hookline_domain::quota::{retry_after_secs, QuotaPlan, TenantQuotas};
 
 use crate::error::ApiError;
 
 /// Meters the events each tenant publishes.
 pub struct EventRate {
-    limiter: DefaultKeyedRateLimiter<String>,
+    /// One bucket per tenant on the default limits.
+    default: DefaultKeyedRateLimiter<String>,
+    /// The tenants with limits of their own, a bucket each.
+    own: HashMap<String, DefaultDirectRateLimiter>,
+    plan: QuotaPlan,
     clock: DefaultClock,
-    per_second: u32,
+}
+
+/// A token bucket of `quotas.events_per_second`, in bursts of `quotas.events_burst`.
+fn bucket(quotas: &TenantQuotas) -> Quota {
+    let per_second = NonZeroU32::new(quotas.events_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(quotas.events_burst).unwrap_or(per_second);
+    Quota::per_second(per_second).allow_burst(burst)
 }
 
 impl EventRate {
-    /// A meter allowing `quotas.events_per_second`, in bursts of `quotas.events_burst`.
-    pub fn new(quotas: &TenantQuotas) -> Self {
-        let per_second = NonZeroU32::new(quotas.events_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(quotas.events_burst).unwrap_or(per_second);
+    /// A meter of every tenant's event rate under `plan`.
+    pub fn new(plan: &QuotaPlan) -> Self {
         Self {
-            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            default: RateLimiter::keyed(bucket(&plan.default)),
+            own: plan
+                .tenants
+                .iter()
+                .map(|(tenant, quotas)| (tenant.clone(), RateLimiter::direct(bucket(quotas))))
+                .collect(),
+            plan: plan.clone(),
             clock: DefaultClock::default(),
-            per_second: per_second.get(),
         }
     }
 
@@ -39,12 +53,16 @@ impl EventRate {
             ApiError::rate_limited(
                 format!(
                     "tenant `{tenant}` is over its quota of {} events per second",
-                    self.per_second
+                    self.plan.of(tenant).events_per_second
                 ),
                 retry_after_secs(wait),
             )
         };
-        match self.limiter.check_key_n(&tenant.to_owned(), n) {
+        let decision = match self.own.get(tenant) {
+            Some(limiter) => limiter.check_n(n),
+            None => self.default.check_key_n(&tenant.to_owned(), n),
+        };
+        match decision {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(refused(not_until.wait_time_from(self.clock.now()))),
             // More than a burst: start-up checks make the batch limit fit a burst, so
@@ -58,14 +76,16 @@ impl EventRate {
 mod tests {
     use super::*;
 
+    const QUOTAS: TenantQuotas = TenantQuotas {
+        max_subscriptions: 10,
+        events_per_second: 1,
+        events_burst: 5,
+        max_batch_events: 5,
+    };
+
     #[test]
     fn each_tenant_has_its_own_bucket() {
-        let rate = EventRate::new(&TenantQuotas {
-            max_subscriptions: 10,
-            events_per_second: 1,
-            events_burst: 5,
-            max_batch_events: 5,
-        });
+        let rate = EventRate::new(&QuotaPlan::uniform(QUOTAS));
         assert!(rate.admit("acme", 5).is_ok());
         let refused = rate.admit("acme", 1).unwrap_err();
         assert_eq!(refused.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
@@ -75,5 +95,15 @@ mod tests {
             "another tenant is not slowed"
         );
         assert!(rate.admit("acme", 0).is_ok());
+    }
+
+    #[test]
+    fn a_tenant_with_limits_of_its_own_gets_its_own_bucket() {
+        let plan = QuotaPlan::with_overrides(QUOTAS, "big:events_burst=50").unwrap();
+        let rate = EventRate::new(&plan);
+        assert!(rate.admit("big", 50).is_ok());
+        assert!(rate.admit("big", 1).is_err());
+        assert!(rate.admit("small", 5).is_ok());
+        assert!(rate.admit("small", 1).is_err());
     }
 }

@@ -534,7 +534,11 @@ async fn tenant_keys_are_held_to_the_tenant_quotas() {
         .set("HOOKLINE_TENANT_MAX_SUBSCRIPTIONS", "2")
         .set("HOOKLINE_TENANT_EVENTS_PER_SECOND", "1")
         .set("HOOKLINE_TENANT_EVENTS_BURST", "3")
-        .set("HOOKLINE_TENANT_MAX_BATCH_EVENTS", "3");
+        .set("HOOKLINE_TENANT_MAX_BATCH_EVENTS", "3")
+        .set(
+            "HOOKLINE_TENANT_QUOTA_OVERRIDES",
+            "globex:max_subscriptions=1",
+        );
     let ingest = deployment.start("hookline-ingest").await.unwrap();
     let admin = Api::new(ingest.url());
     let (_, acme_key) = admin.create_key("acme", &ALL_ROLES).await.unwrap();
@@ -557,6 +561,21 @@ async fn tenant_keys_are_held_to_the_tenant_quotas() {
         .subscribe(for_acme)
         .await
         .expect("the admin is not held to tenant quotas");
+    // A tenant with a limit of its own.
+    let globex = Api::new(ingest.url()).with_token(&globex_key);
+    globex.subscribe(new.clone()).await.unwrap();
+    let (status, error) = globex
+        .call(Method::POST, "/v1/subscriptions", Some(new.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "globex's own limit is 1: {error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 subscriptions"),
+        "{error}"
+    );
 
     let event = json!({"type": "a.b", "tenant": "acme"});
     let (status, error) = acme
