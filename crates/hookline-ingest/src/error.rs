@@ -178,6 +178,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if self.kind == ErrorKind::Unauthorized {
+            // RFC 6750: say which scheme the API expects.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }
@@ -223,6 +229,18 @@ mod tests {
         assert_eq!(body["error"]["ids"], json!(["evt_1"]));
         let response = ApiError::not_found("subscription").into_response();
         assert_eq!(response.headers().get(header::RETRY_AFTER), None);
+    }
+
+    #[test]
+    fn unauthorized_names_the_scheme_the_api_expects() {
+        let response = ApiError::unauthorized().into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers().get(header::WWW_AUTHENTICATE),
+            Some(&HeaderValue::from_static("Bearer"))
+        );
+        let response = ApiError::not_found("subscription").into_response();
+        assert_eq!(response.headers().get(header::WWW_AUTHENTICATE), None);
     }
 
     #[tokio::test]
