@@ -65,6 +65,22 @@ async fn ingest_refuses_to_start_without_an_admin_token_unless_told_loudly() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
+    // Tenant keys keep their scope without an admin token.
+    let anonymous_admin = Api::anonymous(open.url());
+    let (_, key) = anonymous_admin
+        .create_key("acme", &["events:publish"])
+        .await
+        .unwrap();
+    let (status, body) = Api::new(open.url())
+        .with_token(&key)
+        .call(
+            Method::POST,
+            "/v1/events",
+            Some(json!({"type": "a.b", "tenant": "globex"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
     let log = std::fs::read_to_string(&open.log_path).unwrap();
     assert!(
         log.contains("WARN") && log.contains("authentication: NONE"),
