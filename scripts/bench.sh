@@ -19,6 +19,9 @@ export HOOKLINE_KAFKA_BROKERS=127.0.0.1:$HOOKLINE_KAFKA_PORT
 export HOOKLINE_TOPIC_PREFIX=bench-$(date +%s).
 # The shipped defaults, but for loopback being allowed (the receiver is local).
 export HOOKLINE_DELIVERY_ALLOW_CIDRS=127.0.0.0/8
+# Ingest refuses to run without an admin credential; hookline-bench sends the same one
+# (it reads HOOKLINE_ADMIN_TOKEN too). The admin is not held to tenant quotas.
+export HOOKLINE_ADMIN_TOKEN=${HOOKLINE_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
 export RUST_LOG=warn
 base=${HOOKLINE_BENCH_PORT_BASE:-18080}
 ingest_addr=127.0.0.1:$base

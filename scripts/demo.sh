@@ -17,6 +17,9 @@ export HOOKLINE_KAFKA_BROKERS=127.0.0.1:$HOOKLINE_KAFKA_PORT
 export HOOKLINE_TOPIC_PREFIX=${HOOKLINE_TOPIC_PREFIX:-demo-$(date +%s).}
 # The demo receiver listens on loopback, which deliveries refuse unless allow-listed.
 export HOOKLINE_DELIVERY_ALLOW_CIDRS=127.0.0.0/8
+# Ingest refuses to run without an admin credential: a random one per run (or yours).
+# The demo client (hookline-demo) reads the same variable.
+export HOOKLINE_ADMIN_TOKEN=${HOOKLINE_ADMIN_TOKEN:-demo-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
 ingest_addr=127.0.0.1:${HOOKLINE_DEMO_INGEST_PORT:-8080}
 router_addr=127.0.0.1:${HOOKLINE_DEMO_ROUTER_PORT:-8081}
 delivery_addr=127.0.0.1:${HOOKLINE_DEMO_DELIVERY_PORT:-8082}
@@ -92,7 +95,9 @@ echo "== $got of $expected expected deliveries arrived, every signature verified
 echo "   Metrics:  curl http://$ingest_addr/metrics   (ingest)"
 echo "             curl http://$router_addr/metrics   (router)"
 echo "             curl http://$delivery_addr/metrics   (delivery: hookline_delivery_*)"
-echo "   Try:      curl -X POST http://$ingest_addr/v1/events -d '{\"type\":\"invoice.paid\",\"tenant\":\"acme\",\"data\":{\"invoice_id\":\"in_42\"}}'"
+echo "   Admin:    export HOOKLINE_ADMIN_TOKEN=$HOOKLINE_ADMIN_TOKEN   (this run's admin token)"
+echo "   Try:      curl -X POST http://$ingest_addr/v1/events -H \"authorization: Bearer \$HOOKLINE_ADMIN_TOKEN\" -d '{\"type\":\"invoice.paid\",\"tenant\":\"acme\",\"data\":{\"invoice_id\":\"in_42\"}}'"
+echo "   A key:    curl -X POST http://$ingest_addr/v1/tenants/acme/api-keys -H \"authorization: Bearer \$HOOKLINE_ADMIN_TOKEN\" -d '{\"roles\":[\"events:publish\"]}'"
 if $check; then
   [ "$got" -ge "$expected" ] || { echo "demo check failed" >&2; exit 1; }
   exit 0

@@ -15,8 +15,14 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client of the ingest at `base`.
+    /// A client of the ingest at `base`, sending the deployment's
+    /// [`ADMIN_TOKEN`](crate::process::ADMIN_TOKEN).
     pub fn new(base: String) -> Self {
+        Self::anonymous(base).with_token(crate::process::ADMIN_TOKEN)
+    }
+
+    /// A client of the ingest at `base` sending no credential.
+    pub fn anonymous(base: String) -> Self {
         Self {
             http: reqwest::Client::new(),
             base,
@@ -24,10 +30,31 @@ impl Api {
         }
     }
 
-    /// Sends a bearer token from now on.
+    /// Sends `token` (the admin token or a tenant API key) from now on.
     pub fn with_token(mut self, token: &str) -> Self {
         self.token = Some(token.to_owned());
         self
+    }
+
+    /// Creates an API key of `tenant` with `roles` (this client must be the admin's);
+    /// returns (key id, key).
+    pub async fn create_key(
+        &self,
+        tenant: &str,
+        roles: &[&str],
+    ) -> anyhow::Result<(String, String)> {
+        let (status, created) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/tenants/{tenant}/api-keys"),
+                Some(serde_json::json!({ "roles": roles })),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "create API key: {status} {created}");
+        Ok((
+            created["id"].as_str().unwrap_or_default().to_owned(),
+            created["key"].as_str().unwrap_or_default().to_owned(),
+        ))
     }
 
     /// The subscription as the API shows it.
@@ -103,12 +130,11 @@ impl Api {
 
     /// A raw-body POST.
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .body(body)
-            .send()
-            .await?;
+        let mut request = self.http.post(format!("{}{path}", self.base)).body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
         Ok((

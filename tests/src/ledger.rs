@@ -162,7 +162,7 @@ async fn run_load(
     mut stopped: watch::Receiver<bool>,
     shared: Arc<Mutex<Shared>>,
 ) {
-    let client = reqwest::Client::new();
+    let client = crate::process::admin_client();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
     let mut sends = tokio::task::JoinSet::new();
     let mut n: u64 = 0;

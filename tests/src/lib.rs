@@ -52,6 +52,6 @@ pub use kafka::{
     Record, TopicSpec,
 };
 pub use ledger::{genuine, Ledger, Load, LoadReport, Sent, Subscribed};
-pub use process::{free_addr, is_stray, Deployment, Proc};
+pub use process::{admin_client, free_addr, is_stray, Deployment, Proc, ADMIN_TOKEN};
 pub use receiver::{Behaviour, Received, Receiver};
 pub use wait::eventually;

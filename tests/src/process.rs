@@ -14,6 +14,24 @@ use anyhow::{bail, Context as _};
 use crate::kafka::brokers;
 use crate::wait::eventually;
 
+/// The admin token every [`Deployment`] gives ingest (`HOOKLINE_ADMIN_TOKEN`), and
+/// every [`Api`](crate::Api) client sends unless told otherwise: ingest refuses to start
+/// without one.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-not-a-secret";
+
+/// An HTTP client sending the [`ADMIN_TOKEN`] on every request.
+pub fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static("Bearer e2e-admin-token-not-a-secret"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A free TCP port on loopback.
 pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -51,7 +69,8 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// A fresh prefix (`t<ulid>.`) and groups on the test broker; 4 partitions per topic.
+    /// A fresh prefix (`t<ulid>.`) and groups on the test broker; 4 partitions per topic;
+    /// the [`ADMIN_TOKEN`].
     pub fn new() -> Self {
         Self::on(&brokers())
     }
@@ -66,6 +85,7 @@ impl Deployment {
             ("HOOKLINE_ROUTER_GROUP", format!("{prefix}router")),
             ("HOOKLINE_DELIVERY_GROUP", format!("{prefix}delivery")),
             ("HOOKLINE_DELIVERY_ALLOW_CIDRS", "127.0.0.0/8".into()),
+            ("HOOKLINE_ADMIN_TOKEN", ADMIN_TOKEN.into()),
             ("RUST_LOG", "info,rdkafka=warn".into()),
         ]
         .into_iter()

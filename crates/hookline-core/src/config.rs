@@ -86,12 +86,201 @@ impl KafkaArgs {
     }
 }
 
-/// Settings of the HTTP API and operations endpoints.
-#[derive(Debug, Clone, clap::Args)]
+/// Settings of the HTTP API's authentication.
+#[derive(Clone, clap::Args)]
 pub struct ApiArgs {
-    /// When set, every `/v1` call needs `Authorization: Bearer <token>`.
+    /// The operator's admin credential: `Authorization: Bearer <token>` acts for every
+    /// tenant and manages tenants' API keys. Required (at least 16 characters, no
+    /// whitespace) unless `HOOKLINE_INSECURE_NO_AUTH=true`.
     #[arg(long, env = "HOOKLINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Local demos only: run the API without an admin credential, every request without
+    /// a key acting as the admin. Logged as a warning at start.
+    #[arg(
+        long,
+        env = "HOOKLINE_INSECURE_NO_AUTH",
+        value_parser = parse_switch,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub insecure_no_auth: bool,
+
+    /// Longest time a tenant API key is honoured on a view of the API keys topic not
+    /// confirmed up to date (humantime): the bound on how long a revoked key may keep
+    /// working on an instance. Past it, tenant keys get `503` until the view catches up.
+    #[arg(
+        long,
+        env = "HOOKLINE_API_KEYS_MAX_STALENESS",
+        value_parser = parse_positive_duration,
+        default_value = "10s"
+    )]
+    pub api_keys_max_staleness: std::time::Duration,
+}
+
+/// Never shows the admin token.
+impl std::fmt::Debug for ApiArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiArgs")
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("api_keys_max_staleness", &self.api_keys_max_staleness)
+            .finish()
+    }
+}
+
+/// Fewest characters of an admin token.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// How the API authenticates requests.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// The admin token, and tenant API keys.
+    AdminToken(String),
+    /// No admin token: requests without a key act as the admin (tenant keys still work).
+    Insecure,
+}
+
+/// Never shows the admin token.
+impl std::fmt::Debug for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::AdminToken(_) => "AdminToken(<redacted>)",
+            Self::Insecure => "Insecure",
+        })
+    }
+}
+
+impl ApiArgs {
+    /// The authentication mode these settings ask for, or why they are refused (the
+    /// message names the settings; it never shows the token).
+    pub fn auth_mode(&self) -> Result<AuthMode, String> {
+        match (&self.admin_token, self.insecure_no_auth) {
+            (Some(_), true) => Err(
+                "HOOKLINE_ADMIN_TOKEN and HOOKLINE_INSECURE_NO_AUTH=true are both set: \
+                 choose one"
+                    .into(),
+            ),
+            (None, true) => Ok(AuthMode::Insecure),
+            (None, false) => Err(
+                "HOOKLINE_ADMIN_TOKEN is not set: the API refuses to run without \
+                 authentication; set it (at least 16 characters), or set \
+                 HOOKLINE_INSECURE_NO_AUTH=true for a local demo"
+                    .into(),
+            ),
+            (Some(token), false) => {
+                if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    Err("HOOKLINE_ADMIN_TOKEN must not contain whitespace".into())
+                } else if token.chars().count() < MIN_ADMIN_TOKEN_LEN {
+                    Err(format!(
+                        "HOOKLINE_ADMIN_TOKEN is too short (empty or under \
+                         {MIN_ADMIN_TOKEN_LEN} characters)"
+                    ))
+                } else if hookline_domain::api_key::key_id_of(token).is_some() {
+                    Err(
+                        "HOOKLINE_ADMIN_TOKEN has the shape of a tenant API key (`hk_…`); \
+                         choose another"
+                            .into(),
+                    )
+                } else {
+                    Ok(AuthMode::AdminToken(token.clone()))
+                }
+            }
+        }
+    }
+}
+
+/// Per-tenant quotas on what tenant API keys may do (the admin credential is not
+/// limited).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TenantQuotaArgs {
+    /// Most subscriptions one tenant may hold; a tenant key's create beyond it gets
+    /// `409 quota_exceeded`.
+    #[arg(
+        long,
+        env = "HOOKLINE_TENANT_MAX_SUBSCRIPTIONS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub tenant_max_subscriptions: u32,
+
+    /// Sustained events per second one tenant's keys may publish; beyond it, `429`
+    /// with `Retry-After`.
+    #[arg(
+        long,
+        env = "HOOKLINE_TENANT_EVENTS_PER_SECOND",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub tenant_events_per_second: u32,
+
+    /// Events one tenant's keys may publish in a burst above the sustained rate; at
+    /// least `HOOKLINE_TENANT_MAX_BATCH_EVENTS`.
+    #[arg(
+        long,
+        env = "HOOKLINE_TENANT_EVENTS_BURST",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub tenant_events_burst: u32,
+
+    /// Most events in one `POST /v1/events` with a tenant key; beyond it, `422`.
+    #[arg(
+        long,
+        env = "HOOKLINE_TENANT_MAX_BATCH_EVENTS",
+        default_value_t = 500,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub tenant_max_batch_events: u32,
+
+    /// Tenants with limits of their own, `;`-separated:
+    /// `<tenant>:<name>=<value>[,<name>=<value>…]`, names `max_subscriptions`,
+    /// `events_per_second`, `events_burst`, `max_batch_events`; e.g.
+    /// `acme:events_per_second=5000,events_burst=10000;globex:max_subscriptions=50`.
+    #[arg(long, env = "HOOKLINE_TENANT_QUOTA_OVERRIDES", default_value = "")]
+    pub tenant_quota_overrides: String,
+}
+
+impl TenantQuotaArgs {
+    /// The quotas, or why they cannot all be met (naming the settings).
+    pub fn quotas(&self) -> Result<hookline_domain::quota::QuotaPlan, String> {
+        let quotas = hookline_domain::quota::TenantQuotas {
+            max_subscriptions: self.tenant_max_subscriptions as usize,
+            events_per_second: self.tenant_events_per_second,
+            events_burst: self.tenant_events_burst,
+            max_batch_events: self.tenant_max_batch_events as usize,
+        };
+        quotas.validate().map_err(|reason| {
+            format!("HOOKLINE_TENANT_MAX_BATCH_EVENTS and HOOKLINE_TENANT_EVENTS_BURST: {reason}")
+        })?;
+        hookline_domain::quota::QuotaPlan::with_overrides(quotas, &self.tenant_quota_overrides)
+            .map_err(|reason| format!("HOOKLINE_TENANT_QUOTA_OVERRIDES: {reason}"))
+    }
+}
+
+/// Parses `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`), refusing anything
+/// else so that a typo never silently means "off".
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "`{text}` is not a switch: expected `true` or `false`"
+        )),
+    }
+}
+
+/// Parses a humantime duration above zero.
+pub fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!("`{text}` must be above zero"));
+    }
+    Ok(duration)
 }
 
 /// When a binary that is not getting its Kafka work done stops answering `/readyz`.
@@ -192,6 +381,95 @@ mod tests {
             format!("{}events", cli.kafka.topic_prefix)
         );
         assert!(Cli::try_parse_from(["x", "--kafka-property", "novalue"]).is_err());
+    }
+
+    #[derive(Parser)]
+    struct ApiCli {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        quotas: TenantQuotaArgs,
+    }
+
+    fn api(args: &[&str]) -> Result<AuthMode, String> {
+        let cli = ApiCli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.api.auth_mode()
+    }
+
+    #[test]
+    fn the_api_needs_an_admin_token_or_an_explicit_opt_out() {
+        let refused = api(&[]).unwrap_err();
+        assert!(
+            refused.contains("HOOKLINE_ADMIN_TOKEN is not set"),
+            "{refused}"
+        );
+        assert!(refused.contains("HOOKLINE_INSECURE_NO_AUTH"), "{refused}");
+        let token = "0123456789abcdef";
+        assert_eq!(
+            api(&["--admin-token", token]),
+            Ok(AuthMode::AdminToken(token.into()))
+        );
+        for bad in ["", "abc12", "0123456789 abcdef"] {
+            let refused = api(&["--admin-token", bad]).unwrap_err();
+            assert!(
+                refused.contains("HOOKLINE_ADMIN_TOKEN"),
+                "{bad:?}: {refused}"
+            );
+            assert!(
+                bad.is_empty() || !refused.contains(bad),
+                "the token is not shown"
+            );
+        }
+        let key = hookline_domain::api_key::ApiKey::generate();
+        assert!(api(&["--admin-token", key.expose()]).is_err());
+        assert_eq!(api(&["--insecure-no-auth"]), Ok(AuthMode::Insecure));
+        assert_eq!(api(&["--insecure-no-auth", "true"]), Ok(AuthMode::Insecure));
+        assert!(api(&["--insecure-no-auth", "false"]).is_err());
+        let typo = api(&["--insecure-no-auth", "ture"]).unwrap_err();
+        assert!(typo.contains("not a switch"), "{typo}");
+        assert!(api(&["--insecure-no-auth", "--admin-token", token])
+            .unwrap_err()
+            .contains("both"));
+        assert!(format!("{:?}", AuthMode::AdminToken(token.into())).contains("redacted"));
+        assert!(api(&["--api-keys-max-staleness", "0s"]).is_err());
+    }
+
+    #[test]
+    fn quotas_have_defaults_and_must_fit_together() {
+        let cli = ApiCli::try_parse_from(["x"]).unwrap();
+        let plan = cli.quotas.quotas().unwrap();
+        assert!(plan.tenants.is_empty());
+        let quotas = plan.default;
+        assert_eq!(quotas.max_subscriptions, 1000);
+        assert_eq!(quotas.events_per_second, 1000);
+        assert_eq!(quotas.events_burst, 2000);
+        assert_eq!(quotas.max_batch_events, 500);
+        let cli =
+            ApiCli::try_parse_from(["x", "--tenant-quota-overrides", "acme:max_subscriptions=5"])
+                .unwrap();
+        assert_eq!(cli.quotas.quotas().unwrap().of("acme").max_subscriptions, 5);
+        let cli =
+            ApiCli::try_parse_from(["x", "--tenant-quota-overrides", "acme:speed=5"]).unwrap();
+        let refused = cli.quotas.quotas().unwrap_err();
+        assert!(
+            refused.contains("HOOKLINE_TENANT_QUOTA_OVERRIDES"),
+            "{refused}"
+        );
+        let cli = ApiCli::try_parse_from([
+            "x",
+            "--tenant-events-burst",
+            "10",
+            "--tenant-max-batch-events",
+            "11",
+        ])
+        .unwrap();
+        let refused = cli.quotas.quotas().unwrap_err();
+        assert!(
+            refused.contains("HOOKLINE_TENANT_EVENTS_BURST"),
+            "{refused}"
+        );
+        assert!(ApiCli::try_parse_from(["x", "--tenant-events-per-second", "0"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Hookline's infrastructure, shared by the binaries: topic names, Kafka clients and
-//! topic creation, the live subscriptions view, topic scans, shared settings and
+//! topic creation, the live subscriptions and API keys views, topic scans, shared settings and
 //! telemetry. The domain it carries is `hookline-domain`'s.
 //!
 //! The three binaries (`hookline-ingest`, `hookline-router`, `hookline-delivery`) talk
@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod key_view;
 pub mod memory;
 pub mod produce;
 pub mod progress;

@@ -39,6 +39,12 @@ impl Topics {
         self.name("subscriptions.health")
     }
 
+    /// Tenant API keys (hashes only), compacted, keyed by key id; a revoked key is a
+    /// tombstone. Written by the ingest API only.
+    pub fn api_keys(&self) -> String {
+        self.name("api-keys")
+    }
+
     /// Delivery tasks: one per (event, matching subscription), keyed by subscription.
     pub fn deliveries(&self) -> String {
         self.name("deliveries")
@@ -99,6 +105,7 @@ mod tests {
         assert_eq!(t.events(), "test-1.events");
         assert_eq!(t.events_dlq(), "test-1.events.dlq");
         assert_eq!(t.subscriptions(), "test-1.subscriptions");
+        assert_eq!(t.api_keys(), "test-1.api-keys");
         assert_eq!(t.deliveries(), "test-1.deliveries");
         assert_eq!(t.deliveries_dlq(), "test-1.deliveries.dlq");
         assert_eq!(

@@ -2,10 +2,13 @@
 //! envelope and its CloudEvents mapping, ids, subscriptions and their matching and
 //! filters, Standard Webhooks signing, delivery tasks and attempt records, and the
 //! delivery policy (retry schedule and tiers, circuit breaker, offset tracking, egress
-//! policy, and the delivery decision). Everything here is pure: effects live in the
+//! policy, and the delivery decision), and access control (roles, tenant API keys,
+//! per-tenant quotas). Everything here is pure: effects live in the
 //! binaries and in `hookline-core`'s Kafka wiring.
 #![warn(missing_docs)]
 
+pub mod access;
+pub mod api_key;
 pub mod attempt;
 pub mod backoff;
 pub mod breaker;
@@ -19,6 +22,7 @@ pub mod health;
 pub mod ids;
 pub mod matching;
 pub mod position;
+pub mod quota;
 pub mod retry;
 pub mod routing;
 pub mod signing;

@@ -1,32 +1,40 @@
-//! The `/v1` API: events in, subscriptions managed.
+//! The `/v1` API: events in, subscriptions managed, tenants' API keys managed
+//! ([`crate::keys`]). Every handler checks the request's [`Principal`] before it acts:
+//! the role it needs, and the tenant of what it touches (another tenant's subscription
+//! is answered as missing).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::ApiError;
-use crate::http::{body_bytes, decode_json, require_bearer, ApiJson};
+use crate::auth::{authenticate, denied, Authenticator};
+use crate::error::{ApiError, ErrorKind};
+use crate::http::{body_bytes, decode_json, ApiJson};
+use crate::quota::EventRate;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
 use chrono::Utc;
 use hookline_core::config::KafkaArgs;
+use hookline_core::key_view::ApiKeyView;
 use hookline_core::produce::{OutRecord, RenewingProducer};
 use hookline_core::progress::Progress;
 use hookline_core::telemetry;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
-use hookline_domain::event::{parse_batch, Event};
+use hookline_domain::access::{Principal, Role};
+use hookline_domain::event::{parse_batch, Event, FieldError};
 use hookline_domain::ids;
+use hookline_domain::quota::QuotaPlan;
 use hookline_domain::subscription::{NewSubscription, Subscription, SubscriptionPatch};
 use prometheus::{HistogramVec, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// How long a subscription write waits to be visible in this process's view.
-const VIEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a subscription or API key write waits to be visible in this process's view.
+pub const VIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Ingest's metrics.
 #[derive(Clone)]
@@ -96,6 +104,12 @@ pub struct AppState {
     pub progress: Progress,
     /// This process's view of the subscriptions topic.
     pub view: Arc<SubscriptionView>,
+    /// This process's view of the API keys topic.
+    pub keys: Arc<ApiKeyView>,
+    /// What tenant API keys may do at most, per tenant.
+    pub quotas: QuotaPlan,
+    /// The event rate of each tenant publishing with its keys.
+    pub event_rate: Arc<EventRate>,
     /// Topic names.
     pub topics: Topics,
     /// Most events in one request.
@@ -110,9 +124,8 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
-/// The `/v1` routes, behind the bearer-token guard and the body limit.
-pub fn routes(state: AppState, max_body_bytes: usize, admin_token: Option<String>) -> Router {
-    let token: Option<Arc<str>> = admin_token.map(Arc::from);
+/// The `/v1` routes, behind the authentication guard and the body limit.
+pub fn routes(state: AppState, max_body_bytes: usize, auth: Arc<Authenticator>) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route(
@@ -129,17 +142,26 @@ pub fn routes(state: AppState, max_body_bytes: usize, admin_token: Option<String
         .route("/v1/subscriptions/{id}/attempts", get(list_attempts))
         .route("/v1/subscriptions/{id}/replay", post(replay_subscription))
         .route("/v1/dlq/redrive", post(redrive_dlq))
+        .route(
+            "/v1/tenants/{tenant}/api-keys",
+            post(crate::keys::create_key).get(crate::keys::list_keys),
+        )
+        .route(
+            "/v1/tenants/{tenant}/api-keys/{key_id}",
+            delete(crate::keys::revoke_key),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn_with_state(token, require_bearer))
+        .layer(middleware::from_fn_with_state(auth, authenticate))
         .with_state(state)
 }
 
 /// Answers `202 {"ids": [...]}` once Kafka acknowledged every event of the request.
 async fn post_events(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let outcome = accept_events(&state, body).await;
+    let outcome = accept_events(&state, &principal, body).await;
     let status = outcome
         .as_ref()
         .map_or_else(ApiError::status, |_| StatusCode::ACCEPTED);
@@ -149,13 +171,25 @@ async fn post_events(
 
 async fn accept_events(
     state: &AppState,
+    principal: &Principal,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Vec<String>, ApiError> {
+    principal
+        .require(Role::EventsPublish)
+        .map_err(|d| denied(d, "event"))?;
     let bytes = body_bytes(body)?;
-    let events = decode_json(&bytes)
-        .and_then(|body| Ok(parse_batch(body, state.max_batch_events)?))
-        .inspect_err(|_| {
-            state.metrics.events.with_label_values(&["invalid"]).inc();
+    let events = decode_json::<Value>(&bytes)
+        .and_then(|body| {
+            let batch = body.is_array();
+            let events = parse_batch(body, state.max_batch_events)?;
+            admit_events(state, principal, events, batch)
+        })
+        .inspect_err(|err| {
+            let outcome = match err.kind {
+                ErrorKind::Forbidden | ErrorKind::RateLimited => "refused",
+                _ => "invalid",
+            };
+            state.metrics.events.with_label_values(&[outcome]).inc();
         })?;
     let topic = state.topics.events();
     let records: Vec<OutRecord> = events
@@ -208,6 +242,36 @@ async fn accept_events(
     Ok(events.into_iter().map(|e: Event| e.id.into()).collect())
 }
 
+/// A tenant key's batch: every event of its own tenant, within the tenant's batch
+/// limit and event rate. The admin credential is not limited.
+fn admit_events(
+    state: &AppState,
+    principal: &Principal,
+    events: Vec<Event>,
+    batch: bool,
+) -> Result<Vec<Event>, ApiError> {
+    let Some(tenant) = principal.tenant() else {
+        return Ok(events);
+    };
+    for (i, event) in events.iter().enumerate() {
+        let field = if batch {
+            format!("[{i}].tenant")
+        } else {
+            "tenant".to_owned()
+        };
+        principal
+            .act_for(&event.tenant)
+            .map_err(|d| denied(d, "event").at(field))?;
+    }
+    state
+        .quotas
+        .of(tenant)
+        .allow_batch(events.len())
+        .map_err(|e| ApiError::new(ErrorKind::InvalidField, e.to_string()).at("$"))?;
+    state.event_rate.admit(tenant, events.len())?;
+    Ok(events)
+}
+
 /// How long past the produce timeout a request waits for librdkafka to report its
 /// records before it is answered without their reports.
 const REPORT_SLACK: Duration = Duration::from_secs(1);
@@ -234,6 +298,30 @@ async fn send_within(
     }
 }
 
+/// Writes one record (`None`: a tombstone) to a compacted topic of the API's and
+/// returns its offset once Kafka acknowledged it; `what` names it in errors.
+pub async fn write_record(
+    state: &AppState,
+    topic: String,
+    key: &str,
+    payload: Option<Vec<u8>>,
+    what: &str,
+) -> Result<i64, ApiError> {
+    let record = OutRecord::new(topic, key, payload);
+    let results = send_within(
+        &state.producer,
+        std::slice::from_ref(&record),
+        state.produce_timeout,
+    )
+    .await;
+    let (_, offset) = results
+        .into_iter()
+        .next()
+        .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+        .map_err(|err| ApiError::unavailable(format!("{what} not stored: {err}")))?;
+    Ok(offset)
+}
+
 /// Writes a subscription record (or a tombstone) and waits until this process's view
 /// shows it, so that a read right after the write sees it.
 async fn write_subscription(
@@ -245,18 +333,14 @@ async fn write_subscription(
         .map(serde_json::to_vec)
         .transpose()
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let record = OutRecord::new(state.topics.subscriptions(), id, payload);
-    let results = send_within(
-        &state.producer,
-        std::slice::from_ref(&record),
-        state.produce_timeout,
+    let offset = write_record(
+        state,
+        state.topics.subscriptions(),
+        id,
+        payload,
+        "subscription",
     )
-    .await;
-    let (_, offset) = results
-        .into_iter()
-        .next()
-        .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
-        .map_err(|err| ApiError::unavailable(format!("subscription not stored: {err}")))?;
+    .await?;
     state
         .view
         .wait_for_offset(offset, VIEW_TIMEOUT)
@@ -283,9 +367,34 @@ fn public(subscription: &Subscription) -> Value {
 
 async fn create_subscription(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<NewSubscription>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(mut request): ApiJson<NewSubscription>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal
+        .require(Role::SubscriptionsManage)
+        .map_err(|d| denied(d, "subscription"))?;
+    if let Some(own) = principal.tenant() {
+        // A tenant key may leave the tenant out: it can only be its own.
+        let tenant = request.tenant.get_or_insert_with(|| own.to_owned());
+        principal
+            .act_for(tenant)
+            .map_err(|d| denied(d, "subscription").at("tenant"))?;
+    }
     let subscription = request.into_subscription(ids::new_subscription_id(), Utc::now())?;
+    if !principal.is_admin() {
+        let tenant = subscription.tenant();
+        let existing = state
+            .view
+            .read()
+            .iter()
+            .filter(|s| s.tenant() == tenant)
+            .count();
+        state
+            .quotas
+            .of(tenant)
+            .allow_new_subscription(tenant, existing)
+            .map_err(|e| ApiError::new(ErrorKind::QuotaExceeded, e.to_string()))?;
+    }
     write_subscription(&state, subscription.id(), Some(&subscription)).await?;
     tracing::info!(id = %subscription.id(), tenant = %subscription.tenant(), "subscription created");
     let mut shown = public(&subscription);
@@ -298,50 +407,73 @@ struct ListQuery {
     tenant: Option<String>,
 }
 
+/// With a tenant key, only that tenant's subscriptions are listed, whatever `tenant`
+/// asks for.
 async fn list_subscriptions(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<ListQuery>,
-) -> Json<Value> {
+) -> Result<Json<Value>, ApiError> {
+    principal
+        .require(Role::SubscriptionsManage)
+        .map_err(|d| denied(d, "subscription"))?;
     let mut found: Vec<Arc<Subscription>> = state
         .view
         .read()
         .iter()
+        .filter(|s| principal.sees(s.tenant()))
         .filter(|s| query.tenant.as_ref().is_none_or(|t| s.tenant() == t))
         .cloned()
         .collect();
     found.sort_by(|a, b| a.id().cmp(b.id()));
-    Json(json!({ "data": found.iter().map(|s| public(s)).collect::<Vec<_>>() }))
+    Ok(Json(
+        json!({ "data": found.iter().map(|s| public(s)).collect::<Vec<_>>() }),
+    ))
 }
 
-fn find(state: &AppState, id: &str) -> Result<Arc<Subscription>, ApiError> {
+/// The subscription `id`, when `principal` holds `role` (else `403`) and may see it:
+/// another tenant's subscription is answered `404`, exactly as a missing one.
+fn find(
+    state: &AppState,
+    principal: &Principal,
+    role: Role,
+    id: &str,
+) -> Result<Arc<Subscription>, ApiError> {
+    principal
+        .require(role)
+        .map_err(|d| denied(d, "subscription"))?;
     state
         .view
         .get(id)
+        .filter(|s| principal.sees(s.tenant()))
         .ok_or_else(|| ApiError::not_found("subscription"))
 }
 
 async fn get_subscription(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(public(find(&state, &id)?.as_ref())))
+    let subscription = find(&state, &principal, Role::SubscriptionsManage, &id)?;
+    Ok(Json(public(&subscription)))
 }
 
 async fn get_secret(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({ "secret": find(&state, &id)?.secret().expose() }),
-    ))
+    let subscription = find(&state, &principal, Role::SubscriptionsManage, &id)?;
+    Ok(Json(json!({ "secret": subscription.secret().expose() })))
 }
 
 async fn patch_subscription(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<SubscriptionPatch>,
 ) -> Result<Json<Value>, ApiError> {
-    let current = find(&state, &id)?;
+    let current = find(&state, &principal, Role::SubscriptionsManage, &id)?;
     let next = patch.apply(&current, Utc::now())?;
     write_subscription(&state, &id, Some(&next)).await?;
     tracing::info!(%id, "subscription updated");
@@ -350,9 +482,10 @@ async fn patch_subscription(
 
 async fn delete_subscription(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    find(&state, &id)?;
+    find(&state, &principal, Role::SubscriptionsManage, &id)?;
     write_subscription(&state, &id, None).await?;
     tracing::info!(%id, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -365,10 +498,11 @@ struct AttemptsQuery {
 
 async fn list_attempts(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(query): Query<AttemptsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    find(&state, &id)?;
+    find(&state, &principal, Role::AttemptsRead, &id)?;
     let limit = query
         .limit
         .unwrap_or(50)
@@ -384,10 +518,11 @@ struct ReplayRequest {
 
 async fn replay_subscription(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<ReplayRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let subscription = find(&state, &id)?;
+    let subscription = find(&state, &principal, Role::SubscriptionsManage, &id)?;
     let report = crate::replay::replay(
         &state.kafka,
         &state.topics,
@@ -402,16 +537,36 @@ async fn replay_subscription(
     Ok(Json(json!(report)))
 }
 
+/// A tenant key redrives one of its own subscriptions at a time: dead letters of
+/// every tenant sit in one topic.
 async fn redrive_dlq(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<crate::replay::RedriveRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    if request.subscription_id.is_none() && request.since.is_none() {
-        return Err(hookline_domain::event::FieldError::new(
-            "subscription_id",
-            "give a subscription_id, a since, or both",
-        )
-        .into());
+    principal
+        .require(Role::SubscriptionsManage)
+        .map_err(|d| denied(d, "subscription"))?;
+    match &request.subscription_id {
+        None if request.since.is_none() => {
+            return Err(FieldError::new(
+                "subscription_id",
+                "give a subscription_id, a since, or both",
+            )
+            .into());
+        }
+        None if !principal.is_admin() => {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                "a tenant API key redrives one subscription at a time: give its subscription_id",
+            )
+            .at("subscription_id"));
+        }
+        // The admin may redrive a subscription deleted since (its dead letters stay).
+        Some(id) if !principal.is_admin() => {
+            find(&state, &principal, Role::SubscriptionsManage, id)?;
+        }
+        _ => {}
     }
     let report = crate::replay::redrive(&state.kafka, &state.topics, &state.producer, request)
         .await

@@ -17,12 +17,19 @@ pub enum ErrorKind {
     BadRequest,
     /// 401: missing or wrong bearer token.
     Unauthorized,
-    /// 404: no such resource.
+    /// 403: the credential may not do this (a role it lacks, another tenant, an
+    /// admin-only call).
+    Forbidden,
+    /// 404: no such resource (or one of another tenant).
     NotFound,
+    /// 409: a tenant quota would be exceeded (e.g. its most subscriptions).
+    QuotaExceeded,
     /// 413: the body is over the limit.
     PayloadTooLarge,
     /// 422: a field failed validation.
     InvalidField,
+    /// 429: the tenant publishes faster than its quota; answered with `Retry-After`.
+    RateLimited,
     /// 500: a bug on our side.
     Internal,
     /// 503: Kafka (or another dependency) did not take the write.
@@ -35,7 +42,10 @@ impl ErrorKind {
         match self {
             Self::MalformedJson | Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::QuotaExceeded => StatusCode::CONFLICT,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidField => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -49,7 +59,10 @@ impl ErrorKind {
             Self::MalformedJson => "malformed_json",
             Self::BadRequest => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::RateLimited => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
             Self::InvalidField => "invalid_field",
             Self::Internal => "internal",
@@ -70,6 +83,9 @@ pub struct ApiError {
     pub field: Option<String>,
     /// More members of the error object, e.g. the ids of events that were not written.
     pub details: Vec<(&'static str, serde_json::Value)>,
+    /// `Retry-After` in seconds, for errors other than 503 (which always carries
+    /// [`RETRY_AFTER_SECS`]).
+    pub retry_after: Option<u64>,
 }
 
 /// `Retry-After` of a 503, in seconds: about the time Kafka takes to elect a new
@@ -84,6 +100,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             details: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -120,6 +137,14 @@ impl ApiError {
         Self::new(ErrorKind::Unauthorized, "missing or invalid bearer token")
     }
 
+    /// 429: over the tenant's event rate; retry after `retry_after_secs`.
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut err = Self::new(ErrorKind::RateLimited, message)
+            .with("retry_after_seconds", json!(retry_after_secs));
+        err.retry_after = Some(retry_after_secs);
+        err
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.kind.status()
@@ -144,10 +169,20 @@ impl IntoResponse for ApiError {
             error[key] = value;
         }
         let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
-        if self.kind == ErrorKind::Unavailable {
+        let retry_after = match self.kind {
+            ErrorKind::Unavailable => Some(RETRY_AFTER_SECS),
+            _ => self.retry_after,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.kind == ErrorKind::Unauthorized {
+            // RFC 6750: say which scheme the API expects.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -194,5 +229,41 @@ mod tests {
         assert_eq!(body["error"]["ids"], json!(["evt_1"]));
         let response = ApiError::not_found("subscription").into_response();
         assert_eq!(response.headers().get(header::RETRY_AFTER), None);
+    }
+
+    #[test]
+    fn unauthorized_names_the_scheme_the_api_expects() {
+        let response = ApiError::unauthorized().into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers().get(header::WWW_AUTHENTICATE),
+            Some(&HeaderValue::from_static("Bearer"))
+        );
+        let response = ApiError::not_found("subscription").into_response();
+        assert_eq!(response.headers().get(header::WWW_AUTHENTICATE), None);
+    }
+
+    #[tokio::test]
+    async fn rate_limited_says_when_to_retry() {
+        let response = ApiError::rate_limited("slow down", 3).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(3))
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert_eq!(body["error"]["retry_after_seconds"], 3);
+        assert_eq!(
+            ApiError::new(ErrorKind::Forbidden, "x").status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            ApiError::new(ErrorKind::QuotaExceeded, "x").status(),
+            StatusCode::CONFLICT
+        );
     }
 }

@@ -1,36 +1,12 @@
-//! HTTP pieces the APIs share: bearer-token guard and JSON body reading with errors
-//! in the API's own shape.
+//! HTTP pieces the APIs share: JSON body reading with errors in the API's own shape.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ErrorKind};
-
-/// Middleware: when a token is configured, requests need `Authorization: Bearer <token>`.
-pub async fn require_bearer(
-    State(token): State<Option<std::sync::Arc<str>>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(token) = token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
-            return Err(ApiError::unauthorized());
-        }
-    }
-    Ok(next.run(request).await)
-}
 
 /// The request body, or a JSON error (413 when over the limit).
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {

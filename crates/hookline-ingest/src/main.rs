@@ -7,7 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use hookline_ingest::{api, attempts, replay};
+use hookline_ingest::{api, attempts, auth, quota, replay};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +15,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use hookline_core::config::{
-    parse_duration, ApiArgs, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs,
+    parse_duration, ApiArgs, AuthMode, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs,
+    TenantQuotaArgs,
 };
 use hookline_core::kafka::{self, TopicSpec};
+use hookline_core::key_view::ApiKeyView;
 use hookline_core::progress::Progress;
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
@@ -59,6 +61,9 @@ struct Cli {
     api: ApiArgs,
 
     #[command(flatten)]
+    quotas: TenantQuotaArgs,
+
+    #[command(flatten)]
     cloudevents: CloudEventsArgs,
 
     #[command(flatten)]
@@ -95,6 +100,24 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging(&cli.log);
     let topics = cli.kafka.topics();
+    let serving = cli.command.is_none();
+    // Settings are checked before anything touches Kafka; the redrive command serves
+    // no API and needs no credential.
+    let auth_mode = match cli.api.auth_mode() {
+        Ok(mode) => Some(mode),
+        Err(_) if !serving => None,
+        Err(reason) => anyhow::bail!("refusing to start: {reason}"),
+    };
+    if cli.api.api_keys_max_staleness < MIN_KEYS_STALENESS {
+        anyhow::bail!(
+            "refusing to start: HOOKLINE_API_KEYS_MAX_STALENESS must be at least {MIN_KEYS_STALENESS:?} \
+             (the API keys view confirms its freshness about every second)"
+        );
+    }
+    let quotas = cli
+        .quotas
+        .quotas()
+        .map_err(|reason| anyhow::anyhow!("refusing to start: {reason}"))?;
     kafka::ensure_topics(
         &cli.kafka,
         &[
@@ -104,6 +127,7 @@ async fn run() -> anyhow::Result<()> {
             TopicSpec::plain(topics.attempts(), &cli.kafka),
             TopicSpec::compacted(topics.subscriptions()),
             TopicSpec::compacted(topics.subscription_health()),
+            TopicSpec::compacted(topics.api_keys()),
         ],
         Duration::from_secs(60),
     )
@@ -135,6 +159,24 @@ async fn run() -> anyhow::Result<()> {
     let registry = telemetry::registry("ingest");
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-ingest-view", &registry)?;
+    let keys = ApiKeyView::start(&cli.kafka, "hookline-ingest-view-keys", &registry)?;
+    match &auth_mode {
+        Some(AuthMode::AdminToken(_)) => tracing::info!(
+            auth = "admin-token",
+            keys_max_staleness = ?cli.api.api_keys_max_staleness,
+            "authentication: admin token and tenant API keys"
+        ),
+        Some(AuthMode::Insecure) | None => tracing::warn!(
+            auth = "insecure-no-auth",
+            "authentication: NONE (HOOKLINE_INSECURE_NO_AUTH=true): anyone who reaches \
+             this API acts as the admin; never run it like this outside a local demo"
+        ),
+    }
+    let auth = Arc::new(auth::Authenticator::new(
+        auth_mode.unwrap_or(AuthMode::Insecure),
+        Arc::clone(&keys),
+        cli.api.api_keys_max_staleness,
+    ));
     let progress = Progress::new(cli.progress.stall_after);
     let state = api::AppState {
         producer,
@@ -142,6 +184,9 @@ async fn run() -> anyhow::Result<()> {
         produce_timeout: cli.produce_timeout,
         progress: progress.clone(),
         view: Arc::clone(&view),
+        keys: Arc::clone(&keys),
+        event_rate: Arc::new(quota::EventRate::new(&quotas)),
+        quotas,
         topics,
         max_batch_events: cli.max_batch_events,
         kafka: cli.kafka.clone(),
@@ -151,21 +196,27 @@ async fn run() -> anyhow::Result<()> {
     };
     let starting = Starting {
         view,
+        keys,
         producer: state.event_producer.current(),
         events: state.topics.events(),
         attempts: state.attempts.assigned(),
     };
-    let app = api::routes(state, cli.max_body_bytes, cli.api.admin_token.clone()).merge(
-        telemetry::ops_routes(registry, readiness.and_progressing(&progress)),
-    );
+    let app = api::routes(state, cli.max_body_bytes, auth).merge(telemetry::ops_routes(
+        registry,
+        readiness.and_progressing(&progress),
+    ));
     tokio::spawn(starting.wait_then_set(readiness));
     telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()).await
 }
 
-/// What ingest waits for before it is ready: the subscriptions view caught up, the
+/// Shortest accepted `HOOKLINE_API_KEYS_MAX_STALENESS`.
+const MIN_KEYS_STALENESS: Duration = Duration::from_secs(2);
+
+/// What ingest waits for before it is ready: the subscriptions and API keys views caught up, the
 /// producer seeing the events topic with leaders, and the attempts log consuming.
 struct Starting {
     view: Arc<SubscriptionView>,
+    keys: Arc<ApiKeyView>,
     producer: rdkafka::producer::FutureProducer,
     events: String,
     attempts: Readiness,
@@ -176,6 +227,10 @@ impl Starting {
         while let Err(err) = self.view.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the subscriptions view");
             // Some failures are immediate (a partition whose leader is still starting).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        while let Err(err) = self.keys.catch_up(Duration::from_secs(10)).await {
+            tracing::warn!(%err, "waiting for the API keys view");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         loop {

@@ -136,7 +136,7 @@ impl Load {
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let mut tasks = tokio::task::JoinSet::new();
-        let client = reqwest::Client::new();
+        let client = hookline_e2e::admin_client();
         for stream in streams {
             tasks.spawn(run_stream(
                 stream,

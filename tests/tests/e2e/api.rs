@@ -1,5 +1,5 @@
 //! The ingest API's contract: validation errors, nothing written on bad input, the
-//! admin token, and the subscription lifecycle.
+//! admin token, and the subscription lifecycle (tenant API keys: `tenancy`).
 
 use hookline_e2e::{record_count, Api, Deployment};
 use reqwest::Method;
@@ -97,11 +97,11 @@ async fn bad_input_gets_a_json_error_naming_the_field_and_writes_nothing() {
 #[tokio::test]
 async fn admin_token_guards_the_api_but_not_operations_endpoints() {
     let mut deployment = Deployment::new();
-    deployment.set("HOOKLINE_ADMIN_TOKEN", "s3cret-token");
+    deployment.set("HOOKLINE_ADMIN_TOKEN", "s3cret-admin-token");
     let ingest = deployment.start("hookline-ingest").await.unwrap();
-    let anonymous = Api::new(ingest.url());
+    let anonymous = Api::anonymous(ingest.url());
     let wrong = Api::new(ingest.url()).with_token("nope");
-    let admin = Api::new(ingest.url()).with_token("s3cret-token");
+    let admin = Api::new(ingest.url()).with_token("s3cret-admin-token");
     let event = json!({"type": "payment.succeeded", "tenant": "acme"});
 
     for api in [&anonymous, &wrong] {
@@ -122,7 +122,7 @@ async fn admin_token_guards_the_api_but_not_operations_endpoints() {
     assert_eq!(status, 200);
     let log = std::fs::read_to_string(&ingest.log_path).unwrap();
     assert!(
-        !log.contains("s3cret-token"),
+        !log.contains("s3cret-admin-token"),
         "the token never reaches the logs"
     );
 }

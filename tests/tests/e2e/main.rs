@@ -16,3 +16,4 @@ mod harness;
 mod pipeline;
 mod router;
 mod subscriptions;
+mod tenancy;
