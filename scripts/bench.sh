@@ -19,6 +19,10 @@ export HOOKLINE_KAFKA_BROKERS=127.0.0.1:$HOOKLINE_KAFKA_PORT
 export HOOKLINE_TOPIC_PREFIX=bench-$(date +%s).
 # The shipped defaults, but for loopback being allowed (the receiver is local).
 export HOOKLINE_DELIVERY_ALLOW_CIDRS=127.0.0.0/8
+# The local receiver speaks plain http, which is refused unless allowed.
+export HOOKLINE_DELIVERY_ALLOW_HTTP=true
+# Secrets at rest are sealed with this key: a fresh one per run unless given.
+export HOOKLINE_SECRETS_KEYS=${HOOKLINE_SECRETS_KEYS:-local:$(head -c 32 /dev/urandom | base64)}
 export RUST_LOG=warn
 base=${HOOKLINE_BENCH_PORT_BASE:-18080}
 ingest_addr=127.0.0.1:$base

@@ -1,6 +1,6 @@
 //! Hookline's domain, with no Kafka, HTTP server, CLI or metrics in it: the event
 //! envelope and its CloudEvents mapping, ids, subscriptions and their matching and
-//! filters, Standard Webhooks signing, delivery tasks and attempt records, and the
+//! filters, Standard Webhooks signing, secrets sealed at rest, delivery tasks and attempt records, and the
 //! delivery policy (retry schedule and tiers, circuit breaker, offset tracking, egress
 //! policy, and the delivery decision). Everything here is pure: effects live in the
 //! binaries and in `hookline-core`'s Kafka wiring.
@@ -21,6 +21,7 @@ pub mod matching;
 pub mod position;
 pub mod retry;
 pub mod routing;
+pub mod sealing;
 pub mod signing;
 pub mod subscription;
 pub mod task;

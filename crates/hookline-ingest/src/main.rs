@@ -15,7 +15,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use hookline_core::config::{
-    parse_duration, ApiArgs, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs,
+    parse_duration, ApiArgs, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs, SecretsArgs,
+    UrlArgs,
 };
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::progress::Progress;
@@ -62,6 +63,12 @@ struct Cli {
     cloudevents: CloudEventsArgs,
 
     #[command(flatten)]
+    urls: UrlArgs,
+
+    #[command(flatten)]
+    secrets: SecretsArgs,
+
+    #[command(flatten)]
     log: LogArgs,
 
     #[command(subcommand)]
@@ -94,6 +101,11 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging(&cli.log);
+    // Only the server seals and opens secrets; a one-off redrive does not need the keys.
+    let keyring = match cli.command {
+        None => Some(Arc::new(cli.secrets.keyring()?)),
+        Some(_) => None,
+    };
     let topics = cli.kafka.topics();
     kafka::ensure_topics(
         &cli.kafka,
@@ -126,6 +138,7 @@ async fn run() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let keyring = keyring.ok_or_else(|| anyhow::anyhow!("no secrets keys"))?;
     let registry = telemetry::registry("ingest");
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-ingest-view", &registry)?;
@@ -141,18 +154,40 @@ async fn run() -> anyhow::Result<()> {
         cloudevents: cli.cloudevents.config(),
         attempts: attempts::AttemptLog::start(&cli.kafka)?,
         metrics: api::Metrics::register(&registry)?,
+        rules: Arc::new(cli.urls.rules()),
+        keyring: Arc::clone(&keyring),
     };
+    tracing::info!(
+        allow_http = cli.urls.delivery_allow_http,
+        keys = ?keyring.ids(),
+        "subscription URL rules and secrets keys"
+    );
     let starting = Starting {
         view,
         producer: state.producer.clone(),
         events: state.topics.events(),
         attempts: state.attempts.assigned(),
     };
+    // Not ready before the keys are known to open every stored secret; a key that
+    // does not stops ingest at start-up.
+    let keys_opened = Readiness::default();
     let app = api::routes(state, cli.max_body_bytes, cli.api.admin_token.clone()).merge(
-        telemetry::ops_routes(registry, readiness.and_progressing(&progress)),
+        telemetry::ops_routes(
+            registry,
+            readiness.and(&keys_opened).and_progressing(&progress),
+        ),
     );
+    let checking = Arc::clone(&starting.view);
     tokio::spawn(starting.wait_then_set(readiness));
-    telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()).await
+    let check_keys = async {
+        checking.check_keys(&keyring).await?;
+        keys_opened.set(true);
+        std::future::pending::<anyhow::Result<()>>().await
+    };
+    tokio::select! {
+        served = telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()) => served,
+        Err(err) = check_keys => Err(err),
+    }
 }
 
 /// What ingest waits for before it is ready: the subscriptions view caught up, the
