@@ -378,6 +378,16 @@ async fn secrets_and_header_values_never_appear_in_logs_metrics_errors_or_topics
     }
 }
 
+/// Starts `binary` and expects it to exit before it is ready; returns its whole log.
+async fn refused_start(deployment: &Deployment, binary: &str, extra: &[(&str, &str)]) -> String {
+    let mut proc = deployment.spawn_with(binary, extra).unwrap();
+    let started = proc.wait_ready(Duration::from_secs(60)).await;
+    let log = std::fs::read_to_string(&proc.log_path).unwrap_or_default();
+    assert!(started.is_err(), "{binary} got ready: {log}");
+    assert!(!proc.is_running(), "{binary} still runs: {log}");
+    log
+}
+
 #[tokio::test]
 async fn a_wrong_or_missing_key_stops_ingest_and_delivery_at_start_up() {
     let deployment = Deployment::new();
@@ -391,20 +401,13 @@ async fn a_wrong_or_missing_key_stops_ingest_and_delivery_at_start_up() {
     // The same key id with other bytes: a wrong key.
     let wrong = hookline_domain::sealing::Keyring::generate_entry("test");
     for binary in ["hookline-delivery", "hookline-ingest"] {
-        let started = deployment
-            .start_with(binary, &[("HOOKLINE_SECRETS_KEYS", &wrong)])
-            .await;
-        let err = started.err().map(|e| e.to_string()).unwrap_or_default();
+        let log = refused_start(&deployment, binary, &[("HOOKLINE_SECRETS_KEYS", &wrong)]).await;
         assert!(
-            err.contains("exited"),
-            "{binary} started with a wrong key: {err}"
+            log.contains("does not open") && log.contains(&id),
+            "{binary}: {log}"
         );
         assert!(
-            err.contains("does not open") && err.contains(&id),
-            "{binary}: {err}"
-        );
-        assert!(
-            !err.contains(wrong.split(':').nth(1).unwrap()),
+            !log.contains(wrong.split(':').nth(1).unwrap()),
             "key echoed"
         );
     }
@@ -412,15 +415,10 @@ async fn a_wrong_or_missing_key_stops_ingest_and_delivery_at_start_up() {
     let mut keyless = deployment.clone();
     keyless.env.remove("HOOKLINE_SECRETS_KEYS");
     for binary in ["hookline-delivery", "hookline-ingest"] {
-        let err = keyless
-            .start(binary)
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let log = refused_start(&keyless, binary, &[]).await;
         assert!(
-            err.contains("HOOKLINE_SECRETS_KEYS is not set"),
-            "{binary}: {err}"
+            log.contains("HOOKLINE_SECRETS_KEYS is not set"),
+            "{binary}: {log}"
         );
     }
     // The router never signs: it runs without any key.
