@@ -385,7 +385,7 @@ async fn rotate_secret(
         Some(text) => hookline_domain::duration::parse_duration(text)
             .map_err(|e| hookline_domain::event::FieldError::new("overlap", e))?,
     };
-    let current = find(&state, &id)?;
+    let current = resealed(&state, find(&state, &id)?.as_ref())?;
     let secret = WebhookSecret::generate();
     let next = current.rotated(&secret, overlap, Utc::now(), &state.keyring)?;
     write_subscription(&state, &id, Some(&next)).await?;
@@ -395,12 +395,21 @@ async fn rotate_secret(
     Ok(Json(shown))
 }
 
+/// `subscription` with its secret values sealed with the first key: a value this
+/// instance's keys cannot open is the operator's problem (500), not the client's.
+fn resealed(state: &AppState, subscription: &Subscription) -> Result<Subscription, ApiError> {
+    subscription.resealed(&state.keyring).map_err(|e| {
+        tracing::error!(id = %subscription.id(), %e, "subscription's secrets do not open");
+        ApiError::internal(format!("the subscription's stored secrets: {e}"))
+    })
+}
+
 async fn patch_subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<SubscriptionPatch>,
 ) -> Result<Json<Value>, ApiError> {
-    let current = find(&state, &id)?;
+    let current = resealed(&state, find(&state, &id)?.as_ref())?;
     let next = patch.apply(&current, Utc::now(), state.saving())?;
     write_subscription(&state, &id, Some(&next)).await?;
     tracing::info!(%id, "subscription updated");
