@@ -22,6 +22,10 @@ export HOOKLINE_DELIVERY_ALLOW_CIDRS=127.0.0.0/8
 # Ingest refuses to run without an admin credential; hookline-bench sends the same one
 # (it reads HOOKLINE_ADMIN_TOKEN too). The admin is not held to tenant quotas.
 export HOOKLINE_ADMIN_TOKEN=${HOOKLINE_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+# The local receiver speaks plain http, which is refused unless allowed.
+export HOOKLINE_DELIVERY_ALLOW_HTTP=true
+# Secrets at rest are sealed with this key: a fresh one per run unless given.
+export HOOKLINE_SECRETS_KEYS=${HOOKLINE_SECRETS_KEYS:-local:$(head -c 32 /dev/urandom | base64)}
 export RUST_LOG=warn
 base=${HOOKLINE_BENCH_PORT_BASE:-18080}
 ingest_addr=127.0.0.1:$base

@@ -20,6 +20,10 @@ export HOOKLINE_DELIVERY_ALLOW_CIDRS=127.0.0.0/8
 # Ingest refuses to run without an admin credential: a random one per run (or yours).
 # The demo client (hookline-demo) reads the same variable.
 export HOOKLINE_ADMIN_TOKEN=${HOOKLINE_ADMIN_TOKEN:-demo-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+# The local receiver speaks plain http, which is refused unless allowed.
+export HOOKLINE_DELIVERY_ALLOW_HTTP=true
+# Secrets at rest are sealed with this key: a fresh one per run unless given.
+export HOOKLINE_SECRETS_KEYS=${HOOKLINE_SECRETS_KEYS:-local:$(head -c 32 /dev/urandom | base64)}
 ingest_addr=127.0.0.1:${HOOKLINE_DEMO_INGEST_PORT:-8080}
 router_addr=127.0.0.1:${HOOKLINE_DEMO_ROUTER_PORT:-8081}
 delivery_addr=127.0.0.1:${HOOKLINE_DEMO_DELIVERY_PORT:-8082}

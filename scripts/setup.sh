@@ -23,7 +23,18 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v kcat >/dev/null || missing+=(kcat)
 command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
+
+# The official Standard Webhooks library for Python: the end-to-end tests check with it
+# that rotated deliveries verify with either secret.
+install_standardwebhooks() {
+  python3 -c 'import standardwebhooks' 2>/dev/null && return 0
+  log "installing the Python package standardwebhooks"
+  python3 -m pip install --quiet standardwebhooks 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages standardwebhooks
+}
 if [ ${#missing[@]} -eq 0 ]; then
+  install_standardwebhooks
   exit 0
 fi
 
@@ -43,3 +54,4 @@ fi
 log "installing ${missing[*]}"
 as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+install_standardwebhooks

@@ -86,6 +86,13 @@ impl Deployment {
             ("HOOKLINE_DELIVERY_GROUP", format!("{prefix}delivery")),
             ("HOOKLINE_DELIVERY_ALLOW_CIDRS", "127.0.0.0/8".into()),
             ("HOOKLINE_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            // The receivers speak plain http on loopback.
+            ("HOOKLINE_DELIVERY_ALLOW_HTTP", "true".into()),
+            // A key of the deployment's own: ingest and delivery must share it.
+            (
+                "HOOKLINE_SECRETS_KEYS",
+                hookline_domain::sealing::Keyring::generate_entry("test"),
+            ),
             ("RUST_LOG", "info,rdkafka=warn".into()),
         ]
         .into_iter()

@@ -283,6 +283,96 @@ pub fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String
     Ok(duration)
 }
 
+/// Which subscription URLs are accepted (ingest) and delivered to (delivery); both
+/// binaries read the same settings, so what the API accepts is what workers send to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UrlArgs {
+    /// Accept and deliver to `http://` subscription URLs (tests, local demos); without
+    /// it only `https://` URLs are.
+    #[arg(
+        long,
+        env = "HOOKLINE_DELIVERY_ALLOW_HTTP",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value = "false"
+    )]
+    pub delivery_allow_http: bool,
+
+    /// The only ports subscription URLs may use (comma separated, e.g. `443,8443`);
+    /// empty: any port.
+    #[arg(
+        long,
+        env = "HOOKLINE_DELIVERY_ALLOWED_PORTS",
+        default_value = "",
+        value_parser = parse_ports
+    )]
+    pub delivery_allowed_ports: Ports,
+}
+
+/// A port allow-list (empty: any port).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ports(pub Vec<u16>);
+
+fn parse_ports(text: &str) -> Result<Ports, String> {
+    hookline_domain::egress::UrlRules::parse_ports(text).map(Ports)
+}
+
+impl UrlArgs {
+    /// The URL rules these settings give.
+    pub fn rules(&self) -> hookline_domain::egress::UrlRules {
+        hookline_domain::egress::UrlRules::new(
+            self.delivery_allow_http,
+            self.delivery_allowed_ports.0.clone(),
+        )
+    }
+}
+
+/// Text that must not be shown: `Debug` redacts it, and clap never echoes it (it is
+/// parsed by Hookline after clap, not by a value parser).
+#[derive(Clone)]
+pub struct Redacted(String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn redacted(text: &str) -> Result<Redacted, String> {
+    Ok(Redacted(text.to_owned()))
+}
+
+/// The operator's keys that seal signing secrets and custom header values at rest
+/// (ingest and delivery; the router never holds them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecretsArgs {
+    /// `id:base64key[,id:base64key…]`, 32-byte keys in standard base64: the first seals,
+    /// all open (list a retired key after the new one until no record uses it).
+    /// Required.
+    #[arg(
+        long,
+        env = "HOOKLINE_SECRETS_KEYS",
+        hide_env_values = true,
+        value_parser = redacted
+    )]
+    pub secrets_keys: Option<Redacted>,
+}
+
+impl SecretsArgs {
+    /// The keyring, or a start-up error saying what is wrong (never the keys).
+    pub fn keyring(&self) -> anyhow::Result<hookline_domain::sealing::Keyring> {
+        let Some(Redacted(text)) = &self.secrets_keys else {
+            anyhow::bail!(
+                "HOOKLINE_SECRETS_KEYS is not set: signing secrets and custom header values \
+                 are sealed with it. Give `id:base64key`, 32 random bytes in base64 (e.g. \
+                 `k1:$(openssl rand -base64 32)`); see docs/security.md"
+            );
+        };
+        hookline_domain::sealing::Keyring::parse(text)
+            .map_err(|e| anyhow::anyhow!("HOOKLINE_SECRETS_KEYS: {e}; see docs/security.md"))
+    }
+}
+
 /// When a binary that is not getting its Kafka work done stops answering `/readyz`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProgressArgs {
@@ -470,6 +560,48 @@ mod tests {
             "{refused}"
         );
         assert!(ApiCli::try_parse_from(["x", "--tenant-events-per-second", "0"]).is_err());
+    }
+
+    #[derive(Parser)]
+    struct Delivery {
+        #[command(flatten)]
+        urls: UrlArgs,
+        #[command(flatten)]
+        secrets: SecretsArgs,
+    }
+
+    #[test]
+    fn urls_are_https_only_and_keys_required_by_default() {
+        let cli = Delivery::try_parse_from(["x"]).unwrap();
+        assert_eq!(
+            cli.urls.rules(),
+            hookline_domain::egress::UrlRules::default()
+        );
+        let err = cli.secrets.keyring().unwrap_err().to_string();
+        assert!(err.contains("HOOKLINE_SECRETS_KEYS is not set"), "{err}");
+
+        let key = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let cli = Delivery::try_parse_from([
+            "x",
+            "--delivery-allow-http",
+            "true",
+            "--delivery-allowed-ports",
+            "443,8443",
+            "--secrets-keys",
+            key,
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.urls.rules(),
+            hookline_domain::egress::UrlRules::new(true, vec![443, 8443])
+        );
+        assert_eq!(cli.secrets.keyring().unwrap().ids(), ["k1"]);
+        assert!(!format!("{:?}", cli.secrets).contains("AAEC"));
+
+        let cli = Delivery::try_parse_from(["x", "--secrets-keys", "k1:c2hvcnQ="]).unwrap();
+        let err = cli.secrets.keyring().unwrap_err().to_string();
+        assert!(err.contains("not 32") && !err.contains("c2hvcnQ"), "{err}");
+        assert!(Delivery::try_parse_from(["x", "--delivery-allowed-ports", "https"]).is_err());
     }
 
     #[test]

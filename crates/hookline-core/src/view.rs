@@ -21,6 +21,7 @@ use crate::config::KafkaArgs;
 use crate::kafka;
 use hookline_domain::health::SubscriptionHealth;
 use hookline_domain::matching::SubscriptionIndex;
+use hookline_domain::sealing::Keyring;
 use hookline_domain::subscription::Subscription;
 
 /// How often the background probe confirms the view is caught up.
@@ -225,6 +226,46 @@ impl SubscriptionView {
     /// below it is in the index.
     pub fn applied(&self) -> i64 {
         *self.position.borrow()
+    }
+
+    /// Waits until the view caught up, then checks that `keyring` opens every sealed
+    /// value of every subscription: a wrong or missing key is an error naming the key
+    /// ids and subscriptions concerned (never a value). Records still holding values in
+    /// clear (written before encryption at rest) are counted in a warning.
+    pub async fn check_keys(&self, keyring: &Keyring) -> anyhow::Result<()> {
+        while let Err(err) = self.catch_up(Duration::from_secs(10)).await {
+            tracing::warn!(%err, "waiting for the subscriptions view to check the secrets keys");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let index = self.read();
+        let mut failures: Vec<String> = Vec::new();
+        let mut clear = 0usize;
+        for subscription in index.iter() {
+            if let Err(err) = subscription.opens_with(keyring) {
+                failures.push(format!("{}: {err}", subscription.id()));
+            }
+            clear += usize::from(subscription.holds_clear_values());
+        }
+        if clear > 0 {
+            tracing::warn!(
+                clear,
+                "subscription records hold secrets in clear (written before encryption at \
+                 rest); each is sealed when the API next writes it"
+            );
+        }
+        if failures.is_empty() {
+            tracing::info!(keys = ?keyring.ids(), "secrets keys open every subscription");
+            return Ok(());
+        }
+        let shown = failures.len().min(5);
+        anyhow::bail!(
+            "HOOKLINE_SECRETS_KEYS (ids {:?}) does not open {} subscription(s): {}{}; \
+             give the key(s) they were sealed with (see docs/security.md)",
+            keyring.ids(),
+            failures.len(),
+            failures[..shown].join("; "),
+            if failures.len() > shown { "; …" } else { "" }
+        )
     }
 
     /// Records that the view held everything written before `asked_at` (the caller

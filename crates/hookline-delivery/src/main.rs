@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use hookline_core::config::{parse_duration, KafkaArgs, LogArgs, ProgressArgs};
+use hookline_core::config::{
+    parse_duration, KafkaArgs, LogArgs, ProgressArgs, SecretsArgs, UrlArgs,
+};
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::progress::Progress;
 use hookline_core::telemetry::{self, Readiness};
@@ -87,6 +89,18 @@ struct Cli {
     #[arg(long, env = "HOOKLINE_DELIVERY_ALLOW_CIDRS", default_value = "")]
     allow_cidrs: String,
 
+    /// An egress proxy every delivery goes through (`http://host:port`). Without it,
+    /// deliveries connect directly and `HTTP(S)_PROXY`/`ALL_PROXY` are ignored. The
+    /// proxy's own address is not judged by the egress policy; see docs/security.md.
+    #[arg(long, env = "HOOKLINE_DELIVERY_EGRESS_PROXY", hide_env_values = true)]
+    egress_proxy: Option<url::Url>,
+
+    #[command(flatten)]
+    urls: UrlArgs,
+
+    #[command(flatten)]
+    secrets: SecretsArgs,
+
     /// How long one catch-up of the subscriptions view may take before a task whose
     /// subscription the view does not show is held and the catch-up tried again.
     #[arg(long, env = "HOOKLINE_DELIVERY_VIEW_PATIENCE", default_value = "10s", value_parser = parse_duration)]
@@ -122,6 +136,7 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging(&cli.log);
     let allow = EgressPolicy::parse_allow_list(&cli.allow_cidrs).map_err(anyhow::Error::msg)?;
+    let keyring = cli.secrets.keyring()?;
     let topics = cli.kafka.topics();
     let mut specs = vec![
         TopicSpec::plain(topics.deliveries(), &cli.kafka),
@@ -143,14 +158,27 @@ async fn run() -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let producer = kafka::renewing_producer(&cli.kafka, "hookline-delivery")?;
     let progress = Progress::new(cli.progress.stall_after);
+    let view = SubscriptionView::start(&cli.kafka, "hookline-delivery-view", &registry)?;
+    let mut sending = sender::SenderConfig::new(
+        EgressPolicy::new(allow),
+        cli.urls.rules(),
+        keyring.clone(),
+        cli.timeout,
+    );
+    sending.proxy = cli.egress_proxy.clone();
+    tracing::info!(
+        allow_http = cli.urls.delivery_allow_http,
+        proxy = cli.egress_proxy.is_some(),
+        "egress settings"
+    );
     let context = pipeline::Context {
         progress: progress.clone(),
         health: control::HealthWriter::new(producer.clone(), topics.clone(), &registry)?,
         producer,
-        view: SubscriptionView::start(&cli.kafka, "hookline-delivery-view", &registry)?,
+        view: std::sync::Arc::clone(&view),
         view_patience: cli.view_patience,
         view_max_staleness: cli.view_max_staleness,
-        sender: sender::Sender::new(EgressPolicy::new(allow), cli.timeout)?,
+        sender: sender::Sender::new(sending)?,
         topics,
         schedule: cli.retry_schedule.clone(),
         due_clock: Default::default(),
@@ -167,14 +195,28 @@ async fn run() -> anyhow::Result<()> {
     let worker = worker::Worker::new(&cli.kafka, &cli.group, sizing, context, &registry)?;
     // Ready once the view caught up (set by the worker) and the group assigned the
     // worker its partitions: before that it consumes nothing.
-    let serving = readiness.and(&worker.assigned()).and_progressing(&progress);
+    // Not ready before the keys are known to open every stored secret.
+    let keys_opened = Readiness::default();
+    let serving = readiness
+        .and(&worker.assigned())
+        .and(&keys_opened)
+        .and_progressing(&progress);
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(
         cli.http_addr,
         telemetry::ops_routes(registry, serving),
         stop.clone(),
     ));
-    worker.run(readiness, stop).await?;
+    // A key that does not open the stored secrets stops the worker at start-up.
+    let check_keys = async {
+        view.check_keys(&keyring).await?;
+        keys_opened.set(true);
+        std::future::pending::<anyhow::Result<()>>().await
+    };
+    tokio::select! {
+        ran = worker.run(readiness, stop) => ran?,
+        Err(err) = check_keys => return Err(err),
+    }
     server.await??;
     Ok(())
 }

@@ -733,8 +733,16 @@ mod tests {
                                "event_types": ["*"], "ordered": true}),
         )
         .unwrap();
-        let ordered = request
-            .into_subscription("sub_b".into(), chrono::Utc::now())
+        let keyring = hookline_domain::sealing::Keyring::parse(
+            &hookline_domain::sealing::Keyring::generate_entry("k"),
+        )
+        .unwrap();
+        let saving = hookline_domain::subscription::Saving {
+            rules: &Default::default(),
+            keyring: &keyring,
+        };
+        let (ordered, _) = request
+            .into_subscription("sub_b".into(), chrono::Utc::now(), saving)
             .unwrap();
         assert!(takes_lane(Some(&ordered)));
         assert!(takes_lane(None), "unknown yet: it may be ordered");

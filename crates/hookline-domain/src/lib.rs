@@ -1,6 +1,6 @@
 //! Hookline's domain, with no Kafka, HTTP server, CLI or metrics in it: the event
 //! envelope and its CloudEvents mapping, ids, subscriptions and their matching and
-//! filters, Standard Webhooks signing, delivery tasks and attempt records, and the
+//! filters, Standard Webhooks signing, secrets sealed at rest, delivery tasks and attempt records, and the
 //! delivery policy (retry schedule and tiers, circuit breaker, offset tracking, egress
 //! policy, and the delivery decision), and access control (roles, tenant API keys,
 //! per-tenant quotas). Everything here is pure: effects live in the
@@ -25,6 +25,7 @@ pub mod position;
 pub mod quota;
 pub mod retry;
 pub mod routing;
+pub mod sealing;
 pub mod signing;
 pub mod subscription;
 pub mod task;

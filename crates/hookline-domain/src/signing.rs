@@ -73,6 +73,17 @@ impl WebhookSecret {
         format!("v1,{}", BASE64.encode(self.mac(msg_id, timestamp, body)))
     }
 
+    /// The `webhook-signature` header value of one message signed with each of
+    /// `secrets` (several during a rotation's overlap window): space-separated
+    /// `v1,<base64>` entries, as the specification has it.
+    pub fn sign_all(secrets: &[Self], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        secrets
+            .iter()
+            .map(|secret| secret.sign(msg_id, timestamp, body))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Checks a `webhook-signature` header value (space-separated `v1,<sig>` entries)
     /// in constant time per entry; the timestamp must be within `tolerance_secs` of `now`.
     pub fn verify(
@@ -137,6 +148,32 @@ mod tests {
         assert_eq!(
             secret.verify(MSG_ID, TIMESTAMP, BODY.as_bytes(), &header, TIMESTAMP, 300),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn signs_with_several_secrets_each_verifying() {
+        let published = WebhookSecret::parse(SECRET).unwrap();
+        let other = WebhookSecret::generate();
+        let header = WebhookSecret::sign_all(
+            &[other.clone(), published.clone()],
+            MSG_ID,
+            TIMESTAMP,
+            BODY.as_bytes(),
+        );
+        let (first, second) = header.split_once(' ').unwrap();
+        assert_eq!(second, SIGNATURE, "the published vector, unchanged");
+        assert_eq!(first, other.sign(MSG_ID, TIMESTAMP, BODY.as_bytes()));
+        for secret in [&published, &other] {
+            assert_eq!(
+                secret.verify(MSG_ID, TIMESTAMP, BODY.as_bytes(), &header, TIMESTAMP, 300),
+                Ok(())
+            );
+        }
+        let stranger = WebhookSecret::generate();
+        assert_eq!(
+            stranger.verify(MSG_ID, TIMESTAMP, BODY.as_bytes(), &header, TIMESTAMP, 300),
+            Err(SignatureError::NoMatch)
         );
     }
 

@@ -1,7 +1,9 @@
 //! Subscriptions: who wants which events of a tenant, where, signed with which secret.
 //!
 //! They live as JSON records on the compacted subscriptions topic, keyed by id; a
-//! tombstone (null value) deletes one.
+//! tombstone (null value) deletes one. Signing secrets and custom header values are
+//! sealed in the record ([`crate::sealing`]): only a process holding the operator's
+//! keys (the API, delivery workers) can read them.
 
 use std::collections::BTreeMap;
 
@@ -9,10 +11,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::egress::UrlRules;
 use crate::event::{parse_names, validate_name, Event, FieldError};
 use crate::filter::Filter;
 use crate::health::SubscriptionHealth;
 use crate::ids::SubscriptionId;
+use crate::sealing::{AtRest, Keyring, SealError};
 use crate::signing::WebhookSecret;
 
 /// Longest accepted description.
@@ -24,18 +28,58 @@ const MAX_CHANNELS: usize = 32;
 /// Most custom headers, and their total size.
 const MAX_HEADERS: usize = 20;
 const MAX_HEADER_BYTES: usize = 4096;
-/// Headers a subscription may not set: Hookline's own and the transport's.
-const RESERVED_HEADERS: [&str; 9] = [
+/// Headers a subscription may not set: Hookline's own.
+const RESERVED_HEADERS: [&str; 5] = [
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
     "idempotency-key",
-    "content-type",
-    "content-length",
-    "host",
     "user-agent",
-    "transfer-encoding",
 ];
+/// Headers that belong to the connection or to the message's framing, not to the
+/// receiver: set by a subscription they could smuggle requests, reach a proxy or change
+/// how the body is read.
+const TRANSPORT_HEADERS: [&str; 16] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "host",
+    "http2-settings",
+    "forwarded",
+];
+/// Longest accepted overlap of a rotated secret.
+const MAX_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::days(30);
+/// The overlap of a rotated secret when none is given.
+pub const DEFAULT_OVERLAP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Where a subscription's secrets are sealed (the associated data): a value sealed for
+/// one subscription or field does not open in another.
+fn secret_context(id: &SubscriptionId) -> String {
+    format!("{id}/secret")
+}
+
+fn header_context(id: &SubscriptionId, name: &str) -> String {
+    format!("{id}/headers/{name}")
+}
+
+/// The secret a rotation replaced, still signing until `until`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// The replaced secret, sealed.
+    secret: AtRest,
+    /// End of the overlap window: deliveries after it carry only the new signature.
+    until: DateTime<Utc>,
+}
 
 /// What a delivery's body holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,15 +167,6 @@ impl<'de> Deserialize<'de> for EventTypePattern {
     }
 }
 
-fn serialize_secret<S: Serializer>(secret: &WebhookSecret, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&secret.expose())
-}
-
-fn deserialize_secret<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookSecret, D::Error> {
-    let text = String::deserialize(d)?;
-    WebhookSecret::parse(&text).map_err(serde::de::Error::custom)
-}
-
 /// A subscription as stored on the subscriptions topic. Fields are private: a
 /// subscription is made only by validation ([`NewSubscription::into_subscription`],
 /// [`SubscriptionPatch::apply`]) or [`Subscription::basic`], and read through its
@@ -151,12 +186,11 @@ pub struct Subscription {
     /// Free text for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
-    /// Signing secret (see the docs: stored in the topic as-is until encryption at rest).
-    #[serde(
-        serialize_with = "serialize_secret",
-        deserialize_with = "deserialize_secret"
-    )]
-    secret: WebhookSecret,
+    /// Signing secret, sealed (in clear in records written before encryption at rest).
+    secret: AtRest,
+    /// The secret the last rotation replaced, while its overlap window lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_secret: Option<PreviousSecret>,
     /// Only events whose `data` satisfies this filter (see `docs/filters.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     filter: Option<Filter>,
@@ -166,9 +200,9 @@ pub struct Subscription {
     /// Full event or identifiers only.
     #[serde(default)]
     payload: PayloadMode,
-    /// Extra headers sent with every delivery.
+    /// Extra headers sent with every delivery, their values sealed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<String, AtRest>,
     /// Deliver one at a time, in routing order, retrying in place (see the docs).
     #[serde(default, skip_serializing_if = "is_false")]
     ordered: bool,
@@ -225,9 +259,31 @@ impl Subscription {
         self.description.as_deref()
     }
 
-    /// The signing secret.
-    pub fn secret(&self) -> &WebhookSecret {
-        &self.secret
+    /// The current signing secret, opened with `keyring`.
+    pub fn secret(&self, keyring: &Keyring) -> Result<WebhookSecret, SealError> {
+        open_secret(keyring, &self.secret, &self.id)
+    }
+
+    /// The secrets deliveries are signed with at `now`: the current one, then the one
+    /// a rotation replaced while its overlap window lasts.
+    pub fn signing_secrets(
+        &self,
+        keyring: &Keyring,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<WebhookSecret>, SealError> {
+        let mut secrets = vec![self.secret(keyring)?];
+        if let Some(previous) = self.previous_secret.as_ref().filter(|p| now < p.until) {
+            secrets.push(open_secret(keyring, &previous.secret, &self.id)?);
+        }
+        Ok(secrets)
+    }
+
+    /// When the overlap window of the last rotation ends, while it has not ended at `now`.
+    pub fn previous_secret_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.previous_secret
+            .as_ref()
+            .map(|p| p.until)
+            .filter(|until| now < *until)
     }
 
     /// Its payload filter, if any.
@@ -245,9 +301,78 @@ impl Subscription {
         self.payload
     }
 
-    /// Extra headers sent with every delivery.
-    pub fn headers(&self) -> &BTreeMap<String, String> {
-        &self.headers
+    /// The names of the extra headers sent with every delivery (their values are
+    /// write-only: see [`open_headers`](Self::open_headers)).
+    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.headers.keys().map(String::as_str)
+    }
+
+    /// The extra headers sent with every delivery, their values opened with `keyring`.
+    pub fn open_headers(&self, keyring: &Keyring) -> Result<Vec<(String, String)>, SealError> {
+        self.headers
+            .iter()
+            .map(|(name, value)| {
+                let value = keyring.open_text(value, &header_context(&self.id, name))?;
+                Ok((name.clone(), value))
+            })
+            .collect()
+    }
+
+    /// Checks that every sealed value opens with `keyring` (a start-up check).
+    pub fn opens_with(&self, keyring: &Keyring) -> Result<(), SealError> {
+        self.signing_secrets(keyring, DateTime::<Utc>::MIN_UTC)?;
+        self.open_headers(keyring).map(|_| ())
+    }
+
+    /// Whether any secret value of the record is stored in clear (a record written
+    /// before encryption at rest).
+    pub fn holds_clear_values(&self) -> bool {
+        self.secret.is_clear()
+            || self
+                .previous_secret
+                .as_ref()
+                .is_some_and(|p| p.secret.is_clear())
+            || self.headers.values().any(AtRest::is_clear)
+    }
+
+    /// This subscription with every secret value sealed with `keyring`'s first key (the
+    /// API writes records this way, so a retired key or a value in clear goes away
+    /// with the record's next change).
+    pub fn resealed(&self, keyring: &Keyring) -> Result<Self, SealError> {
+        let mut next = self.clone();
+        next.secret = keyring.reseal(&self.secret, &secret_context(&self.id))?;
+        if let Some(previous) = &mut next.previous_secret {
+            previous.secret = keyring.reseal(&previous.secret, &secret_context(&self.id))?;
+        }
+        for (name, value) in &mut next.headers {
+            *value = keyring.reseal(value, &header_context(&self.id, name))?;
+        }
+        Ok(next)
+    }
+
+    /// This subscription signing with `secret` from `now` on, the current secret still
+    /// signing for `overlap` (none when zero); a rotation during an overlap window ends
+    /// that window (only the two newest secrets sign).
+    pub fn rotated(
+        &self,
+        secret: &WebhookSecret,
+        overlap: std::time::Duration,
+        now: DateTime<Utc>,
+        keyring: &Keyring,
+    ) -> Result<Self, FieldError> {
+        let overlap = chrono::TimeDelta::from_std(overlap)
+            .ok()
+            .filter(|o| *o <= MAX_OVERLAP)
+            .ok_or_else(|| FieldError::new("overlap", "must be at most 30 days"))?;
+        let sealing = |e: SealError| FieldError::new("secret", e.to_string());
+        let mut next = self.resealed(keyring).map_err(sealing)?;
+        next.previous_secret = (overlap > chrono::TimeDelta::zero()).then(|| PreviousSecret {
+            secret: next.secret.clone(),
+            until: now + overlap,
+        });
+        next.secret = keyring.seal_text(&secret.expose(), &secret_context(&self.id));
+        next.updated_at = now;
+        Ok(next)
     }
 
     /// Whether it is delivered one task at a time, in order.
@@ -300,7 +425,9 @@ impl Subscription {
         self
     }
 
-    /// An enabled subscription with a fresh secret and no options, created now.
+    /// An enabled subscription with a fresh secret and no options, created now. Its
+    /// secret is stored in clear, as in records written before encryption at rest
+    /// (tests and benchmarks; the API seals, see [`NewSubscription`]).
     pub fn basic(
         id: &str,
         tenant: &str,
@@ -315,7 +442,8 @@ impl Subscription {
             event_types,
             enabled: true,
             description: None,
-            secret: WebhookSecret::generate(),
+            secret: AtRest::Clear(WebhookSecret::generate().expose()),
+            previous_secret: None,
             filter: None,
             channels: Vec::new(),
             payload: PayloadMode::Full,
@@ -441,13 +569,35 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
     Value::deserialize(deserializer).map(Some)
 }
 
+/// Opens a secret sealed for subscription `id`.
+fn open_secret(
+    keyring: &Keyring,
+    value: &AtRest,
+    id: &SubscriptionId,
+) -> Result<WebhookSecret, SealError> {
+    let text = keyring.open_text(value, &secret_context(id))?;
+    WebhookSecret::parse(&text).map_err(|_| SealError::Malformed)
+}
+
+/// What saving a subscription needs besides the request: the operator's URL rules and
+/// the keys its secrets are sealed with.
+#[derive(Debug, Clone, Copy)]
+pub struct Saving<'a> {
+    /// Which URLs are accepted.
+    pub rules: &'a UrlRules,
+    /// Seals the secret and header values.
+    pub keyring: &'a Keyring,
+}
+
 impl NewSubscription {
-    /// Validates the request into a subscription with id `id`, created `now`.
+    /// Validates the request into a subscription with id `id`, created `now`, with its
+    /// secret and header values sealed; returns it with its secret (shown once).
     pub fn into_subscription(
         self,
         id: SubscriptionId,
         now: DateTime<Utc>,
-    ) -> Result<Subscription, FieldError> {
+        saving: Saving<'_>,
+    ) -> Result<(Subscription, WebhookSecret), FieldError> {
         let tenant = self
             .tenant
             .ok_or_else(|| FieldError::new("tenant", "is required"))?;
@@ -456,6 +606,7 @@ impl NewSubscription {
             self.url
                 .as_deref()
                 .ok_or_else(|| FieldError::new("url", "is required"))?,
+            saving.rules,
         )?;
         let event_types = validate_patterns(
             self.event_types
@@ -467,18 +618,22 @@ impl NewSubscription {
             }
             None => WebhookSecret::generate(),
         };
-        Ok(Subscription {
+        let headers = validate_headers(self.headers.unwrap_or_default())?;
+        let subscription = Subscription {
+            secret: saving
+                .keyring
+                .seal_text(&secret.expose(), &secret_context(&id)),
+            previous_secret: None,
+            headers: seal_headers(headers, &id, saving.keyring),
             id,
             tenant,
             url,
             event_types,
             enabled: self.enabled.unwrap_or(true),
             description: validate_description(self.description)?,
-            secret,
             filter: parse_filter(self.filter)?,
             channels: parse_names("channels", self.channels, MAX_CHANNELS)?,
             payload: self.payload.unwrap_or_default(),
-            headers: validate_headers(self.headers.unwrap_or_default())?,
             ordered: self.ordered.unwrap_or(false),
             max_in_flight: validate_limit("max_in_flight", self.max_in_flight)?,
             rate_limit: validate_limit("rate_limit", self.rate_limit)?,
@@ -486,20 +641,39 @@ impl NewSubscription {
             health: SubscriptionHealth::default(),
             created_at: now,
             updated_at: now,
-        })
+        };
+        Ok((subscription, secret))
     }
 }
 
+fn seal_headers(
+    headers: BTreeMap<String, String>,
+    id: &SubscriptionId,
+    keyring: &Keyring,
+) -> BTreeMap<String, AtRest> {
+    headers
+        .into_iter()
+        .map(|(name, value)| {
+            let sealed = keyring.seal_text(&value, &header_context(id, &name));
+            (name, sealed)
+        })
+        .collect()
+}
+
 impl SubscriptionPatch {
-    /// Applies the patch to `current`, validating every changed field.
+    /// Applies the patch to `current`, validating every changed field; the result has
+    /// every secret value sealed with the keyring's first key.
     pub fn apply(
         self,
         current: &Subscription,
         now: DateTime<Utc>,
+        saving: Saving<'_>,
     ) -> Result<Subscription, FieldError> {
-        let mut next = current.clone();
+        let mut next = current
+            .resealed(saving.keyring)
+            .map_err(|e| FieldError::new("secret", e.to_string()))?;
         if let Some(url) = self.url {
-            next.url = validate_url(&url)?;
+            next.url = validate_url(&url, saving.rules)?;
         }
         if let Some(patterns) = self.event_types {
             next.event_types = validate_patterns(patterns)?;
@@ -528,7 +702,7 @@ impl SubscriptionPatch {
             next.payload = payload;
         }
         if let Some(headers) = self.headers {
-            next.headers = validate_headers(headers)?;
+            next.headers = seal_headers(validate_headers(headers)?, &next.id, saving.keyring);
         }
         if let Some(ordered) = self.ordered {
             next.ordered = ordered;
@@ -541,12 +715,10 @@ impl SubscriptionPatch {
     }
 }
 
-fn validate_url(text: &str) -> Result<url::Url, FieldError> {
+fn validate_url(text: &str, rules: &UrlRules) -> Result<url::Url, FieldError> {
     let url =
         url::Url::parse(text).map_err(|e| FieldError::new("url", format!("invalid URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(FieldError::new("url", "scheme must be http or https"));
-    }
+    rules.check(&url).map_err(|m| FieldError::new("url", m))?;
     if url.host_str().is_none_or(str::is_empty) {
         return Err(FieldError::new("url", "must have a host"));
     }
@@ -614,6 +786,12 @@ fn validate_headers(
                 "is set by Hookline and cannot be overridden",
             ));
         }
+        if TRANSPORT_HEADERS.contains(&header.as_str()) || header.as_str().starts_with("proxy-") {
+            return Err(FieldError::new(
+                &field,
+                "is a hop-by-hop or framing header and cannot be set",
+            ));
+        }
         http::HeaderValue::from_str(&value)
             .map_err(|_| FieldError::new(&field, "not a valid header value"))?;
         normalized.insert(header.as_str().to_owned(), value);
@@ -644,10 +822,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn keyring() -> Keyring {
+        Keyring::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()
+    }
+
+    fn saving<'a>(rules: &'a UrlRules, keyring: &'a Keyring) -> Saving<'a> {
+        Saving { rules, keyring }
+    }
+
     fn new_sub(value: serde_json::Value) -> Result<Subscription, FieldError> {
         serde_json::from_value::<NewSubscription>(value)
             .unwrap()
-            .into_subscription("sub_1".into(), Utc::now())
+            .into_subscription(
+                "sub_1".into(),
+                Utc::now(),
+                saving(&UrlRules::default(), &keyring()),
+            )
+            .map(|(sub, _)| sub)
+    }
+
+    fn patch(sub: &Subscription, value: serde_json::Value) -> Result<Subscription, FieldError> {
+        serde_json::from_value::<SubscriptionPatch>(value)
+            .unwrap()
+            .apply(sub, Utc::now(), saving(&UrlRules::default(), &keyring()))
     }
 
     #[test]
@@ -677,7 +874,11 @@ mod tests {
         .unwrap();
         assert_eq!(sub.event_types.len(), 2, "duplicate patterns collapse");
         assert!(sub.enabled);
-        assert!(sub.secret.expose().starts_with("whsec_"));
+        assert!(sub
+            .secret(&keyring())
+            .unwrap()
+            .expose()
+            .starts_with("whsec_"));
         assert!(sub.wants("acme", "invoice.paid"));
         assert!(!sub.wants("other", "invoice.paid"));
         assert!(!sub.wants("acme", "expense.created"));
@@ -697,6 +898,10 @@ mod tests {
             ),
             (
                 json!({"tenant": "a", "url": "ftp://x.example", "event_types": ["*"]}),
+                "url",
+            ),
+            (
+                json!({"tenant": "a", "url": "http://x.example", "event_types": ["*"]}),
                 "url",
             ),
             (
@@ -732,9 +937,10 @@ mod tests {
         assert_eq!(sub.payload, PayloadMode::Thin);
         assert!(sub.ordered);
         assert_eq!(
-            sub.headers.get("x-erp-tenant").map(String::as_str),
-            Some("42")
+            sub.open_headers(&keyring()).unwrap(),
+            [("x-erp-tenant".to_owned(), "42".to_owned())]
         );
+        assert_eq!(sub.header_names().collect::<Vec<_>>(), ["x-erp-tenant"]);
         let event = |data: serde_json::Value, channels: &[&str]| {
             let mut e = Event::from_json(
                 json!({"type": "payment.succeeded", "tenant": "acme", "data": data}),
@@ -781,9 +987,7 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             assert_eq!(new_sub(body.clone()).unwrap_err().field, field, "{body}");
         }
-        let patch: SubscriptionPatch =
-            serde_json::from_value(json!({"filter": null, "payload": "full"})).unwrap();
-        let cleared = patch.apply(&sub, Utc::now()).unwrap();
+        let cleared = patch(&sub, json!({"filter": null, "payload": "full"})).unwrap();
         assert!(cleared.filter.is_none());
         assert_eq!(cleared.payload, PayloadMode::Full);
         assert!(cleared.ordered, "untouched fields stay");
@@ -795,16 +999,21 @@ mod tests {
             json!({"tenant": "acme", "url": "https://erp.example/hooks", "event_types": ["*"]}),
         )
         .unwrap();
-        let patch: SubscriptionPatch = serde_json::from_value(json!({"enabled": false})).unwrap();
-        let next = patch.apply(&sub, Utc::now()).unwrap();
+        let next = patch(&sub, json!({"enabled": false})).unwrap();
         assert!(!next.enabled);
         assert_eq!(next.url, sub.url);
         assert_eq!(next.secret, sub.secret);
         assert!(!next.wants("acme", "a.b"));
-        let bad: SubscriptionPatch = serde_json::from_value(json!({"event_types": []})).unwrap();
         assert_eq!(
-            bad.apply(&sub, Utc::now()).unwrap_err().field,
+            patch(&sub, json!({"event_types": []})).unwrap_err().field,
             "event_types"
+        );
+        assert_eq!(
+            patch(&sub, json!({"url": "http://erp.example/"}))
+                .unwrap_err()
+                .field,
+            "url",
+            "https only by default, on change too"
         );
     }
 
@@ -827,22 +1036,127 @@ mod tests {
         assert!(stored.get("health").is_none() && stored.get("failing_since").is_none());
 
         // An edit that does not enable keeps the automatic disable ...
-        let edit: SubscriptionPatch =
-            serde_json::from_value(json!({"url": "https://erp2.example/hooks"})).unwrap();
-        assert!(!edit.apply(&disabled, now).unwrap().is_active());
+        assert!(
+            !patch(&disabled, json!({"url": "https://erp2.example/hooks"}))
+                .unwrap()
+                .is_active()
+        );
         // ... re-enabling starts a new generation that the old health does not touch.
-        let enable: SubscriptionPatch = serde_json::from_value(json!({"enabled": true})).unwrap();
-        let enabled = enable.apply(&disabled, now).unwrap();
+        let enabled = patch(&disabled, json!({"enabled": true})).unwrap();
         assert_eq!(enabled.enabled_revision, sub.enabled_revision + 1);
         assert!(enabled.is_active());
         assert_eq!(enabled.failing_since(), None);
     }
 
     #[test]
-    fn stored_form_round_trips_with_secret() {
-        let sub = new_sub(json!({"tenant": "acme", "url": "https://erp.example/hooks", "event_types": ["invoice.*"]})).unwrap();
-        let stored = serde_json::to_vec(&sub).unwrap();
-        let back: Subscription = serde_json::from_slice(&stored).unwrap();
+    fn stored_form_round_trips_with_secret_and_header_values_sealed() {
+        let sub = new_sub(json!({"tenant": "acme", "url": "https://erp.example/hooks",
+            "event_types": ["invoice.*"], "headers": {"Authorization": "Bearer hunter2"}}))
+        .unwrap();
+        let secret = sub.secret(&keyring()).unwrap().expose();
+        let stored = serde_json::to_string(&sub).unwrap();
+        assert!(
+            !stored.contains(&secret) && !stored.contains("hunter2"),
+            "{stored}"
+        );
+        assert!(!format!("{sub:?}").contains("hunter2"));
+        let back: Subscription = serde_json::from_str(&stored).unwrap();
         assert_eq!(back, sub);
+        assert!(back.opens_with(&keyring()).is_ok());
+        let other = Keyring::parse(&Keyring::generate_entry("k1")).unwrap();
+        assert!(back.opens_with(&other).is_err(), "a wrong key is noticed");
+    }
+
+    #[test]
+    fn records_in_clear_are_read_and_sealed_when_next_written() {
+        // A record as versions before encryption at rest wrote it.
+        let old = json!({"id": "sub_1", "tenant": "acme", "url": "https://erp.example/",
+            "event_types": ["*"], "enabled": true,
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "headers": {"authorization": "Bearer hunter2"},
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"});
+        let sub: Subscription = serde_json::from_value(old).unwrap();
+        assert!(sub.holds_clear_values());
+        assert_eq!(
+            sub.secret(&keyring()).unwrap().expose(),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        );
+        let next = patch(&sub, json!({})).unwrap();
+        assert!(!next.holds_clear_values());
+        let stored = serde_json::to_string(&next).unwrap();
+        assert!(!stored.contains("hunter2") && !stored.contains("MfKQ9r8"));
+        assert_eq!(next.secret(&keyring()), sub.secret(&keyring()));
+    }
+
+    #[test]
+    fn rotation_signs_with_both_secrets_until_the_window_ends() {
+        let sub =
+            new_sub(json!({"tenant": "acme", "url": "https://erp.example/", "event_types": ["*"]}))
+                .unwrap();
+        let (ring, now) = (keyring(), Utc::now());
+        let old = sub.secret(&ring).unwrap();
+        let new = WebhookSecret::generate();
+        let day = std::time::Duration::from_secs(86_400);
+        let rotated = sub.rotated(&new, day, now, &ring).unwrap();
+        assert_eq!(
+            rotated.signing_secrets(&ring, now).unwrap(),
+            [new.clone(), old]
+        );
+        assert_eq!(
+            rotated.previous_secret_until(now),
+            Some(now + chrono::TimeDelta::days(1))
+        );
+        let after = now + chrono::TimeDelta::days(1);
+        assert_eq!(
+            rotated.signing_secrets(&ring, after).unwrap(),
+            std::slice::from_ref(&new)
+        );
+        assert_eq!(rotated.previous_secret_until(after), None);
+        // Rotating again keeps only the two newest; no overlap drops the old at once.
+        let newest = WebhookSecret::generate();
+        let again = rotated.rotated(&newest, day, now, &ring).unwrap();
+        assert_eq!(
+            again.signing_secrets(&ring, now).unwrap(),
+            [newest.clone(), new]
+        );
+        let at_once = again
+            .rotated(&newest, std::time::Duration::ZERO, now, &ring)
+            .unwrap();
+        assert_eq!(at_once.signing_secrets(&ring, now).unwrap(), [newest]);
+        let too_long = std::time::Duration::from_secs(31 * 86_400);
+        assert_eq!(
+            sub.rotated(&WebhookSecret::generate(), too_long, now, &ring)
+                .unwrap_err()
+                .field,
+            "overlap"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_framing_headers_are_refused() {
+        for name in [
+            "Connection",
+            "TE",
+            "Upgrade",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "Proxy-Connection",
+            "Proxy-Anything",
+            "Expect",
+            "Trailer",
+            "Transfer-Encoding",
+            "Content-Length",
+            "Host",
+            "Content-Encoding",
+            "User-Agent",
+        ] {
+            let body = json!({"tenant": "a", "url": "https://x.example", "event_types": ["*"],
+                "headers": {name: "x"}});
+            let err = new_sub(body).unwrap_err();
+            assert_eq!(err.field, format!("headers.{name}"));
+        }
+        assert!(new_sub(json!({"tenant": "a", "url": "https://x.example",
+            "event_types": ["*"], "headers": {"Authorization": "Basic eA=="}}))
+        .is_ok());
     }
 }

@@ -25,10 +25,15 @@ use hookline_core::telemetry;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
 use hookline_domain::access::{Principal, Role};
+use hookline_domain::egress::UrlRules;
 use hookline_domain::event::{parse_batch, Event, FieldError};
 use hookline_domain::ids;
 use hookline_domain::quota::QuotaPlan;
-use hookline_domain::subscription::{NewSubscription, Subscription, SubscriptionPatch};
+use hookline_domain::sealing::Keyring;
+use hookline_domain::signing::WebhookSecret;
+use hookline_domain::subscription::{
+    NewSubscription, Saving, Subscription, SubscriptionPatch, DEFAULT_OVERLAP,
+};
 use prometheus::{HistogramVec, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -122,6 +127,19 @@ pub struct AppState {
     pub attempts: Arc<crate::attempts::AttemptLog>,
     /// Metrics.
     pub metrics: Metrics,
+    /// Which subscription URLs are accepted.
+    pub rules: Arc<UrlRules>,
+    /// Seals (and, for `GET …/secret`, opens) signing secrets and header values.
+    pub keyring: Arc<Keyring>,
+}
+
+impl AppState {
+    fn saving(&self) -> Saving<'_> {
+        Saving {
+            rules: &self.rules,
+            keyring: &self.keyring,
+        }
+    }
 }
 
 /// The `/v1` routes, behind the authentication guard and the body limit.
@@ -139,6 +157,7 @@ pub fn routes(state: AppState, max_body_bytes: usize, auth: Arc<Authenticator>) 
                 .delete(delete_subscription),
         )
         .route("/v1/subscriptions/{id}/secret", get(get_secret))
+        .route("/v1/subscriptions/{id}/rotate-secret", post(rotate_secret))
         .route("/v1/subscriptions/{id}/attempts", get(list_attempts))
         .route("/v1/subscriptions/{id}/replay", post(replay_subscription))
         .route("/v1/dlq/redrive", post(redrive_dlq))
@@ -348,12 +367,21 @@ async fn write_subscription(
         .map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
-/// A subscription as the API shows it: everything but the secret, with its delivery
-/// health merged in (`enabled` is false once the pipeline disabled it).
+/// A subscription as the API shows it: no secret, custom headers by name only (their
+/// values are write-only), with its delivery health merged in (`enabled` is false once
+/// the pipeline disabled it).
 fn public(subscription: &Subscription) -> Value {
     let mut value = serde_json::to_value(subscription).unwrap_or_else(|_| json!({}));
     if let Some(object) = value.as_object_mut() {
         object.remove("secret");
+        object.remove("previous_secret");
+        if object.contains_key("headers") {
+            let names: Vec<&str> = subscription.header_names().collect();
+            object.insert("headers".into(), json!(names));
+        }
+        if let Some(until) = subscription.previous_secret_until(Utc::now()) {
+            object.insert("previous_secret_expires_at".into(), json!(until));
+        }
         object.insert("enabled".into(), json!(subscription.is_active()));
         if let Some(since) = subscription.failing_since() {
             object.insert("failing_since".into(), json!(since));
@@ -380,7 +408,8 @@ async fn create_subscription(
             .act_for(tenant)
             .map_err(|d| denied(d, "subscription").at("tenant"))?;
     }
-    let subscription = request.into_subscription(ids::new_subscription_id(), Utc::now())?;
+    let (subscription, secret) =
+        request.into_subscription(ids::new_subscription_id(), Utc::now(), state.saving())?;
     if !principal.is_admin() {
         let tenant = subscription.tenant();
         let existing = state
@@ -398,7 +427,7 @@ async fn create_subscription(
     write_subscription(&state, subscription.id(), Some(&subscription)).await?;
     tracing::info!(id = %subscription.id(), tenant = %subscription.tenant(), "subscription created");
     let mut shown = public(&subscription);
-    shown["secret"] = json!(subscription.secret().expose());
+    shown["secret"] = json!(secret.expose());
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
@@ -463,8 +492,59 @@ async fn get_secret(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let subscription = find(&state, &principal, Role::SubscriptionsManage, &id)?;
-    Ok(Json(json!({ "secret": subscription.secret().expose() })))
+    let secret = find(&state, &principal, Role::SubscriptionsManage, &id)?
+        .secret(&state.keyring)
+        .map_err(|e| ApiError::internal(format!("the subscription's secret: {e}")))?;
+    Ok(Json(json!({ "secret": secret.expose() })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// How long the replaced secret keeps signing (humantime, e.g. `24h`; `0s`: none).
+    overlap: Option<String>,
+}
+
+/// Replaces the signing secret; the replaced one keeps signing beside it for the
+/// overlap window, so receivers can switch without losing a delivery.
+async fn rotate_secret(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body_bytes(body)?;
+    // The body is optional: none (or whitespace) means the default overlap.
+    let request: RotateRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        decode_json(&bytes)?
+    };
+    let overlap = match request.overlap.as_deref() {
+        None => DEFAULT_OVERLAP,
+        Some(text) => hookline_domain::duration::parse_duration(text)
+            .map_err(|e| hookline_domain::event::FieldError::new("overlap", e))?,
+    };
+    let current = resealed(
+        &state,
+        find(&state, &principal, Role::SubscriptionsManage, &id)?.as_ref(),
+    )?;
+    let secret = WebhookSecret::generate();
+    let next = current.rotated(&secret, overlap, Utc::now(), &state.keyring)?;
+    write_subscription(&state, &id, Some(&next)).await?;
+    tracing::info!(%id, ?overlap, "subscription secret rotated");
+    let mut shown = public(&next);
+    shown["secret"] = json!(secret.expose());
+    Ok(Json(shown))
+}
+
+/// `subscription` with its secret values sealed with the first key: a value this
+/// instance's keys cannot open is the operator's problem (500), not the client's.
+fn resealed(state: &AppState, subscription: &Subscription) -> Result<Subscription, ApiError> {
+    subscription.resealed(&state.keyring).map_err(|e| {
+        tracing::error!(id = %subscription.id(), %e, "subscription's secrets do not open");
+        ApiError::internal(format!("the subscription's stored secrets: {e}"))
+    })
 }
 
 async fn patch_subscription(
@@ -473,8 +553,11 @@ async fn patch_subscription(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<SubscriptionPatch>,
 ) -> Result<Json<Value>, ApiError> {
-    let current = find(&state, &principal, Role::SubscriptionsManage, &id)?;
-    let next = patch.apply(&current, Utc::now())?;
+    let current = resealed(
+        &state,
+        find(&state, &principal, Role::SubscriptionsManage, &id)?.as_ref(),
+    )?;
+    let next = patch.apply(&current, Utc::now(), state.saving())?;
     write_subscription(&state, &id, Some(&next)).await?;
     tracing::info!(%id, "subscription updated");
     Ok(Json(public(&next)))

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use hookline_core::config::{
     parse_duration, ApiArgs, AuthMode, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs,
-    TenantQuotaArgs,
+    SecretsArgs, TenantQuotaArgs, UrlArgs,
 };
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::key_view::ApiKeyView;
@@ -67,6 +67,12 @@ struct Cli {
     cloudevents: CloudEventsArgs,
 
     #[command(flatten)]
+    urls: UrlArgs,
+
+    #[command(flatten)]
+    secrets: SecretsArgs,
+
+    #[command(flatten)]
     log: LogArgs,
 
     #[command(subcommand)]
@@ -99,6 +105,11 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging(&cli.log);
+    // Only the server seals and opens secrets; a one-off redrive does not need the keys.
+    let keyring = match cli.command {
+        None => Some(Arc::new(cli.secrets.keyring()?)),
+        Some(_) => None,
+    };
     let topics = cli.kafka.topics();
     let serving = cli.command.is_none();
     // Settings are checked before anything touches Kafka; the redrive command serves
@@ -156,6 +167,7 @@ async fn run() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let keyring = keyring.ok_or_else(|| anyhow::anyhow!("no secrets keys"))?;
     let registry = telemetry::registry("ingest");
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-ingest-view", &registry)?;
@@ -193,7 +205,14 @@ async fn run() -> anyhow::Result<()> {
         cloudevents: cli.cloudevents.config(),
         attempts: attempts::AttemptLog::start(&cli.kafka)?,
         metrics: api::Metrics::register(&registry)?,
+        rules: Arc::new(cli.urls.rules()),
+        keyring: Arc::clone(&keyring),
     };
+    tracing::info!(
+        allow_http = cli.urls.delivery_allow_http,
+        keys = ?keyring.ids(),
+        "subscription URL rules and secrets keys"
+    );
     let starting = Starting {
         view,
         keys,
@@ -201,12 +220,24 @@ async fn run() -> anyhow::Result<()> {
         events: state.topics.events(),
         attempts: state.attempts.assigned(),
     };
+    // Not ready before the keys are known to open every stored secret; a key that
+    // does not stops ingest at start-up.
+    let keys_opened = Readiness::default();
     let app = api::routes(state, cli.max_body_bytes, auth).merge(telemetry::ops_routes(
         registry,
-        readiness.and_progressing(&progress),
+        readiness.and(&keys_opened).and_progressing(&progress),
     ));
+    let checking = Arc::clone(&starting.view);
     tokio::spawn(starting.wait_then_set(readiness));
-    telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()).await
+    let check_keys = async {
+        checking.check_keys(&keyring).await?;
+        keys_opened.set(true);
+        std::future::pending::<anyhow::Result<()>>().await
+    };
+    tokio::select! {
+        served = telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()) => served,
+        Err(err) = check_keys => Err(err),
+    }
 }
 
 /// Shortest accepted `HOOKLINE_API_KEYS_MAX_STALENESS`.
