@@ -326,6 +326,7 @@ async fn keys_without_a_valid_credential_or_role_are_refused() {
         ),
         (Method::GET, one.clone(), None),
         (Method::GET, format!("{one}/secret"), None),
+        (Method::POST, format!("{one}/rotate-secret"), None),
         (Method::PATCH, one.clone(), Some(json!({"enabled": false}))),
         (Method::DELETE, one.clone(), None),
         (
@@ -418,6 +419,11 @@ async fn a_tenant_key_reaches_its_own_tenant_only_endpoint_by_endpoint() {
         vec![
             (Method::GET, one.clone(), None),
             (Method::GET, format!("{one}/secret"), None),
+            (
+                Method::POST,
+                format!("{one}/rotate-secret"),
+                Some(json!({"overlap": "1h"})),
+            ),
             (
                 Method::PATCH,
                 one.clone(),
