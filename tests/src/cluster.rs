@@ -114,14 +114,24 @@ impl Cluster {
 
     /// How many partitions of `topic` each node leads (nodes leading none are absent).
     pub fn leaders(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, usize>> {
+        let mut leaders = BTreeMap::new();
+        for leader in self.partition_leaders(topic)?.into_values() {
+            *leaders.entry(leader).or_insert(0) += 1;
+        }
+        Ok(leaders)
+    }
+
+    /// The leader of each partition of `topic` (-1: none).
+    pub fn partition_leaders(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, i32>> {
         let consumer: BaseConsumer =
             client_config_on(&self.brokers(), "hookline-test-leaders", &[]).create()?;
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let mut leaders = BTreeMap::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            *leaders.entry(partition.leader()).or_insert(0) += 1;
-        }
-        Ok(leaders)
+        Ok(metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| (p.id(), p.leader()))
+            .collect())
     }
 
     /// Whether `node` is an in-sync replica of every partition of `topic` (its replicas

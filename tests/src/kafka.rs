@@ -248,6 +248,8 @@ pub async fn record_count_on(brokers: &str, topic: &str) -> anyhow::Result<i64> 
 /// A record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// Partition.
+    pub partition: i32,
     /// Key.
     pub key: Option<Vec<u8>>,
     /// Value.
@@ -267,6 +269,7 @@ pub fn read_all_on(brokers: &str, topic: &str) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
     scan_topic(&args_on(brokers), topic, None, |message| {
         records.push(Record {
+            partition: message.partition(),
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
             headers: kafka::record_headers(message)

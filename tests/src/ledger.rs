@@ -70,17 +70,38 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
     /// The longest any one request took to be answered.
     pub slowest_answer: Duration,
-    /// How long each `202` took to come, in the order they came: requests to
-    /// partitions with a leader while another partition has none show here.
-    pub accepted_answers: Vec<Duration>,
+    /// Each `202`, in the order they came: requests to partitions with a leader while
+    /// another partition has none show here.
+    pub accepted_answers: Vec<Answer>,
     /// Events not accepted: refused for good, or still retried when the drain ended.
     pub never_accepted: usize,
+}
+
+/// One `202` answer: to which event, when the request went, how long it took.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The event accepted.
+    pub id: String,
+    /// When its accepted request was sent.
+    pub asked_at: Instant,
+    /// How long that request took.
+    pub took: Duration,
 }
 
 impl LoadReport {
     /// The `q` quantile (0 to 1) of the `202` answers' times.
     pub fn accepted_answer_quantile(&self, q: f64) -> Duration {
-        let mut answers = self.accepted_answers.clone();
+        self.answer_quantile(q, |_| true)
+    }
+
+    /// The `q` quantile (0 to 1) of the times of the `202` answers `which` picks.
+    pub fn answer_quantile(&self, q: f64, which: impl Fn(&Answer) -> bool) -> Duration {
+        let mut answers: Vec<Duration> = self
+            .accepted_answers
+            .iter()
+            .filter(|a| which(a))
+            .map(|a| a.took)
+            .collect();
         answers.sort();
         let index = ((answers.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize;
         answers.get(index).copied().unwrap_or_default()
@@ -226,7 +247,11 @@ async fn send_until_accepted(
                 };
                 record(&mut |s| {
                     s.report.accepted.push(accepted.clone());
-                    s.report.accepted_answers.push(took);
+                    s.report.accepted_answers.push(Answer {
+                        id: event.id.clone(),
+                        asked_at: started,
+                        took,
+                    });
                     s.pending -= 1;
                 });
                 return;

@@ -51,7 +51,7 @@ pub use kafka::{
     produce, producer, producer_on, read_all, read_all_on, record_count, record_count_on, Broker,
     Record, TopicSpec,
 };
-pub use ledger::{genuine, Ledger, Load, LoadReport, Sent, Subscribed};
+pub use ledger::{genuine, Answer, Ledger, Load, LoadReport, Sent, Subscribed};
 pub use process::{admin_client, free_addr, is_stray, Deployment, Proc, ADMIN_TOKEN};
 pub use receiver::{Behaviour, Received, Receiver};
 pub use wait::eventually;

@@ -10,10 +10,11 @@
 //! tests take turns on it (`--test-threads=1`): each kills nodes of the one cluster.
 //! Run: `cargo test -p hookline-e2e --test cluster -- --test-threads=1`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use hookline_e2e::{
-    Cluster, Deployment, Ledger, Load, LoadReport, Proc, Receiver, Sent, Subscribed,
+    Answer, Cluster, Deployment, Ledger, Load, LoadReport, Proc, Receiver, Sent, Subscribed,
 };
 use serde_json::json;
 
@@ -135,6 +136,48 @@ impl Setup {
     }
 }
 
+/// Prints the `202` answers of requests sent while the partitions `node` led had no
+/// leader (`window`), split by whether their event's partition was one of them: how
+/// much a leaderless partition slows requests for the others. A figure, not asserted.
+async fn report_answers_by_leader(
+    cluster: &Cluster,
+    report: &LoadReport,
+    events_topic: &str,
+    leaders_before: &BTreeMap<i32, i32>,
+    node: u32,
+    window: std::ops::Range<Instant>,
+) {
+    let (brokers, topic) = (cluster.brokers(), events_topic.to_owned());
+    let records = tokio::task::spawn_blocking(move || hookline_e2e::read_all_on(&brokers, &topic))
+        .await
+        .expect("join")
+        .expect("read the events topic");
+    let partition_of: HashMap<String, i32> = records
+        .iter()
+        .filter_map(|record| {
+            let value: serde_json::Value = serde_json::from_slice(record.value.as_deref()?).ok()?;
+            Some((value["id"].as_str()?.to_owned(), record.partition))
+        })
+        .collect();
+    let orphaned = |answer: &Answer| {
+        partition_of
+            .get(&answer.id)
+            .and_then(|p| leaders_before.get(p))
+            .is_some_and(|leader| *leader == node as i32)
+    };
+    let during = |answer: &Answer| window.contains(&answer.asked_at);
+    for (label, theirs) in [("without a leader", true), ("with a leader", false)] {
+        let which = |a: &Answer| during(a) && orphaned(a) == theirs;
+        println!(
+            "202 answers to requests sent during the election, partitions {label}: {} answers, p50 {:?}, p99 {:?}, slowest {:?}",
+            report.accepted_answers.iter().filter(|a| which(a)).count(),
+            report.answer_quantile(0.5, which),
+            report.answer_quantile(0.99, which),
+            report.answer_quantile(1.0, which),
+        );
+    }
+}
+
 fn assert_ledger(report: &LoadReport, ledger: &Ledger) {
     println!(
         "accepted {} events; {} pairs expected, {} missing, {} duplicates; {} 503s; slowest answer {:?}; \
@@ -206,6 +249,8 @@ async fn survive_a_broker_fault(victim: impl Fn(&Cluster, &Deployment) -> u32, f
     tokio::time::sleep(Duration::from_secs(10)).await;
     let node = victim(&cluster, &setup.deployment);
     println!("{fault:?} node {node}");
+    let events_topic = setup.deployment.topic("events");
+    let leaders_before = cluster.partition_leaders(&events_topic).unwrap();
     let struck = Instant::now();
     match fault {
         Fault::Kill => cluster.kill(node).unwrap(),
@@ -248,6 +293,15 @@ async fn survive_a_broker_fault(victim: impl Fn(&Cluster, &Deployment) -> u32, f
     let ledger = setup.settle(&report, &[], Duration::from_secs(120)).await;
     setup.assert_running();
     assert_ledger(&report, &ledger);
+    report_answers_by_leader(
+        &cluster,
+        &report,
+        &events_topic,
+        &leaders_before,
+        node,
+        struck..struck + election,
+    )
+    .await;
     println!(
         "stall beyond the election: {:?}",
         ledger.slowest_delivery.saturating_sub(election)
