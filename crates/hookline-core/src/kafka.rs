@@ -558,12 +558,19 @@ pub async fn high_watermarks<C: Consumer + Send + Sync + 'static>(
     topic: String,
     timeout: Duration,
 ) -> Result<Vec<(i32, i64)>, KafkaError> {
-    tokio::task::spawn_blocking(move || {
+    let query = tokio::task::spawn_blocking(move || {
         let marks = watermarks(consumer.as_ref(), &topic, timeout)?;
         Ok(marks.into_iter().map(|m| (m.partition, m.high)).collect())
-    })
-    .await
-    .unwrap_or(Err(KafkaError::Canceled))
+    });
+    // Bounded on our own clock too: a blocking thread that is not given in time (the
+    // pool busy with calls librdkafka never returned from) must not hold the caller
+    // for good. The query itself is bounded by `timeout` (metadata, then the offsets).
+    match tokio::time::timeout(timeout * 3, query).await {
+        Ok(joined) => joined.unwrap_or(Err(KafkaError::Canceled)),
+        Err(_) => Err(KafkaError::Global(
+            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+        )),
+    }
 }
 
 /// Where one partition begins and ends.
