@@ -13,6 +13,7 @@ use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogArgs, LogFormat};
+use crate::heartbeat::{Heartbeat, Wedged};
 use crate::progress::Progress;
 
 /// Installs the global tracing subscriber: `RUST_LOG` filter (default
@@ -78,6 +79,9 @@ pub struct Readiness {
     also: Vec<Readiness>,
     /// Work that must not stall (see [`Progress`]).
     progress: Vec<Progress>,
+    /// Loops that must keep turning (see [`Heartbeat`]): not ready, and not alive,
+    /// while one is wedged.
+    heartbeats: Vec<Heartbeat>,
 }
 
 impl Readiness {
@@ -92,6 +96,15 @@ impl Readiness {
         self.flag.load(Ordering::Acquire)
             && self.also.iter().all(Readiness::get)
             && !self.progress.iter().any(Progress::stalled)
+            && self.wedged().is_none()
+    }
+
+    /// The first loop found wedged, if any: `/healthz` then answers 503.
+    pub fn wedged(&self) -> Option<Wedged> {
+        self.heartbeats
+            .iter()
+            .find_map(Heartbeat::wedged)
+            .or_else(|| self.also.iter().find_map(Readiness::wedged))
     }
 
     /// A readiness sharing this one's flag that is ready only when `other` is too.
@@ -102,6 +115,7 @@ impl Readiness {
             flag: Arc::clone(&self.flag),
             also,
             progress: self.progress.clone(),
+            heartbeats: self.heartbeats.clone(),
         }
     }
 
@@ -110,6 +124,14 @@ impl Readiness {
     pub fn and_progressing(&self, progress: &Progress) -> Readiness {
         let mut with = self.clone();
         with.progress.push(progress.clone());
+        with
+    }
+
+    /// A readiness sharing this one's flag that is neither ready nor alive while the
+    /// loop of `heartbeat` is wedged.
+    pub fn and_beating(&self, heartbeat: &Heartbeat) -> Readiness {
+        let mut with = self.clone();
+        with.heartbeats.push(heartbeat.clone());
         with
     }
 }
@@ -124,7 +146,7 @@ struct OpsState {
 pub fn ops_routes(registry: Registry, readiness: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .with_state(OpsState {
             registry,
@@ -145,6 +167,20 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain".to_owned())],
             err.to_string().into_bytes(),
+        ),
+    }
+}
+
+/// Alive unless a watched loop is wedged: a restart is then the way out.
+async fn health(State(state): State<OpsState>) -> impl IntoResponse {
+    match state.readiness.wedged() {
+        None => (StatusCode::OK, "ok".to_owned()),
+        Some(wedged) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "wedged in step \"{}\" for {:?}",
+                wedged.step, wedged.silent_for
+            ),
         ),
     }
 }

@@ -13,6 +13,7 @@ use crate::fetch_watch::{FetchWatch, Mark};
 use chrono::Utc;
 use futures::FutureExt;
 use hookline_core::config::KafkaArgs;
+use hookline_core::heartbeat::Heartbeat;
 use hookline_core::kafka;
 use hookline_core::produce::{send_all, OutRecord};
 use hookline_core::progress::Progress;
@@ -258,6 +259,10 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(15);
 /// its producer (see [`blocking`]).
 const CALL_BOUND: Duration = Duration::from_secs(20);
 
+/// How long the routing loop may go without beginning a step before it counts as
+/// wedged (see [`Heartbeat`]): every step is bounded, the longest by [`CALL_BOUND`].
+const LOOP_BOUND: Duration = Duration::from_secs(60);
+
 /// The router of one process.
 pub struct Router {
     consumer: StreamConsumer<kafka::AssignmentContext>,
@@ -275,6 +280,8 @@ pub struct Router {
     args: KafkaArgs,
     /// Batches taken on and committed, for `/readyz`.
     progress: Progress,
+    /// Beaten at every step of the loop, for `/healthz`.
+    heartbeat: Heartbeat,
     /// Whether the consumer still fetches while the router waits for records.
     watch: FetchWatch,
     /// Reads the events topic's ends for `watch` (a client that fetches no records).
@@ -383,6 +390,7 @@ impl Router {
             transactional_ids,
             args: args.clone(),
             progress: Progress::new(settings.stall),
+            heartbeat: Heartbeat::new(LOOP_BOUND),
             watch: FetchWatch::new(settings.stall),
             probe: Arc::new(kafka::reader(args, "hookline-router-probe")?),
             turn: AtomicUsize::new(0),
@@ -410,6 +418,11 @@ impl Router {
         self.progress.clone()
     }
 
+    /// Beaten at every step of the routing loop: silent while it is wedged.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
     /// Routes until `stop` turns true; the batch in progress then completes.
     pub async fn run(
         mut self,
@@ -418,12 +431,15 @@ impl Router {
     ) -> anyhow::Result<()> {
         if self.routing == Routing::ExactlyOnce {
             for producer in &self.producers {
+                self.heartbeat.beat("initializing transactions");
                 let producer = producer.clone();
                 blocking(move || producer.init_transactions(TXN_TIMEOUT)).await?;
             }
         }
+        self.heartbeat.beat("loading the subscriptions view");
         while let Err(err) = self.view.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the subscriptions view");
+            self.heartbeat.beat("loading the subscriptions view");
         }
         readiness.set(true);
         tracing::info!("ready");
@@ -444,6 +460,7 @@ impl Router {
                 timer.stop_and_discard();
             }
             if let Next::RetryAfter(wait) = next {
+                self.heartbeat.beat("waiting to route a batch again");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.wait_for(|s| *s) => break,
@@ -467,6 +484,7 @@ impl Router {
     async fn next_batch(&mut self) -> Vec<OwnedMessage> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let first = loop {
+            self.heartbeat.beat("waiting for events");
             let waited = tokio::select! {
                 result = self.consumer.recv() => Some(result.map(|message| message.detach())),
                 _ = tokio::time::sleep(WATCH_INTERVAL) => None,
@@ -509,6 +527,7 @@ impl Router {
     /// query failed) counts as not stopped, until it lasted a minute
     /// ([`FetchWatch::blind`]); the client reading the ends is then built again too.
     async fn fetching_stopped(&mut self) -> bool {
+        self.heartbeat.beat("checking that the consumer fetches");
         let ends = match kafka::high_watermarks(
             Arc::clone(&self.probe),
             self.topics.events(),
@@ -576,6 +595,7 @@ impl Router {
         batch: &[OwnedMessage],
         readiness: &Readiness,
     ) -> anyhow::Result<Next> {
+        self.heartbeat.beat("routing a batch");
         let routed_at = Utc::now();
         // After a catch-up the barrier holds already: the batch began before it. Routing
         // at least once, what is produced cannot be taken back: always catch up first.
@@ -690,6 +710,7 @@ impl Router {
     async fn renew_consumer(&mut self) {
         let mut backoff = Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX);
         let fresh = loop {
+            self.heartbeat.beat("building the consumer");
             let context = kafka::AssignmentContext::sharing("events", self.assigned());
             match self.consumer_config.create_with_context(context) {
                 Ok(consumer) => break consumer,
@@ -705,6 +726,7 @@ impl Router {
         // wait for it. Closing waits for the coordinator if it can: off the async threads,
         // and not for ever while the cluster is away (the group then waits for the old
         // member's session to time out).
+        self.heartbeat.beat("closing the old consumer");
         let closing = tokio::task::spawn_blocking(move || drop(old));
         if tokio::time::timeout(CONSUMER_CLOSE_TIMEOUT, closing)
             .await
@@ -712,6 +734,7 @@ impl Router {
         {
             tracing::warn!("old consumer still closing; going on without it");
         }
+        self.heartbeat.beat("subscribing the consumer");
         while let Err(err) = self.consumer.subscribe(&[&self.topics.events()]) {
             let wait = backoff.next_delay();
             tracing::warn!(%err, retry_in = ?wait, "could not subscribe again");
@@ -740,6 +763,7 @@ impl Router {
         tracing::warn!(%reason, transactional_id = id.as_deref().unwrap_or(""), "producer unusable; building it again");
         let mut backoff = Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX);
         let producer = loop {
+            self.heartbeat.beat("building a producer");
             match self.build_producer(id.as_deref()).await {
                 Ok(producer) => break producer,
                 Err(err) => {
@@ -836,6 +860,7 @@ impl Router {
         let mut calls = 0;
         loop {
             calls += 1;
+            self.heartbeat.beat("aborting a transaction");
             let producer = self.producer().clone();
             match blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
                 Ok(()) => return Ok(()),
@@ -1084,15 +1109,18 @@ impl Router {
         // The next producer's turn: its last transaction ended a whole transaction ago.
         let turn = (self.turn.load(Ordering::Relaxed) + 1) % self.producers.len();
         self.turn.store(turn, Ordering::Relaxed);
+        self.heartbeat.beat("beginning a transaction");
         let producer = self.producer().clone();
         blocking(move || producer.begin_transaction()).await?;
         let offsets = self.offsets_past(batch)?;
         // Always present for a subscribed group consumer.
         let metadata = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
+        self.heartbeat.beat("producing a batch's tasks");
         let (produced, current) = tokio::join!(self.produce(outgoing), barrier);
         produced?;
         // Not alongside the records: the coordinator would answer the second of two
         // concurrent requests with CONCURRENT_TRANSACTIONS, retried 20 ms later.
+        self.heartbeat.beat("adding offsets to a transaction");
         let producer = self.producer().clone();
         blocking(move || producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))
             .await?;
@@ -1101,6 +1129,7 @@ impl Router {
             Ok(false) => return Err(Failure::ViewMoved),
             Err(err) => return Err(Failure::ViewUnreachable(err)),
         }
+        self.heartbeat.beat("committing a transaction");
         let producer = self.producer().clone();
         Ok(blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await?)
     }
@@ -1129,7 +1158,16 @@ impl Router {
     }
 
     /// Produces `outgoing` in its groups, each once the one before is acknowledged.
+    /// Bounded on our clock like every transactional call: librdkafka times records out
+    /// itself, but a producer wedged after a broker failure must not hold the loop.
     async fn produce(&self, outgoing: &[Outgoing]) -> Result<(), Failure> {
+        match tokio::time::timeout(CALL_BOUND, self.produce_groups(outgoing)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Kafka(GAVE_UP.into())),
+        }
+    }
+
+    async fn produce_groups(&self, outgoing: &[Outgoing]) -> Result<(), Failure> {
         for group in produce_groups(outgoing) {
             let start = group.start;
             let Some(records) = outgoing.get(group) else {
@@ -1169,6 +1207,7 @@ impl Router {
             let entry = first.entry(message.partition()).or_insert(message.offset());
             *entry = (*entry).min(message.offset());
         }
+        self.heartbeat.beat("rewinding the consumer");
         let events = self.topics.events();
         for (partition, offset) in first {
             self.consumer.seek(
