@@ -54,7 +54,7 @@ impl Heartbeat {
         self.beat_at(step, Instant::now());
     }
 
-    fn beat_at(&self, step: &'static str, at: Instant) {
+    pub(crate) fn beat_at(&self, step: &'static str, at: Instant) {
         *self.beat.lock().unwrap_or_else(PoisonError::into_inner) = Beat { step, at };
     }
 

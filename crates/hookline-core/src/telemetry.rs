@@ -269,4 +269,28 @@ mod tests {
         serving.set(false);
         assert!(!view.get(), "the flag is shared with the original");
     }
+
+    #[test]
+    fn a_wedged_loop_is_neither_ready_nor_alive_through_every_condition() {
+        let heartbeat = Heartbeat::new(std::time::Duration::from_secs(60));
+        let view = Readiness::default();
+        view.set(true);
+        let routing = Readiness::default().and_beating(&heartbeat);
+        routing.set(true);
+        let serving = view.and(&routing);
+        assert!(serving.get());
+        assert_eq!(serving.wedged(), None);
+        let long_ago = std::time::Instant::now()
+            .checked_sub(std::time::Duration::from_secs(61))
+            .expect("the machine has been up for a minute");
+        heartbeat.beat_at("committing a transaction", long_ago);
+        assert!(!serving.get(), "wedged: not ready");
+        assert_eq!(
+            serving.wedged().map(|wedged| wedged.step),
+            Some("committing a transaction"),
+            "and not alive, naming the step"
+        );
+        heartbeat.beat("waiting for events");
+        assert!(serving.get());
+    }
 }
