@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod freshness;
 pub mod heartbeat;
 pub mod kafka;
 pub mod key_view;

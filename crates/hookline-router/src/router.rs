@@ -245,6 +245,9 @@ const ABORT_CALLS: u32 = 3;
 /// aborts before the next begins, so tasks and offsets keep their order.
 const PRODUCERS: usize = 2;
 
+/// The client id of the client that reads the events topic's ends for the fetch watch.
+const PROBE_CLIENT_ID: &str = "hookline-router-probe";
+
 /// How often the router, waiting for records, looks whether its consumer still fetches.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -392,7 +395,7 @@ impl Router {
             progress: Progress::new(settings.stall),
             heartbeat: Heartbeat::new(LOOP_BOUND),
             watch: FetchWatch::new(settings.stall),
-            probe: Arc::new(kafka::reader(args, "hookline-router-probe")?),
+            probe: Arc::new(kafka::reader(args, PROBE_CLIENT_ID)?),
             turn: AtomicUsize::new(0),
             view,
             topics,
@@ -748,7 +751,7 @@ impl Router {
     /// Builds the client that reads the events topic's ends again (it could not for a
     /// minute). Keeps the old one if that fails.
     fn renew_probe(&mut self) {
-        match kafka::reader(&self.args, "hookline-router-probe") {
+        match kafka::reader(&self.args, PROBE_CLIENT_ID) {
             Ok(probe) => self.probe = Arc::new(probe),
             Err(err) => tracing::warn!(%err, "could not build the probe again"),
         }
