@@ -504,6 +504,7 @@ impl Router {
                 }
                 None if self.watch.due() && self.fetching_stopped().await => {
                     tracing::warn!(
+                        marks = %self.watch.describe(),
                         "the consumer stopped fetching from growing partitions; building it again"
                     );
                     self.renew_consumer().await;
