@@ -354,10 +354,6 @@ async fn cutting_the_busiest_events_leader_off_the_network_loses_nothing() {
     .await;
 }
 
-// Failed one run in six: after the brokers return, a router can stop
-// routing for good (no fetch-watch alarm, no error logged) — under investigation in
-// issue 10. Run it with `-- --ignored`.
-#[ignore = "a router can stay stuck after two brokers return (issue 10)"]
 #[tokio::test(flavor = "multi_thread")]
 async fn two_brokers_down_refuse_writes_then_recover() {
     let cluster = Cluster::get().await.unwrap();
