@@ -505,6 +505,7 @@ impl Router {
                 None if self.watch.due() && self.fetching_stopped().await => {
                     tracing::warn!(
                         marks = %self.watch.describe(),
+                        committed = %self.committed_offsets(),
                         "the consumer stopped fetching from growing partitions; building it again"
                     );
                     self.renew_consumer().await;
@@ -525,6 +526,29 @@ impl Router {
             }
         }
         batch
+    }
+
+    /// The group's committed offsets of the assigned partitions as the coordinator
+    /// answers now (`partition:offset`, or the partition's error, such as a pending
+    /// transactional commit): what a consumer that does not fetch is waiting on, for
+    /// the warning. Blocks this thread up to 5 s; only called on that rare path.
+    fn committed_offsets(&self) -> String {
+        let answer =
+            tokio::task::block_in_place(|| self.consumer.committed(Duration::from_secs(5)));
+        match answer {
+            Err(err) => format!("unknown ({err})"),
+            Ok(list) => {
+                let described: Vec<String> = list
+                    .elements()
+                    .iter()
+                    .map(|element| match element.error() {
+                        Err(err) => format!("{}:{err}", element.partition()),
+                        Ok(()) => format!("{}:{:?}", element.partition(), element.offset()),
+                    })
+                    .collect();
+                described.join(" ")
+            }
+        }
     }
 
     /// Whether the consumer stopped fetching: see [`FetchWatch::stuck`]. Unknown (a
