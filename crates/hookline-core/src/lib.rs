@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod kafka_stats;
 pub mod key_view;
 pub mod memory;
 pub mod produce;

@@ -43,6 +43,9 @@ pub struct SubscriptionView {
     topic: String,
     health_topic: String,
     loaded: prometheus::IntGauge,
+    /// Seconds since the view was last confirmed caught up.
+    staleness_gauge: prometheus::Gauge,
+    started: Instant,
 }
 
 /// The view did not reach the topic's end in time.
@@ -70,7 +73,17 @@ impl SubscriptionView {
             "Subscriptions held in this process's view of the subscriptions topic.",
         )?;
         registry.register(Box::new(loaded.clone()))?;
+        let staleness_gauge = prometheus::Gauge::new(
+            "hookline_subscription_view_staleness_seconds",
+            "How long ago this process's subscriptions view was last confirmed to hold \
+             every change written to the subscriptions topic (since start while never); \
+             the probe confirms about every second, so above a few seconds the view \
+             lags.",
+        )?;
+        registry.register(Box::new(staleness_gauge.clone()))?;
         let view = Arc::new(Self {
+            staleness_gauge,
+            started: Instant::now(),
             index: RwLock::new(SubscriptionIndex::new()),
             health: Mutex::new(HashMap::new()),
             fresh_as_of: Mutex::new(None),
@@ -92,6 +105,11 @@ impl SubscriptionView {
             if let Err(err) = self.catch_up(Duration::from_secs(5)).await {
                 tracing::debug!(%err, "subscriptions view freshness probe failed");
             }
+            let staleness = match self.staleness() {
+                Duration::MAX => self.started.elapsed(),
+                staleness => staleness,
+            };
+            self.staleness_gauge.set(staleness.as_secs_f64());
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     }

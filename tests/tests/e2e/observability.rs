@@ -1,0 +1,218 @@
+//! What SREs watch: every binary's `/metrics` as `promtool` checks it, and a real
+//! Prometheus server scraping a run, asked with PromQL what it saw.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hookline_e2e::{
+    eventually, promtool_check_metrics, scrape, Behaviour, Deployment, Pipeline, PrometheusServer,
+};
+use serde_json::json;
+
+/// Patience for librdkafka's statistics (every 5 s by default) to show a partition.
+const STATS_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A pipeline with one subscription that takes everything and one whose endpoint fails
+/// its first requests (so retries are scheduled), `events` events delivered to each.
+async fn pipeline_with_traffic(events: usize) -> anyhow::Result<Pipeline> {
+    let pipeline = Pipeline::start(Deployment::new()).await?;
+    pipeline
+        .receiver
+        .behave("flaky", Behaviour::FailFirst(500, 2));
+    pipeline
+        .subscribe("acme", &["invoice.*"], "ok", json!({}))
+        .await?;
+    pipeline
+        .subscribe("acme", &["invoice.*"], "flaky", json!({}))
+        .await?;
+    pipeline.send("acme", "invoice.paid", events).await?;
+    // One refused request, for the rejection counters.
+    let (status, _) = pipeline
+        .api
+        .post_raw("/v1/events", b"{not json".to_vec())
+        .await?;
+    anyhow::ensure!(status == 400, "malformed JSON answered {status}");
+    Ok(pipeline)
+}
+
+/// Requests the receiver got, by path and status.
+fn got_by_path(pipeline: &Pipeline) -> String {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in pipeline.receiver.received() {
+        *counts.entry((r.path.clone(), r.status)).or_insert(0) += 1;
+    }
+    format!("{counts:?}")
+}
+
+#[tokio::test]
+async fn every_binary_passes_promtool_check_metrics() {
+    let events = 20;
+    let pipeline = pipeline_with_traffic(events).await.expect("pipeline");
+    let delivered = pipeline
+        .receiver
+        .wait_until(Duration::from_secs(60), |got| {
+            got.iter().filter(|r| r.path == "ok").count() >= events
+                && got.iter().filter(|r| r.path == "flaky").count() >= events + 2
+        })
+        .await;
+    assert!(
+        delivered,
+        "deliveries did not arrive: {}\nworker log:\n{}",
+        got_by_path(&pipeline),
+        pipeline.workers[0].log_tail()
+    );
+    let worker = &pipeline.workers[0];
+    // Every family the binaries register shows once its first sample exists: wait for
+    // the ones that appear late (lag from librdkafka's statistics, retries).
+    for (proc, name) in [
+        (&pipeline.router, "hookline_consumer_lag_records"),
+        (worker, "hookline_consumer_lag_records"),
+        (worker, "hookline_delivery_retries_scheduled_total"),
+        (worker, "hookline_kafka_producer_queue_messages"),
+        (&pipeline.router, "hookline_router_transactions_total"),
+        (worker, "hookline_kafka_broker_rtt_avg_seconds"),
+        (&pipeline.ingest, "hookline_kafka_producer_queue_messages"),
+    ] {
+        let shown = eventually(STATS_PATIENCE, || async {
+            scrape(&format!("{}/metrics", proc.url()))
+                .await
+                .is_ok_and(|text| text.lines().any(|l| l.starts_with(name)))
+        })
+        .await;
+        assert!(shown, "{} never exported {name}", proc.name());
+    }
+    for proc in [&pipeline.ingest, &pipeline.router, worker] {
+        let text = scrape(&format!("{}/metrics", proc.url()))
+            .await
+            .expect("scrape");
+        if let Err(complaints) = promtool_check_metrics(&text) {
+            panic!("{}'s /metrics: {complaints}", proc.name());
+        }
+    }
+    // The new figures count what happened.
+    let end_to_end = worker
+        .metric("hookline_delivery_end_to_end_seconds_count")
+        .await;
+    let delivered = worker
+        .metric("hookline_delivery_tasks_total{outcome=\"delivered\"")
+        .await;
+    assert_eq!(
+        end_to_end, delivered,
+        "every delivery has its end-to-end latency"
+    );
+    assert!(delivered >= (2 * events) as f64);
+    assert_eq!(
+        worker
+            .metric("hookline_delivery_end_to_end_seconds_count{attempt=\"retry\"")
+            .await,
+        2.0,
+        "the flaky endpoint's first two events were delivered on a retry"
+    );
+    assert!(
+        worker
+            .metric("hookline_delivery_retries_scheduled_total{kind=\"retry\",tier=\"5s\"")
+            .await
+            >= 2.0
+    );
+    assert_eq!(
+        pipeline
+            .ingest
+            .metric("hookline_ingest_event_requests_rejected_total{reason=\"malformed_json\"")
+            .await,
+        1.0
+    );
+    assert!(
+        pipeline
+            .ingest
+            .metric("hookline_ingest_event_bytes_total{outcome=\"accepted\"")
+            .await
+            > 0.0
+    );
+}
+
+#[tokio::test]
+async fn prometheus_sees_what_the_receivers_got_and_lag_back_to_zero() {
+    let events = 40;
+    let pipeline = pipeline_with_traffic(events).await.expect("pipeline");
+    let targets = [
+        ("ingest", pipeline.ingest.addr),
+        ("router", pipeline.router.addr),
+        ("delivery", pipeline.workers[0].addr),
+    ];
+    let prometheus = PrometheusServer::start(&targets, "")
+        .await
+        .expect("prometheus");
+    let arrived = pipeline
+        .receiver
+        .wait_until(Duration::from_secs(90), |got| {
+            got.iter().filter(|r| r.path == "flaky").count() >= events + 2
+                && got.iter().filter(|r| r.path == "ok").count() >= events
+        })
+        .await;
+    assert!(
+        arrived,
+        "deliveries did not arrive: {}\nworker log:\n{}",
+        got_by_path(&pipeline),
+        pipeline.workers[0].log_tail()
+    );
+    let answered_2xx = pipeline
+        .receiver
+        .received()
+        .iter()
+        .filter(|r| (200..300).contains(&r.status))
+        .count();
+    let group = |binary: &str| format!("{}{binary}", pipeline.deployment.prefix);
+    let delivered_query = "sum(hookline_delivery_tasks_total{outcome=\"delivered\"})";
+    let seen = Mutex::new(None);
+    let matched = eventually(Duration::from_secs(60), || async {
+        let now = prometheus.scalar(delivered_query).await.ok().flatten();
+        *seen.lock().unwrap() = now;
+        now == Some(answered_2xx as f64)
+    })
+    .await;
+    assert!(
+        matched,
+        "Prometheus saw {seen:?} delivered, the receivers answered {answered_2xx} with 2xx"
+    );
+    // Lag: present for the router's group (events) and the workers' (deliveries and the
+    // retry tier), and back to zero everywhere once all is delivered.
+    for (binary, topic) in [
+        ("router", "events"),
+        ("delivery", "deliveries"),
+        ("delivery", "deliveries.retry.5s"),
+    ] {
+        let query = format!(
+            "count(hookline_consumer_lag_records{{group=\"{}\",topic=\"{}{topic}\"}})",
+            group(binary),
+            pipeline.deployment.prefix
+        );
+        let present = eventually(STATS_PATIENCE, || async {
+            prometheus.scalar(&query).await.ok().flatten() == Some(4.0)
+        })
+        .await;
+        assert!(
+            present,
+            "no lag series for each of the 4 partitions: {query}"
+        );
+    }
+    let lag_query = format!(
+        "max(hookline_consumer_lag_records{{group=~\"{}|{}\"}})",
+        group("router"),
+        group("delivery")
+    );
+    let seconds_query = lag_query.replace("_records", "_seconds");
+    let last = Mutex::new((None, None));
+    let zero = eventually(STATS_PATIENCE, || async {
+        let now = (
+            prometheus.scalar(&lag_query).await.ok().flatten(),
+            prometheus.scalar(&seconds_query).await.ok().flatten(),
+        );
+        *last.lock().unwrap() = now;
+        now == (Some(0.0), Some(0.0))
+    })
+    .await;
+    assert!(
+        zero,
+        "lag (records, seconds) did not return to zero: {last:?}"
+    );
+}
