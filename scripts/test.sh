@@ -34,8 +34,8 @@ mkdir -p .hookline
 summary=.hookline/test-output.log
 status=0
 # The alert rules: valid, and firing (or not) as their unit tests say.
-echo "== alert rules (promtool check rules, promtool test rules)"
-{ promtool check rules deploy/prometheus/alerts.yml \
+echo "== Prometheus config and alert rules (promtool check config, promtool test rules)"
+{ promtool check config deploy/prometheus/prometheus.yml \
     && (cd deploy/prometheus && promtool test rules alerts_test.yml); } || status=$?
 echo "== running tests (broker 127.0.0.1:$port)"
 HOOKLINE_TEST_KAFKA_BROKERS=127.0.0.1:$port cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$summary" || status=$?

@@ -56,6 +56,9 @@ pub use kafka::{
 };
 pub use ledger::{genuine, Answer, Ledger, Load, LoadReport, Sent, Subscribed};
 pub use process::{admin_client, free_addr, is_stray, Deployment, Proc, ADMIN_TOKEN};
-pub use prometheus::{promtool_check_metrics, scrape, PrometheusServer};
+pub use prometheus::{
+    dashboard_expressions, exported_names, promtool_check_metrics, referenced_names, scrape,
+    PrometheusServer,
+};
 pub use receiver::{Behaviour, Received, Receiver};
 pub use wait::eventually;

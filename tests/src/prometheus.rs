@@ -92,6 +92,78 @@ pub fn exported_names(exposition: &str) -> std::collections::BTreeSet<String> {
     names
 }
 
+/// The metric names a text of PromQL expressions (a rule file, a dashboard) refers to:
+/// every word starting `hookline_` or `process_` (Hookline's own and the process
+/// collector's; `up` and `ALERTS` come from Prometheus itself).
+pub fn referenced_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("hookline_") || word.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The PromQL expressions of a Grafana dashboard's panels (`targets[].expr`), checking
+/// its structure on the way: unique panel ids, a grid position and type on every panel,
+/// and on every non-row panel the datasource `datasource_uid` and at least one target,
+/// each with a unique `refId` and an expression.
+pub fn dashboard_expressions(
+    dashboard: &Value,
+    datasource_uid: &str,
+) -> anyhow::Result<Vec<String>> {
+    anyhow::ensure!(dashboard["uid"].is_string(), "the dashboard has no uid");
+    anyhow::ensure!(dashboard["title"].is_string(), "the dashboard has no title");
+    anyhow::ensure!(
+        dashboard["schemaVersion"].is_u64(),
+        "the dashboard has no schemaVersion"
+    );
+    let panels = dashboard["panels"]
+        .as_array()
+        .context("the dashboard has no panels")?;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut expressions = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or("?");
+        let id = panel["id"]
+            .as_u64()
+            .with_context(|| format!("panel {title}: no id"))?;
+        anyhow::ensure!(ids.insert(id), "panel {title}: id {id} used twice");
+        for key in ["h", "w", "x", "y"] {
+            anyhow::ensure!(
+                panel["gridPos"][key].is_u64(),
+                "panel {title}: gridPos.{key} missing"
+            );
+        }
+        let kind = panel["type"]
+            .as_str()
+            .with_context(|| format!("panel {title}: no type"))?;
+        if kind == "row" {
+            continue;
+        }
+        anyhow::ensure!(
+            panel["datasource"]["uid"] == datasource_uid,
+            "panel {title}: datasource is not {datasource_uid}"
+        );
+        let targets = panel["targets"]
+            .as_array()
+            .filter(|t| !t.is_empty())
+            .with_context(|| format!("panel {title}: no targets"))?;
+        let mut refs = std::collections::BTreeSet::new();
+        for target in targets {
+            let reference = target["refId"].as_str().unwrap_or_default();
+            anyhow::ensure!(
+                refs.insert(reference.to_owned()),
+                "panel {title}: refId {reference:?} missing or used twice"
+            );
+            let expr = target["expr"]
+                .as_str()
+                .filter(|e| !e.trim().is_empty())
+                .with_context(|| format!("panel {title}: a target without expr"))?;
+            expressions.push(expr.to_owned());
+        }
+    }
+    Ok(expressions)
+}
+
 /// A Prometheus server of the test's own, scraping the given targets every second.
 pub struct PrometheusServer {
     child: Child,
@@ -193,6 +265,25 @@ impl PrometheusServer {
         let series = self.query(promql).await?;
         anyhow::ensure!(series.len() <= 1, "{promql}: {} series", series.len());
         Ok(series.first().map(|(_, v)| *v))
+    }
+
+    /// Every loaded rule's health (`ok`, `err`, `unknown`) by name, with its last error.
+    pub async fn rule_health(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let response: Value = reqwest::get(format!("{}/api/v1/rules", self.base))
+            .await?
+            .json()
+            .await?;
+        let mut rules = Vec::new();
+        for group in response["data"]["groups"].as_array().into_iter().flatten() {
+            for rule in group["rules"].as_array().into_iter().flatten() {
+                rules.push((
+                    rule["name"].as_str().unwrap_or_default().to_owned(),
+                    rule["health"].as_str().unwrap_or_default().to_owned(),
+                    rule["lastError"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+        }
+        Ok(rules)
     }
 
     /// The alerts firing or pending now (`ALERTS`), by name and state.

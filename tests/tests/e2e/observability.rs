@@ -5,9 +5,28 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hookline_e2e::{
-    eventually, promtool_check_metrics, scrape, Behaviour, Deployment, Pipeline, PrometheusServer,
+    dashboard_expressions, eventually, exported_names, promtool_check_metrics, referenced_names,
+    scrape, Behaviour, Deployment, Pipeline, PrometheusServer,
 };
-use serde_json::json;
+use serde_json::{json, Value};
+
+/// A file of the repository, as shipped.
+fn repo_file(path: &str) -> String {
+    let full = concat!(env!("CARGO_MANIFEST_DIR"), "/../").to_owned() + path;
+    std::fs::read_to_string(&full).unwrap_or_else(|err| panic!("{full}: {err}"))
+}
+
+fn alerts() -> String {
+    repo_file("deploy/prometheus/alerts.yml")
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&repo_file("deploy/grafana/dashboards/hookline.json"))
+        .expect("the dashboard is JSON")
+}
+
+/// The datasource uid the compose stack's Grafana provisions.
+const DATASOURCE_UID: &str = "hookline-prometheus";
 
 /// Patience for librdkafka's statistics (every 5 s by default) to show a partition.
 const STATS_PATIENCE: Duration = Duration::from_secs(60);
@@ -15,7 +34,11 @@ const STATS_PATIENCE: Duration = Duration::from_secs(60);
 /// A pipeline with one subscription that takes everything and one whose endpoint fails
 /// its first requests (so retries are scheduled), `events` events delivered to each.
 async fn pipeline_with_traffic(events: usize) -> anyhow::Result<Pipeline> {
-    let pipeline = Pipeline::start(Deployment::new()).await?;
+    traffic_on(Deployment::new(), events).await
+}
+
+async fn traffic_on(deployment: Deployment, events: usize) -> anyhow::Result<Pipeline> {
+    let pipeline = Pipeline::start(deployment).await?;
     pipeline
         .receiver
         .behave("flaky", Behaviour::FailFirst(500, 2));
@@ -139,7 +162,7 @@ async fn prometheus_sees_what_the_receivers_got_and_lag_back_to_zero() {
         ("router", pipeline.router.addr),
         ("delivery", pipeline.workers[0].addr),
     ];
-    let prometheus = PrometheusServer::start(&targets, "")
+    let prometheus = PrometheusServer::start(&targets, &alerts())
         .await
         .expect("prometheus");
     let arrived = pipeline
@@ -214,5 +237,79 @@ async fn prometheus_sees_what_the_receivers_got_and_lag_back_to_zero() {
     assert!(
         zero,
         "lag (records, seconds) did not return to zero: {last:?}"
+    );
+    // The shipped alert rules load and evaluate on the real series.
+    let rules = Mutex::new(Vec::new());
+    let healthy = eventually(Duration::from_secs(30), || async {
+        let now = prometheus.rule_health().await.unwrap_or_default();
+        let ok = !now.is_empty() && now.iter().all(|(_, health, _)| health == "ok");
+        *rules.lock().unwrap() = now;
+        ok
+    })
+    .await;
+    assert!(
+        healthy,
+        "alert rules not all healthy: {:?}",
+        rules.lock().unwrap()
+    );
+    // Every dashboard query is valid PromQL for the real server.
+    for expr in dashboard_expressions(&dashboard(), DATASOURCE_UID).expect("dashboard") {
+        let query = expr.replace("$__rate_interval", "1m");
+        let series = prometheus.query(&query).await;
+        assert!(
+            series.is_ok(),
+            "dashboard query refused: {query}: {series:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_use_only_metrics_the_binaries_export() {
+    // Circuits open at the first failure and close a second later, so that every
+    // family the dashboard shows has series within the test.
+    let mut deployment = Deployment::new();
+    deployment
+        .set("HOOKLINE_BREAKER_THRESHOLD", "1")
+        .set("HOOKLINE_BREAKER_COOLDOWN", "1s");
+    let pipeline = traffic_on(deployment, 5).await.expect("pipeline");
+    // An endpoint answering 410: a dead letter and a disabled subscription.
+    pipeline.receiver.behave("gone", Behaviour::Always(410));
+    pipeline
+        .subscribe("globex", &["invoice.*"], "gone", json!({}))
+        .await
+        .expect("subscribe");
+    pipeline
+        .send("globex", "invoice.paid", 1)
+        .await
+        .expect("send");
+    let expressions = dashboard_expressions(&dashboard(), DATASOURCE_UID).expect("dashboard");
+    let mut wanted = referenced_names(&alerts());
+    wanted.extend(referenced_names(&expressions.join("\n")));
+    assert!(
+        wanted.len() > 20,
+        "only {} names found: {wanted:?}",
+        wanted.len()
+    );
+    let urls: Vec<String> = [&pipeline.ingest, &pipeline.router, &pipeline.workers[0]]
+        .iter()
+        .map(|p| format!("{}/metrics", p.url()))
+        .collect();
+    let missing = Mutex::new(wanted.clone());
+    let all_exported = eventually(Duration::from_secs(90), || async {
+        let mut exported = std::collections::BTreeSet::new();
+        for url in &urls {
+            exported.extend(exported_names(&scrape(url).await.unwrap_or_default()));
+        }
+        let now: std::collections::BTreeSet<String> =
+            wanted.difference(&exported).cloned().collect();
+        let done = now.is_empty();
+        *missing.lock().unwrap() = now;
+        done
+    })
+    .await;
+    assert!(
+        all_exported,
+        "referenced by the dashboard or the alerts, exported by no binary: {:?}",
+        missing.lock().unwrap()
     );
 }
