@@ -367,7 +367,7 @@ enum Step {
 /// Drops a task whose subscription a caught-up view shows deleted.
 async fn skip_deleted(context: &Context, task: &DeliveryTask) {
     context.metrics.task(TaskOutcome::SkippedDeleted);
-    tracing::info!(message_id = %task.message_id, subscription = %task.subscription_id, "subscription deleted; task dropped");
+    tracing::info!(event_id = %task.event.id, message_id = %task.message_id, subscription = %task.subscription_id, "subscription deleted; task dropped");
     let id = &task.subscription_id;
     context
         .health
@@ -543,7 +543,7 @@ async fn carry_out(
                     .with_label_values(&[attempt])
                     .observe(since as f64 / 1e6);
             }
-            tracing::debug!(message_id = %task.message_id, attempt = task.attempts + 1, "delivered");
+            tracing::debug!(event_id = %task.event.id, message_id = %task.message_id, subscription = %task.subscription_id, attempt = task.attempts + 1, "delivered");
             context.health.mark_healthy(subscription).await;
             Step::Finished
         }
@@ -581,7 +581,7 @@ async fn carry_out(
             error,
         } => {
             if failed {
-                tracing::info!(message_id = %task.message_id, subscription = %subscription.id(), attempt = attempts, %error, "attempt failed");
+                tracing::info!(event_id = %task.event.id, message_id = %task.message_id, subscription = %subscription.id(), attempt = attempts, %error, "attempt failed");
                 context.health.mark_failing(subscription, now).await;
             }
             task.attempts = attempts;

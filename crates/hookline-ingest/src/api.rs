@@ -298,6 +298,10 @@ async fn accept_events(
         .with("not_acknowledged", json!(not_acknowledged)));
     }
     state.progress.succeeded();
+    for event in &events {
+        // Per event, so debug: the first line of an event's trail through the binaries.
+        tracing::debug!(event_id = %event.id, tenant = %event.tenant, event_type = %event.event_type, "event accepted");
+    }
     state
         .metrics
         .event_bytes

@@ -145,6 +145,23 @@ impl Metrics {
     }
 }
 
+/// One debug line per task (or one for an event no subscription wants), with the ids
+/// that follow the event through ingest, router and delivery logs. A batch routed again
+/// after an abort logs its tasks again.
+fn log_routed(event: &hookline_domain::event::Event, tasks: &[DeliveryTask]) {
+    if tasks.is_empty() {
+        tracing::debug!(event_id = %event.id, tenant = %event.tenant, event_type = %event.event_type, "event matched no subscription");
+    }
+    for task in tasks {
+        tracing::debug!(
+            event_id = %event.id,
+            message_id = %task.message_id,
+            subscription = %task.subscription_id,
+            "task routed"
+        );
+    }
+}
+
 /// What a record to produce is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -1006,8 +1023,12 @@ impl Router {
                     headers: &headers,
                     payload: message.payload(),
                 };
-                let routed = route_record(record, &self.cloudevents, &index, now)
-                    .and_then(|(_, tasks)| self.encode(source, tasks, &deliveries));
+                let routed = route_record(record, &self.cloudevents, &index, now).and_then(
+                    |(event, tasks)| {
+                        log_routed(&event, &tasks);
+                        self.encode(source, tasks, &deliveries)
+                    },
+                );
                 match routed {
                     Ok(tasks) => Routed {
                         outcome: if tasks.is_empty() {

@@ -313,3 +313,88 @@ async fn the_dashboard_and_the_alerts_use_only_metrics_the_binaries_export() {
         missing.lock().unwrap()
     );
 }
+
+#[tokio::test]
+async fn one_grep_follows_an_event_through_the_three_binaries() {
+    let mut deployment = Deployment::new();
+    // Per-event lines are debug lines: an operator following events turns them on so.
+    deployment.set(
+        "RUST_LOG",
+        "info,rdkafka=warn,hookline_ingest=debug,hookline_router=debug,hookline_delivery=debug",
+    );
+    let pipeline = Pipeline::start(deployment).await.expect("pipeline");
+    // Its first attempt fails, so that the trail has a failed attempt too.
+    pipeline
+        .receiver
+        .behave("trail", Behaviour::FailFirst(500, 1));
+    let (subscription, _) = pipeline
+        .subscribe("acme", &["invoice.*"], "trail", json!({}))
+        .await
+        .expect("subscribe");
+    let event_id = format!("evt_trail_{}", ulid::Ulid::new().to_string().to_lowercase());
+    pipeline
+        .api
+        .send_events(json!({"id": event_id, "type": "invoice.paid", "tenant": "acme", "data": {}}))
+        .await
+        .expect("send");
+    let delivered = pipeline
+        .receiver
+        .wait_until(Duration::from_secs(60), |got| {
+            got.iter().any(|r| r.path == "trail" && r.status == 204)
+        })
+        .await;
+    assert!(delivered, "not delivered: {}", got_by_path(&pipeline));
+    let message_id = hookline_domain::ids::message_id(&event_id, &subscription);
+    // The delivered line is written right after the answer; wait for it in the log.
+    let worker_log = &pipeline.workers[0].log_path;
+    let logged = eventually(Duration::from_secs(10), || async {
+        grep(worker_log, &event_id)
+            .iter()
+            .any(|line| line.contains("delivered"))
+    })
+    .await;
+    assert!(logged, "no delivered line for {event_id}");
+    // One grep, the event id, through each binary's log.
+    let expectations: [(&std::path::Path, &[&str]); 3] = [
+        (&pipeline.ingest.log_path, &["event accepted"]),
+        (&pipeline.router.log_path, &["task routed"]),
+        (worker_log, &["attempt failed", "delivered"]),
+    ];
+    for (log, says) in expectations {
+        let lines = grep(log, &event_id);
+        for what in says {
+            let line = lines.iter().find(|line| line.contains(what));
+            assert!(
+                line.is_some(),
+                "{}: no {what:?} line with {event_id}; lines with it: {lines:?}",
+                log.display()
+            );
+        }
+    }
+    // The lines about the delivery carry its webhook id and subscription too.
+    for (log, what) in [
+        (&pipeline.router.log_path, "task routed"),
+        (worker_log, "attempt failed"),
+        (worker_log, "delivered"),
+    ] {
+        let lines = grep(log, &event_id);
+        assert!(
+            lines
+                .iter()
+                .filter(|l| l.contains(what))
+                .all(|l| l.contains(message_id.as_str()) && l.contains(&subscription)),
+            "{}: a {what:?} line without the message id or subscription: {lines:?}",
+            log.display()
+        );
+    }
+}
+
+/// The lines of `log` containing `needle`.
+fn grep(log: &std::path::Path, needle: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
