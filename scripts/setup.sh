@@ -2,7 +2,7 @@
 # Installs what the demo, the test suite and CI need and the machine lacks: cmake,
 # pkg-config and libssl-dev (librdkafka is built from source), Java and Maven (the local
 # Kafka broker, deploy/local/kafka.sh), kcat and curl (the tests), Prometheus and
-# promtool (the metrics and alert rule checks). A Rust toolchain is
+# promtool (the metrics and alert rule checks), kubernetes-validate (the manifests). A Rust toolchain is
 # expected. apt-get runs only when something is missing, through sudo when not root;
 # without apt-get (or without root and sudo) it says what to install and fails.
 #
@@ -37,8 +37,17 @@ install_standardwebhooks() {
   python3 -m pip install --quiet standardwebhooks 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages standardwebhooks
 }
+# kubernetes-validate checks deploy/kubernetes against the Kubernetes API schemas it
+# ships (scripts/check-deploy.sh), with no cluster and no download at check time.
+install_kubernetes_validate() {
+  command -v kubernetes-validate >/dev/null && return 0
+  log "installing the Python package kubernetes-validate"
+  python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+}
 if [ ${#missing[@]} -eq 0 ]; then
   install_standardwebhooks
+  install_kubernetes_validate
   exit 0
 fi
 
@@ -59,3 +68,4 @@ log "installing ${missing[*]}"
 as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 install_standardwebhooks
+install_kubernetes_validate

@@ -6,8 +6,8 @@
 # HOOKLINE_TEST_KAFKA_CLUSTER_PORT, default 19192, once the single broker is stopped:
 # they kill its nodes; in network namespaces when run as root, so that one can be cut
 # off the network), then the fault-injection ledger (scripts/chaos.sh --size small) on
-# the same cluster. Before the tests, promtool checks and unit-tests the alert rules
-# (deploy/prometheus/alerts.yml); the end-to-end tests run promtool on every binary's
+# the same cluster. Before the tests, scripts/check-deploy.sh validates the Kubernetes
+# manifests and checks and unit-tests the alert rules (deploy/prometheus/alerts.yml); the end-to-end tests run promtool on every binary's
 # /metrics and a real Prometheus server against a run (tests/e2e/observability.rs). Installs what is missing first (scripts/setup.sh) and runs every
 # test binary even when one fails (--no-fail-fast).
 #
@@ -33,10 +33,9 @@ cargo build --workspace --bins --locked
 mkdir -p .hookline
 summary=.hookline/test-output.log
 status=0
-# The alert rules: valid, and firing (or not) as their unit tests say.
-echo "== Prometheus config and alert rules (promtool check config, promtool test rules)"
-{ promtool check config deploy/prometheus/prometheus.yml \
-    && (cd deploy/prometheus && promtool test rules alerts_test.yml); } || status=$?
+# The deployment files: Kubernetes manifests, Prometheus config, alert rules and their
+# unit tests, settings named there documented.
+scripts/check-deploy.sh || status=$?
 echo "== running tests (broker 127.0.0.1:$port)"
 HOOKLINE_TEST_KAFKA_BROKERS=127.0.0.1:$port cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$summary" || status=$?
 cleanup
