@@ -119,9 +119,18 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The producers Hookline builds: their statistics feed [`kafka_stats`].
 pub type Producer = FutureProducer<StatsContext>;
 
-/// `statistics.interval.ms` for `args`, telling the statistics sink the interval.
+/// `statistics.interval.ms` for `args`, telling the statistics sink the interval
+/// clients will report at (the operator's `statistics.interval.ms` property, applied
+/// last, wins over the setting).
 fn statistics_interval(args: &KafkaArgs) -> String {
-    kafka_stats::set_interval(args.statistics_interval);
+    let overridden = args
+        .properties
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "statistics.interval.ms")
+        .and_then(|(_, ms)| ms.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    kafka_stats::set_interval(overridden.unwrap_or(args.statistics_interval));
     kafka_stats::interval_ms(args.statistics_interval)
 }
 

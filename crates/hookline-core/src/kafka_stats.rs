@@ -542,6 +542,7 @@ pub fn interval_ms(interval: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn partition(app: i64, committed: i64, ls: i64) -> rdkafka::statistics::Partition {
         rdkafka::statistics::Partition {
@@ -595,6 +596,108 @@ mod tests {
                 seconds: 9.0
             })
         );
+    }
+
+    /// A consumer's report with one assigned and one revoked partition of `topic`.
+    fn consumer_report(name: &str, client_id: &str, topic: &str, txerrs: u64) -> Statistics {
+        let mut assigned = partition(7, 5, 10);
+        assigned.partition = 0;
+        let mut revoked = partition(0, 0, 10);
+        revoked.partition = 1;
+        revoked.desired = false;
+        let broker = rdkafka::statistics::Broker {
+            nodeid: 1,
+            state: "UP".into(),
+            txerrs,
+            ..Default::default()
+        };
+        Statistics {
+            name: name.into(),
+            client_id: client_id.into(),
+            client_type: "consumer".into(),
+            brokers: HashMap::from([("b1".to_owned(), broker)]),
+            topics: HashMap::from([(
+                topic.to_owned(),
+                rdkafka::statistics::Topic {
+                    topic: topic.into(),
+                    partitions: HashMap::from([(0, assigned), (1, revoked)]),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        }
+    }
+
+    fn exposition(registry: &Registry) -> String {
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut out,
+        )
+        .expect("encodes");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn reports_become_lag_of_assigned_partitions_and_counters_of_deltas() {
+        let registry = Registry::new();
+        register(&registry).expect("registers");
+        // Names of this test's own, as the sink is process-wide.
+        consumer_group("stats-test-client", "stats-test-group");
+        record_taken(
+            "stats-test-topic",
+            0,
+            Some(chrono::Utc::now().timestamp_millis()),
+        );
+        observe(consumer_report(
+            "stats-test-client#consumer-1",
+            "stats-test-client",
+            "stats-test-topic",
+            4,
+        ));
+        let text = exposition(&registry);
+        let lag = text
+            .lines()
+            .find(|l| {
+                l.starts_with("hookline_consumer_lag_records{") && l.contains("stats-test-topic")
+            })
+            .expect("a lag series");
+        assert!(
+            lag.contains("group=\"stats-test-group\"") && lag.contains("partition=\"0\""),
+            "{lag}"
+        );
+        assert!(lag.ends_with(" 3"), "{lag}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.contains("stats-test-topic") && l.contains("partition=\"1\"")),
+            "a revoked partition has no series"
+        );
+        let errors = |text: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("hookline_kafka_broker_tx_errors_total{")
+                        && l.contains("stats-test-client")
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        };
+        assert_eq!(errors(&text).as_deref(), Some("4"));
+        // The same client reports a higher cumulative count; a client built again
+        // starts from zero, which must not lower the counter.
+        observe(consumer_report(
+            "stats-test-client#consumer-1",
+            "stats-test-client",
+            "stats-test-topic",
+            6,
+        ));
+        observe(consumer_report(
+            "stats-test-client#consumer-2",
+            "stats-test-client",
+            "stats-test-topic",
+            1,
+        ));
+        assert_eq!(errors(&exposition(&registry)).as_deref(), Some("7"));
     }
 
     #[test]

@@ -112,18 +112,29 @@ async fn every_binary_passes_promtool_check_metrics() {
             panic!("{}'s /metrics: {complaints}", proc.name());
         }
     }
-    // The new figures count what happened.
-    let end_to_end = worker
-        .metric("hookline_delivery_end_to_end_seconds_count")
-        .await;
-    let delivered = worker
-        .metric("hookline_delivery_tasks_total{outcome=\"delivered\"")
-        .await;
-    assert_eq!(
-        end_to_end, delivered,
-        "every delivery has its end-to-end latency"
+    // The new figures count what happened: each of the 2 x events tasks delivered once
+    // (a delivery is counted just after the receiver answered, hence the wait), each
+    // with its end-to-end latency.
+    let counts = Mutex::new((0.0, 0.0));
+    let counted = eventually(Duration::from_secs(30), || async {
+        let now = (
+            worker
+                .metric("hookline_delivery_tasks_total{outcome=\"delivered\"")
+                .await,
+            worker
+                .metric("hookline_delivery_end_to_end_seconds_count")
+                .await,
+        );
+        *counts.lock().unwrap() = now;
+        now == ((2 * events) as f64, (2 * events) as f64)
+    })
+    .await;
+    assert!(
+        counted,
+        "(delivered, end-to-end observations) = {:?}, expected {} each",
+        counts.lock().unwrap(),
+        2 * events
     );
-    assert!(delivered >= (2 * events) as f64);
     assert_eq!(
         worker
             .metric("hookline_delivery_end_to_end_seconds_count{attempt=\"retry\"")
