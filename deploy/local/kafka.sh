@@ -208,6 +208,9 @@ share.coordinator.state.topic.min.isr=$isr
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=168
+# Leadership moves back to a restarted broker within seconds (Kafka's default check
+# runs every 300 s), so that the fault tests see it happen under load.
+leader.imbalance.check.interval.seconds=10
 PROPS
   cat >"$dir/log4j2.properties" <<LOG4J
 status = warn

@@ -397,6 +397,18 @@ pub struct ProgressArgs {
         default_value = "15s"
     )]
     pub stall_after: std::time::Duration,
+
+    /// How long a binary's main loop may stay wedged (no step completed within its
+    /// bound, see `hookline_core::heartbeat`) before the process exits with code 70, so
+    /// that its supervisor starts it afresh (humantime; `0s` never exits; `/healthz`
+    /// answers 503 as soon as the loop is wedged).
+    #[arg(
+        long,
+        env = "HOOKLINE_WEDGED_EXIT_AFTER",
+        value_parser = parse_duration,
+        default_value = "3m"
+    )]
+    pub wedged_exit_after: std::time::Duration,
 }
 
 /// How events published as CloudEvents are read.

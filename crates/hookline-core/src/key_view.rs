@@ -8,15 +8,15 @@
 //! (see [`ApiKeyView::staleness`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::watch;
 
 use crate::config::KafkaArgs;
+use crate::freshness::Freshness;
 use crate::kafka;
 use crate::view::NotCaughtUp;
 use hookline_domain::api_key::ApiKeyRecord;
@@ -27,15 +27,9 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// The API keys topic, materialized: key records by key id.
 pub struct ApiKeyView {
     keys: RwLock<HashMap<String, Arc<ApiKeyRecord>>>,
-    /// When the view was last confirmed to hold everything written before that moment.
-    fresh_as_of: Mutex<Option<Instant>>,
-    /// Next offset of the (single) partition not yet applied.
-    position: watch::Sender<i64>,
+    /// How far the view has applied the API keys topic, and how fresh that is.
+    freshness: Arc<Freshness>,
     consumer: StreamConsumer,
-    /// A second client for watermark queries, so that a query never waits behind the
-    /// reader's long-polling fetch.
-    probe: Arc<BaseConsumer>,
-    topic: String,
     loaded: prometheus::IntGauge,
 }
 
@@ -47,8 +41,8 @@ impl ApiKeyView {
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Arc<Self>> {
         let consumer: StreamConsumer = kafka::reader(args, client_id)?;
-        let probe: BaseConsumer = kafka::reader(args, &format!("{client_id}-probe"))?;
         let topic = args.topics().api_keys();
+        let freshness = Freshness::new(args, &format!("{client_id}-probe"), topic.clone())?;
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, 0, Offset::Beginning)?;
         consumer.assign(&assignment)?;
@@ -59,25 +53,13 @@ impl ApiKeyView {
         registry.register(Box::new(loaded.clone()))?;
         let view = Arc::new(Self {
             keys: RwLock::new(HashMap::new()),
-            fresh_as_of: Mutex::new(None),
-            position: watch::Sender::new(0),
+            freshness: Arc::new(freshness),
             consumer,
-            probe: Arc::new(probe),
-            topic,
             loaded,
         });
         tokio::spawn(Arc::clone(&view).run());
-        tokio::spawn(Arc::clone(&view).probe_freshness());
+        tokio::spawn(Arc::clone(&view.freshness).probe_every(PROBE_INTERVAL, "API keys"));
         Ok(view)
-    }
-
-    async fn probe_freshness(self: Arc<Self>) {
-        loop {
-            if let Err(err) = self.catch_up(Duration::from_secs(5)).await {
-                tracing::debug!(%err, "API keys view freshness probe failed");
-            }
-            tokio::time::sleep(PROBE_INTERVAL).await;
-        }
     }
 
     async fn run(self: Arc<Self>) {
@@ -112,7 +94,7 @@ impl ApiKeyView {
             }
             self.loaded.set(keys.len() as i64);
         }
-        self.position.send_replace(offset + 1);
+        self.freshness.applied_through(offset);
     }
 
     /// The record of key `id`, if it exists and is not revoked.
@@ -141,37 +123,17 @@ impl ApiKeyView {
     /// How long ago the view was last confirmed to hold every key change written
     /// before that moment (`Duration::MAX` if never).
     pub fn staleness(&self) -> Duration {
-        self.fresh_as_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map_or(Duration::MAX, |at| at.elapsed())
+        self.freshness.staleness()
     }
 
     /// Waits until the record at `offset` has been applied.
     pub async fn wait_for_offset(&self, offset: i64, timeout: Duration) -> Result<(), NotCaughtUp> {
-        let mut position = self.position.subscribe();
-        tokio::time::timeout(timeout, position.wait_for(|next| *next > offset))
-            .await
-            .map_err(|_| NotCaughtUp(format!("offset {offset} not applied within {timeout:?}")))?
-            .map_err(|_| NotCaughtUp("view stopped".into()))?;
-        Ok(())
+        self.freshness.wait_for_offset(offset, timeout).await
     }
 
     /// Waits until every record written before this call is applied, and records the
     /// view as fresh as of the call.
     pub async fn catch_up(&self, timeout: Duration) -> Result<(), NotCaughtUp> {
-        let asked_at = Instant::now();
-        let marks = kafka::high_watermarks(Arc::clone(&self.probe), self.topic.clone(), timeout)
-            .await
-            .map_err(|e| NotCaughtUp(e.to_string()))?;
-        let end = marks.iter().find(|(p, _)| *p == 0).map_or(0, |(_, h)| *h);
-        if end > 0 {
-            self.wait_for_offset(end - 1, timeout).await?;
-        }
-        let mut fresh = self.fresh_as_of.lock().unwrap_or_else(|p| p.into_inner());
-        if fresh.is_none_or(|at| at < asked_at) {
-            *fresh = Some(asked_at);
-        }
-        Ok(())
+        self.freshness.catch_up(timeout).await
     }
 }

@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod freshness;
+pub mod heartbeat;
 pub mod kafka;
 pub mod kafka_stats;
 pub mod key_view;

@@ -13,6 +13,7 @@ use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogArgs, LogFormat};
+use crate::heartbeat::{Heartbeat, Wedged};
 use crate::progress::Progress;
 
 /// Installs the global tracing subscriber: `RUST_LOG` filter (default
@@ -134,6 +135,9 @@ pub struct Readiness {
     also: Vec<Readiness>,
     /// Work that must not stall (see [`Progress`]).
     progress: Vec<Progress>,
+    /// Loops that must keep turning (see [`Heartbeat`]): not ready, and not alive,
+    /// while one is wedged.
+    heartbeats: Vec<Heartbeat>,
 }
 
 impl Readiness {
@@ -148,6 +152,15 @@ impl Readiness {
         self.flag.load(Ordering::Acquire)
             && self.also.iter().all(Readiness::get)
             && !self.progress.iter().any(Progress::stalled)
+            && self.wedged().is_none()
+    }
+
+    /// The first loop found wedged, if any: `/healthz` then answers 503.
+    pub fn wedged(&self) -> Option<Wedged> {
+        self.heartbeats
+            .iter()
+            .find_map(Heartbeat::wedged)
+            .or_else(|| self.also.iter().find_map(Readiness::wedged))
     }
 
     /// A readiness sharing this one's flag that is ready only when `other` is too.
@@ -158,6 +171,7 @@ impl Readiness {
             flag: Arc::clone(&self.flag),
             also,
             progress: self.progress.clone(),
+            heartbeats: self.heartbeats.clone(),
         }
     }
 
@@ -166,6 +180,14 @@ impl Readiness {
     pub fn and_progressing(&self, progress: &Progress) -> Readiness {
         let mut with = self.clone();
         with.progress.push(progress.clone());
+        with
+    }
+
+    /// A readiness sharing this one's flag that is neither ready nor alive while the
+    /// loop of `heartbeat` is wedged.
+    pub fn and_beating(&self, heartbeat: &Heartbeat) -> Readiness {
+        let mut with = self.clone();
+        with.heartbeats.push(heartbeat.clone());
         with
     }
 }
@@ -192,7 +214,7 @@ pub fn ops_routes(registry: Registry, readiness: Readiness) -> Router {
     }
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .with_state(OpsState {
             registry,
@@ -215,6 +237,20 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain".to_owned())],
             err.to_string().into_bytes(),
+        ),
+    }
+}
+
+/// Alive unless a watched loop is wedged: a restart is then the way out.
+async fn health(State(state): State<OpsState>) -> impl IntoResponse {
+    match state.readiness.wedged() {
+        None => (StatusCode::OK, "ok".to_owned()),
+        Some(wedged) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "wedged in step \"{}\" for {:?}",
+                wedged.step, wedged.silent_for
+            ),
         ),
     }
 }
@@ -317,5 +353,29 @@ mod tests {
         assert!(serving.get());
         serving.set(false);
         assert!(!view.get(), "the flag is shared with the original");
+    }
+
+    #[test]
+    fn a_wedged_loop_is_neither_ready_nor_alive_through_every_condition() {
+        let heartbeat = Heartbeat::new(std::time::Duration::from_secs(60));
+        let view = Readiness::default();
+        view.set(true);
+        let routing = Readiness::default().and_beating(&heartbeat);
+        routing.set(true);
+        let serving = view.and(&routing);
+        assert!(serving.get());
+        assert_eq!(serving.wedged(), None);
+        let long_ago = std::time::Instant::now()
+            .checked_sub(std::time::Duration::from_secs(61))
+            .expect("the machine has been up for a minute");
+        heartbeat.beat_at("committing a transaction", long_ago);
+        assert!(!serving.get(), "wedged: not ready");
+        assert_eq!(
+            serving.wedged().map(|wedged| wedged.step),
+            Some("committing a transaction"),
+            "and not alive, naming the step"
+        );
+        heartbeat.beat("waiting for events");
+        assert!(serving.get());
     }
 }

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::watch;
 
 use crate::config::KafkaArgs;
+use crate::freshness::Freshness;
 use crate::kafka;
 use hookline_domain::health::SubscriptionHealth;
 use hookline_domain::matching::SubscriptionIndex;
@@ -32,26 +32,45 @@ pub struct SubscriptionView {
     index: RwLock<SubscriptionIndex>,
     /// Health records by subscription id, kept also for subscriptions not (yet) known.
     health: Mutex<HashMap<String, SubscriptionHealth>>,
-    /// When the view was last confirmed to hold everything written before that moment.
-    fresh_as_of: Mutex<Option<Instant>>,
-    /// Next offset of the (single) subscriptions partition not yet applied.
-    position: watch::Sender<i64>,
+    /// How far the view has applied the subscriptions topic, and how fresh that is.
+    freshness: Arc<Freshness>,
     consumer: StreamConsumer,
-    /// A second client for watermark queries, idle otherwise, so that a query never
-    /// waits behind the reader's long-polling fetch.
-    probe: Arc<BaseConsumer>,
-    topic: String,
     health_topic: String,
     loaded: prometheus::IntGauge,
-    /// Seconds since the view was last confirmed caught up.
-    staleness_gauge: prometheus::Gauge,
-    started: Instant,
 }
 
-/// The view did not reach the topic's end in time.
-#[derive(Debug, thiserror::Error)]
-#[error("subscription view not caught up: {0}")]
-pub struct NotCaughtUp(pub String);
+pub use crate::freshness::NotCaughtUp;
+
+/// Exports `hookline_subscription_view_staleness_seconds`, set every
+/// [`PROBE_INTERVAL`] by a task of its own, so that the figure keeps growing while the
+/// probe itself is stuck.
+fn report_staleness(
+    freshness: &Arc<Freshness>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<()> {
+    let gauge = prometheus::Gauge::new(
+        "hookline_subscription_view_staleness_seconds",
+        "How long ago this process's subscriptions view was last confirmed to hold \
+         every change written to the subscriptions topic (since start while never); \
+         the probe confirms about every second, so above a few seconds the view lags.",
+    )?;
+    registry.register(Box::new(gauge.clone()))?;
+    let freshness = Arc::downgrade(freshness);
+    let started = Instant::now();
+    tokio::spawn(async move {
+        // Ends with the view.
+        while let Some(freshness) = freshness.upgrade() {
+            let staleness = match freshness.staleness() {
+                Duration::MAX => started.elapsed(),
+                staleness => staleness,
+            };
+            drop(freshness);
+            gauge.set(staleness.as_secs_f64());
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    });
+    Ok(())
+}
 
 impl SubscriptionView {
     /// Starts reading the subscriptions topic from its beginning in the background.
@@ -61,8 +80,8 @@ impl SubscriptionView {
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Arc<Self>> {
         let consumer: StreamConsumer = kafka::reader(args, client_id)?;
-        let probe: BaseConsumer = kafka::reader(args, &format!("{client_id}-probe"))?;
         let topic = args.topics().subscriptions();
+        let freshness = Freshness::new(args, &format!("{client_id}-probe"), topic.clone())?;
         let health_topic = args.topics().subscription_health();
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, 0, Offset::Beginning)?;
@@ -73,54 +92,24 @@ impl SubscriptionView {
             "Subscriptions held in this process's view of the subscriptions topic.",
         )?;
         registry.register(Box::new(loaded.clone()))?;
-        let staleness_gauge = prometheus::Gauge::new(
-            "hookline_subscription_view_staleness_seconds",
-            "How long ago this process's subscriptions view was last confirmed to hold \
-             every change written to the subscriptions topic (since start while never); \
-             the probe confirms about every second, so above a few seconds the view \
-             lags.",
-        )?;
-        registry.register(Box::new(staleness_gauge.clone()))?;
         let view = Arc::new(Self {
-            staleness_gauge,
-            started: Instant::now(),
             index: RwLock::new(SubscriptionIndex::new()),
             health: Mutex::new(HashMap::new()),
-            fresh_as_of: Mutex::new(None),
-            position: watch::Sender::new(0),
+            freshness: Arc::new(freshness),
             consumer,
-            probe: Arc::new(probe),
-            topic,
             health_topic,
             loaded,
         });
         tokio::spawn(Arc::clone(&view).run());
-        tokio::spawn(Arc::clone(&view).probe_freshness());
+        tokio::spawn(Arc::clone(&view.freshness).probe_every(PROBE_INTERVAL, "subscriptions"));
+        report_staleness(&view.freshness, registry)?;
         Ok(view)
-    }
-
-    /// Confirms freshness about every [`PROBE_INTERVAL`] (a catch-up records it).
-    async fn probe_freshness(self: Arc<Self>) {
-        loop {
-            if let Err(err) = self.catch_up(Duration::from_secs(5)).await {
-                tracing::debug!(%err, "subscriptions view freshness probe failed");
-            }
-            let staleness = match self.staleness() {
-                Duration::MAX => self.started.elapsed(),
-                staleness => staleness,
-            };
-            self.staleness_gauge.set(staleness.as_secs_f64());
-            tokio::time::sleep(PROBE_INTERVAL).await;
-        }
     }
 
     /// How long ago the view was last confirmed to hold every subscription change
     /// written before that moment (`Duration::MAX` if never).
     pub fn staleness(&self) -> Duration {
-        self.fresh_as_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map_or(Duration::MAX, |at| at.elapsed())
+        self.freshness.staleness()
     }
 
     async fn run(self: Arc<Self>) {
@@ -157,7 +146,7 @@ impl SubscriptionView {
             }
             self.loaded.set(index.len() as i64);
         }
-        self.position.send_replace(offset + 1);
+        self.freshness.applied_through(offset);
     }
 
     /// Applies one health record: kept by id and merged into the subscription, if known.
@@ -209,41 +198,27 @@ impl SubscriptionView {
 
     /// Waits until the record at `offset` has been applied.
     pub async fn wait_for_offset(&self, offset: i64, timeout: Duration) -> Result<(), NotCaughtUp> {
-        let mut position = self.position.subscribe();
-        tokio::time::timeout(timeout, position.wait_for(|next| *next > offset))
-            .await
-            .map_err(|_| NotCaughtUp(format!("offset {offset} not applied within {timeout:?}")))?
-            .map_err(|_| NotCaughtUp("view stopped".into()))?;
-        Ok(())
+        self.freshness.wait_for_offset(offset, timeout).await
     }
 
     /// Waits until every record written to the topic before this call is applied:
     /// afterwards, any subscription change acknowledged before the call is visible.
     pub async fn catch_up(&self, timeout: Duration) -> Result<(), NotCaughtUp> {
-        let asked_at = Instant::now();
-        let end = self.end_offset(timeout).await?;
-        if end > 0 {
-            self.wait_for_offset(end - 1, timeout).await?;
-        }
-        self.confirm_fresh(asked_at);
-        Ok(())
+        self.freshness.catch_up(timeout).await
     }
 
     /// The offset after the last record of the subscriptions topic now: every change
-    /// acknowledged before this call sits below it. One round trip to the broker, on a
-    /// client of its own.
+    /// acknowledged before this call sits below it. Read by one query at a time for
+    /// all callers (see [`Freshness`]).
     pub async fn end_offset(&self, timeout: Duration) -> Result<i64, NotCaughtUp> {
-        let marks = kafka::high_watermarks(Arc::clone(&self.probe), self.topic.clone(), timeout)
-            .await
-            .map_err(|e| NotCaughtUp(e.to_string()))?;
-        Ok(marks.iter().find(|(p, _)| *p == 0).map_or(0, |(_, h)| *h))
+        self.freshness.end_offset(timeout).await
     }
 
     /// The offset after the last subscription record applied. Read before the index,
     /// it is a lower bound of what a later [`read`](Self::read) shows: every record
     /// below it is in the index.
     pub fn applied(&self) -> i64 {
-        *self.position.borrow()
+        self.freshness.applied()
     }
 
     /// Waits until the view caught up, then checks that `keyring` opens every sealed
@@ -289,9 +264,6 @@ impl SubscriptionView {
     /// Records that the view held everything written before `asked_at` (the caller
     /// saw [`end_offset`](Self::end_offset), asked at `asked_at`, applied).
     pub fn confirm_fresh(&self, asked_at: Instant) {
-        let mut fresh = self.fresh_as_of.lock().unwrap_or_else(|p| p.into_inner());
-        if fresh.is_none_or(|at| at < asked_at) {
-            *fresh = Some(asked_at);
-        }
+        self.freshness.confirm_fresh(asked_at);
     }
 }

@@ -206,7 +206,13 @@ async fn run() -> anyhow::Result<()> {
     let serving = readiness
         .and(&worker.assigned())
         .and(&keys_opened)
-        .and_progressing(&progress);
+        .and_progressing(&progress)
+        .and_beating(&worker.heartbeat());
+    tokio::spawn(
+        worker
+            .heartbeat()
+            .watch("delivery", cli.progress.wedged_exit_after),
+    );
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(
         cli.http_addr,

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hookline_core::config::KafkaArgs;
+use hookline_core::heartbeat::Heartbeat;
 use hookline_core::kafka;
 use hookline_core::telemetry::Readiness;
 use hookline_domain::tracker::OffsetTracker;
@@ -271,6 +272,10 @@ struct Lane {
 /// How often idle lanes are dropped.
 const LANE_PRUNE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long the delivery loop may go without a turn before it counts as wedged: it
+/// turns at least every [`LANE_PRUNE_INTERVAL`], and no branch of it waits.
+const LOOP_BOUND: Duration = Duration::from_secs(60);
+
 /// Retry records held in memory until due, over all tier partitions, before a tier
 /// partition that gets another one is paused. Pausing is the last resort: librdkafka
 /// restarts a resumed partition's fetching slowly, and a tier partition paused and
@@ -302,6 +307,8 @@ pub struct Worker {
     held_gauge: prometheus::IntGaugeVec,
     /// Records taken from Kafka and not finished (running or in the backlog).
     in_flight: usize,
+    /// Beaten at every turn of the loop (at least every [`LANE_PRUNE_INTERVAL`]).
+    heartbeat: Heartbeat,
 }
 
 impl Worker {
@@ -361,6 +368,7 @@ impl Worker {
             lanes_gauge,
             held_gauge,
             in_flight: 0,
+            heartbeat: Heartbeat::new(LOOP_BOUND),
         })
     }
 
@@ -369,14 +377,21 @@ impl Worker {
         self.consumer.context().first.readiness()
     }
 
+    /// Beaten at every turn of the delivery loop: silent while it is wedged.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
     /// Delivers until `stop` turns true, then drains and commits.
     pub async fn run(
         mut self,
         readiness: Readiness,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        self.heartbeat.beat("loading the subscriptions view");
         while let Err(err) = self.context.view.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the subscriptions view");
+            self.heartbeat.beat("loading the subscriptions view");
         }
         readiness.set(true);
         tracing::info!("ready");
@@ -389,6 +404,7 @@ impl Worker {
         let consumer = Arc::clone(&self.consumer);
         let mut prune = tokio::time::interval(LANE_PRUNE_INTERVAL);
         loop {
+            self.heartbeat.beat("delivering");
             let next_due = self.next_due();
             tokio::select! {
                 biased;
@@ -600,6 +616,7 @@ impl Worker {
         );
         let deadline = Instant::now() + self.limits.grace;
         while self.in_flight > 0 {
+            self.heartbeat.beat("draining");
             match tokio::time::timeout_at(deadline, done_rx.recv()).await {
                 Ok(Some(tp)) => self.on_done(tp, finisher),
                 _ => break,

@@ -76,6 +76,22 @@ impl FetchWatch {
         self.last_record.elapsed() >= self.patience
     }
 
+    /// The marks of the last comparison, by partition, as `partition:position/end`
+    /// (for the warning that the consumer is built again).
+    pub fn describe(&self) -> String {
+        let mut marks: Vec<&Mark> = self.marks.values().collect();
+        marks.sort_by_key(|mark| mark.partition);
+        let described: Vec<String> = marks
+            .iter()
+            .map(|mark| format!("{}:{}/{}", mark.partition, mark.position, mark.end))
+            .collect();
+        if described.is_empty() {
+            "no partition assigned".to_owned()
+        } else {
+            described.join(" ")
+        }
+    }
+
     /// Compares `marks` (every assigned partition; empty when none is assigned) and
     /// `topic_end` (the sum of the ends of all the topic's partitions) with the last
     /// ones: stuck when a partition's end moved while the position stayed behind it, or
@@ -173,6 +189,14 @@ mod tests {
             !watch.blind_at(start + Duration::from_secs(200)),
             "a record clears it"
         );
+    }
+
+    #[test]
+    fn the_description_names_each_partition_position_and_end() {
+        let mut watch = FetchWatch::new(Duration::from_secs(15));
+        assert_eq!(watch.describe(), "no partition assigned");
+        watch.stuck(&[mark(1, 5, 9), mark(0, 10, 20)], 29);
+        assert_eq!(watch.describe(), "0:10/20 1:5/9");
     }
 
     #[test]

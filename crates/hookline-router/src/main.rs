@@ -138,7 +138,13 @@ async fn run() -> anyhow::Result<()> {
     // router its partitions: before that it routes nothing.
     let serving = readiness
         .and(&router.assigned())
-        .and_progressing(&router.progress());
+        .and_progressing(&router.progress())
+        .and_beating(&router.heartbeat());
+    tokio::spawn(
+        router
+            .heartbeat()
+            .watch("routing", cli.progress.wedged_exit_after),
+    );
 
     let stop = telemetry::stop_on_signal();
     let server = tokio::spawn(telemetry::serve_until(

@@ -13,6 +13,7 @@ use crate::fetch_watch::{FetchWatch, Mark};
 use chrono::Utc;
 use futures::FutureExt;
 use hookline_core::config::KafkaArgs;
+use hookline_core::heartbeat::Heartbeat;
 use hookline_core::kafka;
 use hookline_core::produce::{send_all, OutRecord};
 use hookline_core::progress::Progress;
@@ -273,6 +274,9 @@ const ABORT_CALLS: u32 = 3;
 /// aborts before the next begins, so tasks and offsets keep their order.
 const PRODUCERS: usize = 2;
 
+/// The client id of the client that reads the events topic's ends for the fetch watch.
+const PROBE_CLIENT_ID: &str = "hookline-router-probe";
+
 /// How often the router, waiting for records, looks whether its consumer still fetches.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -286,6 +290,10 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the router waits for a transactional call before it gives up on it and on
 /// its producer (see [`blocking`]).
 const CALL_BOUND: Duration = Duration::from_secs(20);
+
+/// How long the routing loop may go without beginning a step before it counts as
+/// wedged (see [`Heartbeat`]): every step is bounded, the longest by [`CALL_BOUND`].
+const LOOP_BOUND: Duration = Duration::from_secs(60);
 
 /// The router of one process.
 pub struct Router {
@@ -304,6 +312,8 @@ pub struct Router {
     args: KafkaArgs,
     /// Batches taken on and committed, for `/readyz`.
     progress: Progress,
+    /// Beaten at every step of the loop, for `/healthz`.
+    heartbeat: Heartbeat,
     /// Whether the consumer still fetches while the router waits for records.
     watch: FetchWatch,
     /// Reads the events topic's ends for `watch` (a client that fetches no records).
@@ -412,8 +422,9 @@ impl Router {
             transactional_ids,
             args: args.clone(),
             progress: Progress::new(settings.stall),
+            heartbeat: Heartbeat::new(LOOP_BOUND),
             watch: FetchWatch::new(settings.stall),
-            probe: Arc::new(kafka::reader(args, "hookline-router-probe")?),
+            probe: Arc::new(kafka::reader(args, PROBE_CLIENT_ID)?),
             turn: AtomicUsize::new(0),
             view,
             topics,
@@ -439,6 +450,11 @@ impl Router {
         self.progress.clone()
     }
 
+    /// Beaten at every step of the routing loop: silent while it is wedged.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
     /// Routes until `stop` turns true; the batch in progress then completes.
     pub async fn run(
         mut self,
@@ -447,12 +463,15 @@ impl Router {
     ) -> anyhow::Result<()> {
         if self.routing == Routing::ExactlyOnce {
             for producer in &self.producers {
+                self.heartbeat.beat("initializing transactions");
                 let producer = producer.clone();
                 blocking(move || producer.init_transactions(TXN_TIMEOUT)).await?;
             }
         }
+        self.heartbeat.beat("loading the subscriptions view");
         while let Err(err) = self.view.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the subscriptions view");
+            self.heartbeat.beat("loading the subscriptions view");
         }
         readiness.set(true);
         tracing::info!("ready");
@@ -473,6 +492,7 @@ impl Router {
                 timer.stop_and_discard();
             }
             if let Next::RetryAfter(wait) = next {
+                self.heartbeat.beat("waiting to route a batch again");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.wait_for(|s| *s) => break,
@@ -496,6 +516,7 @@ impl Router {
     async fn next_batch(&mut self) -> Vec<OwnedMessage> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let first = loop {
+            self.heartbeat.beat("waiting for events");
             let waited = tokio::select! {
                 result = self.consumer.recv() => Some(result.map(|message| message.detach())),
                 _ = tokio::time::sleep(WATCH_INTERVAL) => None,
@@ -512,6 +533,7 @@ impl Router {
                 }
                 None if self.watch.due() && self.fetching_stopped().await => {
                     tracing::warn!(
+                        marks = %self.watch.describe(),
                         "the consumer stopped fetching from growing partitions; building it again"
                     );
                     self.renew_consumer().await;
@@ -538,6 +560,7 @@ impl Router {
     /// query failed) counts as not stopped, until it lasted a minute
     /// ([`FetchWatch::blind`]); the client reading the ends is then built again too.
     async fn fetching_stopped(&mut self) -> bool {
+        self.heartbeat.beat("checking that the consumer fetches");
         let ends = match kafka::high_watermarks(
             Arc::clone(&self.probe),
             self.topics.events(),
@@ -605,6 +628,7 @@ impl Router {
         batch: &[OwnedMessage],
         readiness: &Readiness,
     ) -> anyhow::Result<Next> {
+        self.heartbeat.beat("routing a batch");
         let routed_at = Utc::now();
         // After a catch-up the barrier holds already: the batch began before it. Routing
         // at least once, what is produced cannot be taken back: always catch up first.
@@ -725,6 +749,7 @@ impl Router {
     async fn renew_consumer(&mut self) {
         let mut backoff = Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX);
         let fresh = loop {
+            self.heartbeat.beat("building the consumer");
             let context = kafka::AssignmentContext::sharing("events", self.assigned());
             match self.consumer_config.create_with_context(context) {
                 Ok(consumer) => break consumer,
@@ -740,6 +765,7 @@ impl Router {
         // wait for it. Closing waits for the coordinator if it can: off the async threads,
         // and not for ever while the cluster is away (the group then waits for the old
         // member's session to time out).
+        self.heartbeat.beat("closing the old consumer");
         let closing = tokio::task::spawn_blocking(move || drop(old));
         if tokio::time::timeout(CONSUMER_CLOSE_TIMEOUT, closing)
             .await
@@ -747,6 +773,7 @@ impl Router {
         {
             tracing::warn!("old consumer still closing; going on without it");
         }
+        self.heartbeat.beat("subscribing the consumer");
         while let Err(err) = self.consumer.subscribe(&[&self.topics.events()]) {
             let wait = backoff.next_delay();
             tracing::warn!(%err, retry_in = ?wait, "could not subscribe again");
@@ -760,7 +787,7 @@ impl Router {
     /// Builds the client that reads the events topic's ends again (it could not for a
     /// minute). Keeps the old one if that fails.
     fn renew_probe(&mut self) {
-        match kafka::reader(&self.args, "hookline-router-probe") {
+        match kafka::reader(&self.args, PROBE_CLIENT_ID) {
             Ok(probe) => self.probe = Arc::new(probe),
             Err(err) => tracing::warn!(%err, "could not build the probe again"),
         }
@@ -775,6 +802,7 @@ impl Router {
         tracing::warn!(%reason, transactional_id = id.as_deref().unwrap_or(""), "producer unusable; building it again");
         let mut backoff = Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX);
         let producer = loop {
+            self.heartbeat.beat("building a producer");
             match self.build_producer(id.as_deref()).await {
                 Ok(producer) => break producer,
                 Err(err) => {
@@ -877,6 +905,7 @@ impl Router {
         let mut calls = 0;
         loop {
             calls += 1;
+            self.heartbeat.beat("aborting a transaction");
             let producer = self.producer().clone();
             match blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
                 Ok(()) => {
@@ -1141,15 +1170,18 @@ impl Router {
         // The next producer's turn: its last transaction ended a whole transaction ago.
         let turn = (self.turn.load(Ordering::Relaxed) + 1) % self.producers.len();
         self.turn.store(turn, Ordering::Relaxed);
+        self.heartbeat.beat("beginning a transaction");
         let producer = self.producer().clone();
         blocking(move || producer.begin_transaction()).await?;
         let offsets = self.offsets_past(batch)?;
         // Always present for a subscribed group consumer.
         let metadata = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
+        self.heartbeat.beat("producing a batch's tasks");
         let (produced, current) = tokio::join!(self.produce(outgoing), barrier);
         produced?;
         // Not alongside the records: the coordinator would answer the second of two
         // concurrent requests with CONCURRENT_TRANSACTIONS, retried 20 ms later.
+        self.heartbeat.beat("adding offsets to a transaction");
         let producer = self.producer().clone();
         blocking(move || producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))
             .await?;
@@ -1158,6 +1190,7 @@ impl Router {
             Ok(false) => return Err(Failure::ViewMoved),
             Err(err) => return Err(Failure::ViewUnreachable(err)),
         }
+        self.heartbeat.beat("committing a transaction");
         let producer = self.producer().clone();
         Ok(blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await?)
     }
@@ -1186,7 +1219,16 @@ impl Router {
     }
 
     /// Produces `outgoing` in its groups, each once the one before is acknowledged.
+    /// Bounded on our clock like every transactional call: librdkafka times records out
+    /// itself, but a producer wedged after a broker failure must not hold the loop.
     async fn produce(&self, outgoing: &[Outgoing]) -> Result<(), Failure> {
+        match tokio::time::timeout(CALL_BOUND, self.produce_groups(outgoing)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Kafka(GAVE_UP.into())),
+        }
+    }
+
+    async fn produce_groups(&self, outgoing: &[Outgoing]) -> Result<(), Failure> {
         for group in produce_groups(outgoing) {
             let start = group.start;
             let Some(records) = outgoing.get(group) else {
@@ -1226,6 +1268,7 @@ impl Router {
             let entry = first.entry(message.partition()).or_insert(message.offset());
             *entry = (*entry).min(message.offset());
         }
+        self.heartbeat.beat("rewinding the consumer");
         let events = self.topics.events();
         for (partition, offset) in first {
             self.consumer.seek(

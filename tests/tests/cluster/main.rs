@@ -288,7 +288,22 @@ async fn survive_a_broker_fault(victim: impl Fn(&Cluster, &Deployment) -> u32, f
         "node {node} in sync again {:?} after it came back",
         restarted.elapsed()
     );
-    tokio::time::sleep(Duration::from_secs(10).saturating_sub(restarted.elapsed())).await;
+    // Leadership moves back to it (preferred leaders; the local cluster checks every
+    // 10 s), a second round of leader moves under the same load.
+    let led_again = hookline_e2e::eventually(Duration::from_secs(90), || {
+        topics.iter().all(|topic| {
+            cluster
+                .leaders(topic)
+                .is_ok_and(|leaders| leaders.contains_key(&(node as i32)))
+        })
+    })
+    .await;
+    assert!(led_again, "leadership did not move back to node {node}");
+    println!(
+        "node {node} leads partitions again {:?} after it came back",
+        restarted.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let report = load.stop(Duration::from_secs(60)).await;
     let ledger = setup.settle(&report, &[], Duration::from_secs(120)).await;
     setup.assert_running();
