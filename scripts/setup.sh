@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo, the test suite and CI need and the machine lacks: cmake,
 # pkg-config and libssl-dev (librdkafka is built from source), Java and Maven (the local
-# Kafka broker, deploy/local/kafka.sh), kcat and curl (the tests). A Rust toolchain is
+# Kafka broker, deploy/local/kafka.sh), kcat and curl (the tests), Prometheus and
+# promtool (the metrics and alert rule checks), kubernetes-validate (the manifests). A Rust toolchain is
 # expected. apt-get runs only when something is missing, through sudo when not root;
 # without apt-get (or without root and sudo) it says what to install and fails.
 #
@@ -23,6 +24,9 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v kcat >/dev/null || missing+=(kcat)
 command -v curl >/dev/null || missing+=(curl)
+# promtool checks every binary's /metrics and the alert rules; the Prometheus server
+# of the same package scrapes a real run in the end-to-end tests.
+command -v promtool >/dev/null || missing+=(prometheus)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 
 # The official Standard Webhooks library for Python: the end-to-end tests check with it
@@ -33,8 +37,17 @@ install_standardwebhooks() {
   python3 -m pip install --quiet standardwebhooks 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages standardwebhooks
 }
+# kubernetes-validate checks deploy/kubernetes against the Kubernetes API schemas it
+# ships (scripts/check-deploy.sh), with no cluster and no download at check time.
+install_kubernetes_validate() {
+  command -v kubernetes-validate >/dev/null && return 0
+  log "installing the Python package kubernetes-validate"
+  python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+}
 if [ ${#missing[@]} -eq 0 ]; then
   install_standardwebhooks
+  install_kubernetes_validate
   exit 0
 fi
 
@@ -55,3 +68,4 @@ log "installing ${missing[*]}"
 as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 install_standardwebhooks
+install_kubernetes_validate

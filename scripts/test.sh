@@ -6,7 +6,9 @@
 # HOOKLINE_TEST_KAFKA_CLUSTER_PORT, default 19192, once the single broker is stopped:
 # they kill its nodes; in network namespaces when run as root, so that one can be cut
 # off the network), then the fault-injection ledger (scripts/chaos.sh --size small) on
-# the same cluster. Installs what is missing first (scripts/setup.sh) and runs every
+# the same cluster. Before the tests, scripts/check-deploy.sh validates the Kubernetes
+# manifests and checks and unit-tests the alert rules (deploy/prometheus/alerts.yml); the end-to-end tests run promtool on every binary's
+# /metrics and a real Prometheus server against a run (tests/e2e/observability.rs). Installs what is missing first (scripts/setup.sh) and runs every
 # test binary even when one fails (--no-fail-fast).
 #
 #   scripts/test.sh [extra cargo test arguments]
@@ -28,10 +30,13 @@ trap cleanup EXIT
 
 echo "== building binaries"
 cargo build --workspace --bins --locked
-echo "== running tests (broker 127.0.0.1:$port)"
 mkdir -p .hookline
 summary=.hookline/test-output.log
 status=0
+# The deployment files: Kubernetes manifests, Prometheus config, alert rules and their
+# unit tests, settings named there documented.
+scripts/check-deploy.sh || status=$?
+echo "== running tests (broker 127.0.0.1:$port)"
 HOOKLINE_TEST_KAFKA_BROKERS=127.0.0.1:$port cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$summary" || status=$?
 cleanup
 trap - EXIT

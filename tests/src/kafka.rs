@@ -158,6 +158,7 @@ fn args_on(brokers: &str) -> KafkaArgs {
         topic_partitions: 4,
         topic_replication: hookline_core::config::Replication::Auto,
         properties: Vec::new(),
+        statistics_interval: hookline_core::kafka_stats::DEFAULT_INTERVAL,
     }
 }
 

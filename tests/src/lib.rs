@@ -27,6 +27,8 @@
 //!   [`Broker`] of a test's own.
 //! - [`cluster`]: the three-node [`Cluster`] of the fault tests: killing, pausing and
 //!   restarting nodes, and who leads which partition.
+//! - [`prometheus`]: `promtool check metrics` on a scrape, and a real Prometheus
+//!   server ([`PrometheusServer`]) scraping a deployment, queried with PromQL.
 //! - [`fixtures`]: the whole [`Pipeline`] of one test, and [`assert_same`].
 //! - [`wait`]: [`eventually`], the one way to wait for something to happen.
 //!
@@ -40,6 +42,7 @@ pub mod fixtures;
 pub mod kafka;
 pub mod ledger;
 pub mod process;
+pub mod prometheus;
 pub mod receiver;
 pub mod wait;
 
@@ -53,5 +56,9 @@ pub use kafka::{
 };
 pub use ledger::{genuine, Answer, Ledger, Load, LoadReport, Sent, Subscribed};
 pub use process::{admin_client, free_addr, is_stray, Deployment, Proc, ADMIN_TOKEN};
+pub use prometheus::{
+    dashboard_expressions, exported_names, promtool_check_metrics, referenced_names, scrape,
+    PrometheusServer,
+};
 pub use receiver::{Behaviour, Received, Receiver};
 pub use wait::eventually;

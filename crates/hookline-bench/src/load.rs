@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use hookline_core::kafka::Producer;
 use hookline_core::produce::{send_all, OutRecord};
-use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
 
 use crate::receiver::now_us;
@@ -245,7 +245,7 @@ pub fn fit_batch(max_batch: usize, max_body: usize, event_size: usize) -> usize 
 #[derive(Clone)]
 pub struct Load {
     pub api: Arc<Api>,
-    pub producer: FutureProducer,
+    pub producer: Producer,
     pub topic: String,
     pub via: Via,
     /// Events per HTTP request (or per produced batch).

@@ -44,6 +44,17 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub properties: Vec<(String, String)>,
+
+    /// How often librdkafka reports its statistics (`statistics.interval.ms`), turned
+    /// into the `hookline_kafka_*` metrics and consumer lag (humantime; `0s` turns
+    /// them off).
+    #[arg(
+        long = "kafka-statistics-interval",
+        env = "HOOKLINE_KAFKA_STATISTICS_INTERVAL",
+        value_parser = parse_duration,
+        default_value = "5s"
+    )]
+    pub statistics_interval: std::time::Duration,
 }
 
 /// How many replicas the topics a binary creates get.

@@ -211,6 +211,7 @@ mod tests {
             topic_partitions: 1,
             topic_replication: crate::config::Replication::Auto,
             properties: Vec::new(),
+            statistics_interval: crate::kafka_stats::DEFAULT_INTERVAL,
         }
     }
 

@@ -18,6 +18,8 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
+use crate::kafka_stats::{self, StatsContext};
+
 use crate::config::KafkaArgs;
 use crate::telemetry::Readiness;
 
@@ -114,8 +116,26 @@ const LATENCY_LINGER_MS: &str = "1";
 /// (`message.timeout.ms`), where no caller bounds it tighter.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The producers Hookline builds: their statistics feed [`kafka_stats`].
+pub type Producer = FutureProducer<StatsContext>;
+
+/// `statistics.interval.ms` for `args`, telling the statistics sink the interval
+/// clients will report at (the operator's `statistics.interval.ms` property, applied
+/// last, wins over the setting).
+fn statistics_interval(args: &KafkaArgs) -> String {
+    let overridden = args
+        .properties
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "statistics.interval.ms")
+        .and_then(|(_, ms)| ms.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    kafka_stats::set_interval(overridden.unwrap_or(args.statistics_interval));
+    kafka_stats::interval_ms(args.statistics_interval)
+}
+
 /// A producer that loses nothing it acknowledged: `acks=all`, idempotent, batching.
-pub fn producer(args: &KafkaArgs, client_id: &str) -> Result<FutureProducer, KafkaError> {
+pub fn producer(args: &KafkaArgs, client_id: &str) -> Result<Producer, KafkaError> {
     producer_lingering(args, client_id, THROUGHPUT_LINGER_MS, DELIVERY_TIMEOUT)
 }
 
@@ -145,7 +165,7 @@ pub fn low_latency_producer(
     args: &KafkaArgs,
     client_id: &str,
     delivery_timeout: Duration,
-) -> Result<FutureProducer, KafkaError> {
+) -> Result<Producer, KafkaError> {
     producer_lingering(args, client_id, LATENCY_LINGER_MS, delivery_timeout)
 }
 
@@ -154,8 +174,9 @@ fn producer_lingering(
     client_id: &str,
     linger_ms: &str,
     delivery_timeout: Duration,
-) -> Result<FutureProducer, KafkaError> {
+) -> Result<Producer, KafkaError> {
     let timeout_ms = delivery_timeout.as_millis().max(1).to_string();
+    let stats_ms = statistics_interval(args);
     client_config(
         args,
         client_id,
@@ -165,9 +186,10 @@ fn producer_lingering(
             ("linger.ms", linger_ms),
             ("compression.type", "lz4"),
             ("message.timeout.ms", &timeout_ms),
+            ("statistics.interval.ms", &stats_ms),
         ],
     )
-    .create()
+    .create_with_context(StatsContext)
 }
 
 /// A transactional producer (`transactional.id` = `transactional_id`). Transactions
@@ -177,11 +199,13 @@ pub fn transactional_producer(
     args: &KafkaArgs,
     client_id: &str,
     transactional_id: &str,
-) -> Result<FutureProducer, KafkaError> {
+) -> Result<Producer, KafkaError> {
+    let stats_ms = statistics_interval(args);
     client_config(
         args,
         client_id,
         &[
+            ("statistics.interval.ms", &stats_ms),
             ("transactional.id", transactional_id),
             ("transaction.timeout.ms", "10000"),
             ("acks", "all"),
@@ -190,18 +214,22 @@ pub fn transactional_producer(
             ("compression.type", "lz4"),
         ],
     )
-    .create()
+    .create_with_context(StatsContext)
 }
 
 /// Settings of a group consumer that never commits an offset on its own: offsets are
 /// stored explicitly once the work they stand for is durable, and the stored ones are
 /// committed in the background and on revocation (`enable.auto.offset.store=false`).
 pub fn group_consumer_config(args: &KafkaArgs, client_id: &str, group: &str) -> ClientConfig {
+    // The consumer's statistics (lag) are labelled with its group.
+    kafka_stats::consumer_group(client_id, group);
+    let stats_ms = statistics_interval(args);
     client_config(
         args,
         client_id,
         &[
             ("group.id", group),
+            ("statistics.interval.ms", &stats_ms),
             ("enable.auto.commit", "true"),
             ("auto.commit.interval.ms", "1000"),
             ("enable.auto.offset.store", "false"),
@@ -542,7 +570,11 @@ impl AssignmentContext {
     }
 }
 
-impl ClientContext for AssignmentContext {}
+impl ClientContext for AssignmentContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        kafka_stats::observe(statistics);
+    }
+}
 
 impl ConsumerContext for AssignmentContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -652,7 +684,14 @@ pub async fn next_record<'a, C: ConsumerContext + 'static>(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match consumer.recv().await {
-            Ok(message) => return message,
+            Ok(message) => {
+                kafka_stats::record_taken(
+                    message.topic(),
+                    message.partition(),
+                    message.timestamp().to_millis(),
+                );
+                return message;
+            }
             Err(err) => {
                 tracing::warn!(%err, what, "read failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
@@ -684,6 +723,7 @@ mod tests {
             topic_prefix: "t.".into(),
             topic_partitions: 4,
             topic_replication: crate::config::Replication::Auto,
+            statistics_interval: Duration::from_secs(5),
             properties: properties
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -10,6 +10,7 @@ pub mod config;
 pub mod freshness;
 pub mod heartbeat;
 pub mod kafka;
+pub mod kafka_stats;
 pub mod key_view;
 pub mod memory;
 pub mod produce;

@@ -9,11 +9,13 @@ use futures::future::join_all;
 use hookline_domain::backoff::Backoff;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureRecord, Producer as _};
+
+use crate::kafka::Producer;
 use rdkafka::util::Timeout;
 
 /// How to build a producer again.
-type Build = dyn Fn() -> Result<FutureProducer, KafkaError> + Send + Sync;
+type Build = dyn Fn() -> Result<Producer, KafkaError> + Send + Sync;
 
 /// An idempotent producer that is built again when librdkafka declares it unusable.
 ///
@@ -30,7 +32,7 @@ pub struct RenewingProducer {
 }
 
 struct Renewing {
-    current: RwLock<FutureProducer>,
+    current: RwLock<Producer>,
     build: Box<Build>,
     renewals: AtomicU64,
 }
@@ -38,7 +40,7 @@ struct Renewing {
 impl RenewingProducer {
     /// A producer from `build`, built again by `build` when it fails fatally.
     pub fn new(
-        build: impl Fn() -> Result<FutureProducer, KafkaError> + Send + Sync + 'static,
+        build: impl Fn() -> Result<Producer, KafkaError> + Send + Sync + 'static,
     ) -> Result<Self, KafkaError> {
         let current = build()?;
         Ok(Self {
@@ -51,7 +53,7 @@ impl RenewingProducer {
     }
 
     /// The producer to send with now.
-    pub fn current(&self) -> FutureProducer {
+    pub fn current(&self) -> Producer {
         self.inner
             .current
             .read()
@@ -63,7 +65,7 @@ impl RenewingProducer {
     /// Concurrent callers build it once. A build that fails (it needs no broker, so it
     /// hardly can) leaves the old one, to be tried again by the next caller.
     pub fn renew_if_fatal(&self) -> bool {
-        let fatal = |producer: &FutureProducer| producer.client().fatal_error();
+        let fatal = |producer: &Producer| producer.client().fatal_error();
         if fatal(&self.current()).is_none() {
             return false;
         }
@@ -172,7 +174,7 @@ impl OutRecord {
 /// Sends every record at once and waits for all; one result per record, in order:
 /// its (partition, offset) or why it was not written.
 pub async fn send_all<'a>(
-    producer: &FutureProducer,
+    producer: &Producer,
     records: impl IntoIterator<Item = &'a OutRecord>,
     timeout: Duration,
 ) -> Vec<Result<(i32, i64), KafkaError>> {
@@ -235,16 +237,16 @@ mod tests {
     use rdkafka::config::ClientConfig;
 
     /// An idempotent producer pointed at no broker: building one needs none.
-    fn idempotent() -> Result<FutureProducer, KafkaError> {
+    fn idempotent() -> Result<Producer, KafkaError> {
         ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")
             .set("enable.idempotence", "true")
-            .create()
+            .create_with_context(crate::kafka_stats::StatsContext)
     }
 
     /// Makes `producer` fail fatally, as librdkafka does on an unrecoverable idempotence
     /// error, through librdkafka's own test hook.
-    fn fail_fatally(producer: &FutureProducer) {
+    fn fail_fatally(producer: &Producer) {
         let reason = std::ffi::CString::new("test: fatal").expect("no NUL");
         // SAFETY: the client pointer is valid while `producer` lives; the hook only
         // raises a fatal error on it.

@@ -37,6 +37,24 @@ pub fn registry(binary: &str) -> Registry {
         .into_iter()
         .collect();
     let registry = Registry::new_custom(None, Some(labels)).unwrap_or_default();
+    if let Err(err) = crate::kafka_stats::register(&registry) {
+        tracing::warn!(%err, "Kafka client metrics unavailable");
+    }
+    match prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "hookline_build_info",
+            "Always 1; the version of the running binary in its label.",
+        ),
+        &["version"],
+    ) {
+        Ok(info) => {
+            info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            if let Err(err) = registry.register(Box::new(info)) {
+                tracing::warn!(%err, "build info metric unavailable");
+            }
+        }
+        Err(err) => tracing::warn!(%err, "build info metric unavailable"),
+    }
     #[cfg(target_os = "linux")]
     {
         let collector = prometheus::process_collector::ProcessCollector::for_self();
@@ -68,6 +86,44 @@ pub fn stage_histogram(
     )?;
     registry.register(Box::new(stages.clone()))?;
     Ok(stages)
+}
+
+/// Caps a label's values for metrics an operator opts in to (per tenant): the first
+/// `cap` distinct values seen get a series of their own, any later one shares
+/// [`OTHER`](Self::OTHER), so a scrape never grows with the number of tenants.
+pub struct BoundedLabel {
+    cap: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl BoundedLabel {
+    /// The value every label past the cap gets.
+    pub const OTHER: &'static str = "_other";
+
+    /// At most `cap` values of their own; 0 turns the label off.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// The label for `value`: itself while the cap allows, [`OTHER`](Self::OTHER) past
+    /// it, `None` when the label is off.
+    pub fn label(&self, value: &str) -> Option<std::borrow::Cow<'static, str>> {
+        if self.cap == 0 {
+            return None;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return Some(std::borrow::Cow::Owned(value.to_owned()));
+        }
+        if seen.len() < self.cap {
+            seen.insert(value.to_owned());
+            return Some(std::borrow::Cow::Owned(value.to_owned()));
+        }
+        Some(std::borrow::Cow::Borrowed(Self::OTHER))
+    }
 }
 
 /// Readiness flag: false until the binary's consumers and views are up. Clones share
@@ -140,10 +196,22 @@ impl Readiness {
 struct OpsState {
     registry: Registry,
     readiness: Readiness,
+    /// `hookline_ready`: what `/readyz` answers, as a metric.
+    ready: prometheus::IntGauge,
 }
 
 /// `/metrics`, `/healthz` and `/readyz`, to merge into a binary's router.
+/// `/metrics` also exports `hookline_ready` (1 when `/readyz` answers 200), so that an
+/// alert sees readiness without probing.
 pub fn ops_routes(registry: Registry, readiness: Readiness) -> Router {
+    let ready_gauge = prometheus::IntGauge::new(
+        "hookline_ready",
+        "1 when this process's /readyz answers 200, else 0.",
+    )
+    .expect("a valid metric");
+    if let Err(err) = registry.register(Box::new(ready_gauge.clone())) {
+        tracing::warn!(%err, "readiness metric unavailable");
+    }
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(health))
@@ -151,10 +219,12 @@ pub fn ops_routes(registry: Registry, readiness: Readiness) -> Router {
         .with_state(OpsState {
             registry,
             readiness,
+            ready: ready_gauge,
         })
 }
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
+    state.ready.set(i64::from(state.readiness.get()));
     let mut body = Vec::new();
     let encoder = TextEncoder::new();
     match encoder.encode(&state.registry.gather(), &mut body) {
@@ -255,6 +325,21 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_labels_share_one_value_past_the_cap() {
+        let off = BoundedLabel::new(0);
+        assert_eq!(off.label("acme"), None);
+        let two = BoundedLabel::new(2);
+        assert_eq!(two.label("acme").as_deref(), Some("acme"));
+        assert_eq!(two.label("globex").as_deref(), Some("globex"));
+        assert_eq!(two.label("initech").as_deref(), Some(BoundedLabel::OTHER));
+        assert_eq!(
+            two.label("acme").as_deref(),
+            Some("acme"),
+            "seen ones keep theirs"
+        );
+    }
 
     #[test]
     fn readiness_needs_every_condition() {

@@ -41,6 +41,37 @@ pub struct SubscriptionView {
 
 pub use crate::freshness::NotCaughtUp;
 
+/// Exports `hookline_subscription_view_staleness_seconds`, set every
+/// [`PROBE_INTERVAL`] by a task of its own, so that the figure keeps growing while the
+/// probe itself is stuck.
+fn report_staleness(
+    freshness: &Arc<Freshness>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<()> {
+    let gauge = prometheus::Gauge::new(
+        "hookline_subscription_view_staleness_seconds",
+        "How long ago this process's subscriptions view was last confirmed to hold \
+         every change written to the subscriptions topic (since start while never); \
+         the probe confirms about every second, so above a few seconds the view lags.",
+    )?;
+    registry.register(Box::new(gauge.clone()))?;
+    let freshness = Arc::downgrade(freshness);
+    let started = Instant::now();
+    tokio::spawn(async move {
+        // Ends with the view.
+        while let Some(freshness) = freshness.upgrade() {
+            let staleness = match freshness.staleness() {
+                Duration::MAX => started.elapsed(),
+                staleness => staleness,
+            };
+            drop(freshness);
+            gauge.set(staleness.as_secs_f64());
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    });
+    Ok(())
+}
+
 impl SubscriptionView {
     /// Starts reading the subscriptions topic from its beginning in the background.
     pub fn start(
@@ -71,6 +102,7 @@ impl SubscriptionView {
         });
         tokio::spawn(Arc::clone(&view).run());
         tokio::spawn(Arc::clone(&view.freshness).probe_every(PROBE_INTERVAL, "subscriptions"));
+        report_staleness(&view.freshness, registry)?;
         Ok(view)
     }
 

@@ -112,6 +112,12 @@ struct Cli {
     #[arg(long, env = "HOOKLINE_DELIVERY_VIEW_MAX_STALENESS", default_value = "5s", value_parser = parse_duration)]
     view_max_staleness: Duration,
 
+    /// Tenants that get a label of their own in
+    /// `hookline_delivery_tenant_attempts_total` (the first this many seen; later ones
+    /// share `_other`). 0, the default, keeps per-tenant series off.
+    #[arg(long, env = "HOOKLINE_METRICS_TENANT_LABELS", default_value_t = 0)]
+    metrics_tenant_labels: usize,
+
     /// How long shutdown waits for in-flight deliveries.
     #[arg(long, env = "HOOKLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -185,7 +191,7 @@ async fn run() -> anyhow::Result<()> {
         disable_after: cli.disable_after,
         limits: limits::Limits::new(cli.subscription_concurrency),
         breakers: limits::Breakers::new(cli.breaker_threshold, cli.breaker_cooldown, &registry)?,
-        metrics: pipeline::Metrics::register(&registry)?,
+        metrics: pipeline::Metrics::register(&registry, cli.metrics_tenant_labels)?,
     };
     let sizing = worker::WorkerLimits {
         concurrency: cli.concurrency.max(1),

@@ -13,7 +13,7 @@ use hookline_domain::attempt::{AttemptOutcome, AttemptRecord, TaskOutcome};
 use hookline_domain::backoff::Backoff;
 use hookline_domain::breaker::Admission;
 use hookline_domain::decision::{decide, AttemptResult, Circumstances, Decision};
-use hookline_domain::retry::{DueClock, RetrySchedule, Wait};
+use hookline_domain::retry::{tier_name, DueClock, RetrySchedule, Wait};
 use hookline_domain::subscription::Subscription;
 use hookline_domain::task::DeliveryTask;
 use prometheus::{
@@ -38,11 +38,19 @@ pub struct Metrics {
     routed_to_delivered: Histogram,
     view_lagging: IntCounter,
     stages: HistogramVec,
+    end_to_end: HistogramVec,
+    retries: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    tenant_attempts: IntCounterVec,
+    /// Which tenants get a label of their own in `tenant_attempts`.
+    tenants: hookline_core::telemetry::BoundedLabel,
 }
 
 impl Metrics {
-    /// Registers the delivery metrics.
-    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
+    /// Registers the delivery metrics; at most `tenant_labels` tenants get a label of
+    /// their own in `hookline_delivery_tenant_attempts_total` (0: none, the metric
+    /// stays empty).
+    pub fn register(registry: &Registry, tenant_labels: usize) -> anyhow::Result<Self> {
         let attempts = IntCounterVec::new(
             Opts::new(
                 "hookline_delivery_attempts_total",
@@ -103,7 +111,56 @@ impl Metrics {
              attempt record and its follow-up acknowledged by Kafka; the offset is stored \
              right after).",
         )?;
+        let end_to_end = HistogramVec::new(
+            HistogramOpts::new(
+                "hookline_delivery_end_to_end_seconds",
+                "Time from an event's acceptance (the timestamp of its record on the events \
+                 topic, written by ingest when it accepted it) to a 2xx from the endpoint, \
+                 by attempt: first (delivered on its first attempt) or retry.",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+                3600.0, 7200.0, 18000.0, 43200.0, 86400.0, 172800.0, 432000.0,
+            ]),
+            &["attempt"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "hookline_delivery_retries_scheduled_total",
+                "Tasks handed to a retry tier, by tier (its delay, as in the topic name) \
+                 and kind: retry (after a failed attempt, or an open circuit) or deferred \
+                 (not attempted: the endpoint stalled).",
+            ),
+            &["tier", "kind"],
+        )?;
+        let dead_lettered = IntCounterVec::new(
+            Opts::new(
+                "hookline_delivery_dead_lettered_total",
+                "Tasks written to the deliveries DLQ, by reason: attempts_exhausted, gone \
+                 (410, the subscription is disabled), failing_too_long (disabled), \
+                 subscription_disabled, tenant_mismatch, invalid_task.",
+            ),
+            &["reason"],
+        )?;
+        let tenant_attempts = IntCounterVec::new(
+            Opts::new(
+                "hookline_delivery_tenant_attempts_total",
+                "Delivery attempts by tenant and outcome class; only with \
+                 HOOKLINE_METRICS_TENANT_LABELS above 0, for at most that many tenants \
+                 (the others as tenant=\"_other\").",
+            ),
+            &["tenant", "outcome"],
+        )?;
+        registry.register(Box::new(end_to_end.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(dead_lettered.clone()))?;
+        registry.register(Box::new(tenant_attempts.clone()))?;
         Ok(Self {
+            end_to_end,
+            retries,
+            dead_lettered,
+            tenant_attempts,
+            tenants: hookline_core::telemetry::BoundedLabel::new(tenant_labels),
             stages,
             attempts,
             attempt_seconds,
@@ -122,8 +179,19 @@ impl Metrics {
         self.stages.with_label_values(&[stage]).observe(seconds);
     }
 
-    fn attempt(&self, outcome: AttemptOutcome) {
+    fn attempt(&self, outcome: AttemptOutcome, tenant: &str) {
         self.attempts.with_label_values(&[outcome.as_str()]).inc();
+        if let Some(tenant) = self.tenants.label(tenant) {
+            self.tenant_attempts
+                .with_label_values(&[&tenant, outcome.as_str()])
+                .inc();
+        }
+    }
+
+    fn dead_lettered(&self, reason: DlqReason) {
+        self.dead_lettered
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 }
 
@@ -222,7 +290,7 @@ pub async fn process(context: &Context, record: TaskRecord, path: RetryPath<'_>)
         Err(reason) => {
             context.metrics.task(TaskOutcome::Invalid);
             tracing::warn!(topic = message.topic(), offset = message.offset(), %reason, "unreadable delivery task");
-            dead_letter(context, &message, &reason, None).await;
+            dead_letter(context, &message, &reason, None, DlqReason::InvalidTask).await;
             return;
         }
     };
@@ -299,7 +367,7 @@ enum Step {
 /// Drops a task whose subscription a caught-up view shows deleted.
 async fn skip_deleted(context: &Context, task: &DeliveryTask) {
     context.metrics.task(TaskOutcome::SkippedDeleted);
-    tracing::info!(message_id = %task.message_id, subscription = %task.subscription_id, "subscription deleted; task dropped");
+    tracing::info!(event_id = %task.event.id, message_id = %task.message_id, subscription = %task.subscription_id, "subscription deleted; task dropped");
     let id = &task.subscription_id;
     context
         .health
@@ -322,15 +390,20 @@ async fn active_subscription(
         Some((
             TaskOutcome::Invalid,
             "task tenant differs from its subscription's",
+            DlqReason::TenantMismatch,
         ))
     } else if !subscription.is_active() {
-        Some((TaskOutcome::DeadLettered, "subscription disabled"))
+        Some((
+            TaskOutcome::DeadLettered,
+            "subscription disabled",
+            DlqReason::SubscriptionDisabled,
+        ))
     } else {
         None
     };
-    if let Some((outcome, reason)) = refusal {
+    if let Some((outcome, reason, class)) = refusal {
         context.metrics.task(outcome);
-        dead_letter(context, message, reason, None).await;
+        dead_letter(context, message, reason, None, class).await;
         return Err(Step::Finished);
     }
     Ok(subscription)
@@ -401,7 +474,9 @@ async fn call_endpoint(
     let endpoint = Breakers::endpoint(subscription.url().as_str());
     if context.breakers.admit(&endpoint) == Admission::Reject {
         drop(slot);
-        context.metrics.attempt(AttemptOutcome::CircuitOpen);
+        context
+            .metrics
+            .attempt(AttemptOutcome::CircuitOpen, &task.event.tenant);
         let remaining = context.breakers.remaining_cooldown(&endpoint);
         return AttemptResult::CircuitOpen(remaining.max(Duration::from_millis(100)));
     }
@@ -418,7 +493,7 @@ async fn call_endpoint(
         drop(slot);
     }
     let class = outcome.class();
-    context.metrics.attempt(class);
+    context.metrics.attempt(class, &task.event.tenant);
     context
         .metrics
         .attempt_seconds
@@ -459,7 +534,16 @@ async fn carry_out(
                 .metrics
                 .routed_to_delivered
                 .observe(since_routed as f64 / 1e6);
-            tracing::debug!(message_id = %task.message_id, attempt = task.attempts + 1, "delivered");
+            if let Some(accepted_at) = task.accepted_at {
+                let since = (now - accepted_at).num_microseconds().unwrap_or(0).max(0);
+                let attempt = if task.attempts == 0 { "first" } else { "retry" };
+                context
+                    .metrics
+                    .end_to_end
+                    .with_label_values(&[attempt])
+                    .observe(since as f64 / 1e6);
+            }
+            tracing::debug!(event_id = %task.event.id, message_id = %task.message_id, subscription = %task.subscription_id, attempt = task.attempts + 1, "delivered");
             context.health.mark_healthy(subscription).await;
             Step::Finished
         }
@@ -470,13 +554,25 @@ async fn carry_out(
         } => {
             context.health.disable(subscription, &reason).await;
             context.metrics.task(TaskOutcome::DeadLettered);
-            dead_letter(context, message, &why, status).await;
+            let class = if status == Some(410) {
+                DlqReason::Gone
+            } else {
+                DlqReason::FailingTooLong
+            };
+            dead_letter(context, message, &why, status, class).await;
             Step::Finished
         }
         Decision::DeadLetter { reason, status } => {
             context.health.mark_failing(subscription, now).await;
             context.metrics.task(TaskOutcome::DeadLettered);
-            dead_letter(context, message, &reason, status).await;
+            dead_letter(
+                context,
+                message,
+                &reason,
+                status,
+                DlqReason::AttemptsExhausted,
+            )
+            .await;
             Step::Finished
         }
         Decision::Retry {
@@ -485,7 +581,7 @@ async fn carry_out(
             error,
         } => {
             if failed {
-                tracing::info!(message_id = %task.message_id, subscription = %subscription.id(), attempt = attempts, %error, "attempt failed");
+                tracing::info!(event_id = %task.event.id, message_id = %task.message_id, subscription = %subscription.id(), attempt = attempts, %error, "attempt failed");
                 context.health.mark_failing(subscription, now).await;
             }
             task.attempts = attempts;
@@ -510,10 +606,12 @@ async fn reschedule(context: &Context, task: DeliveryTask, wait: Wait, error: St
 async fn hand_over(context: &Context, mut task: DeliveryTask, wait: Wait, error: String) {
     task.last_error = Some(error);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut planned_tier;
     loop {
         let enqueued = {
             let mut clock = context.due_clock.lock().unwrap_or_else(|p| p.into_inner());
             let (tier, due) = context.schedule.plan(wait, Utc::now(), &mut clock);
+            planned_tier = tier;
             task.not_before = Some(due);
             let payload = match serde_json::to_vec(&task) {
                 Ok(payload) => payload,
@@ -539,6 +637,15 @@ async fn hand_over(context: &Context, mut task: DeliveryTask, wait: Wait, error:
                         Wait::Deferred(_) => TaskOutcome::Deferred,
                         _ => TaskOutcome::RetryScheduled,
                     });
+                    let kind = match wait {
+                        Wait::Deferred(_) => "deferred",
+                        _ => "retry",
+                    };
+                    context
+                        .metrics
+                        .retries
+                        .with_label_values(&[&tier_name(planned_tier), kind])
+                        .inc();
                     return;
                 }
                 Ok(Err((err, _))) => err.to_string(),
@@ -615,7 +722,14 @@ pub async fn find_subscription(context: &Context, id: &str) -> Option<Arc<Subscr
 }
 
 /// Copies the record to the deliveries DLQ with the reason; done once acknowledged.
-async fn dead_letter(context: &Context, message: &OwnedMessage, reason: &str, status: Option<u16>) {
+async fn dead_letter(
+    context: &Context,
+    message: &OwnedMessage,
+    reason: &str,
+    status: Option<u16>,
+    class: DlqReason,
+) {
+    context.metrics.dead_lettered(class);
     let status = status.map(|s| s.to_string());
     let failed_at = Utc::now().to_rfc3339();
     let mut headers = hookline_core::kafka::dead_letter_headers(message, reason).insert(Header {
@@ -628,10 +742,25 @@ async fn dead_letter(context: &Context, message: &OwnedMessage, reason: &str, st
             value: Some(status),
         });
     }
+    // The key is the subscription id; the message id is read back from the task when
+    // it parses, so that one grep on either finds the dead letter.
+    let message_id = message
+        .payload()
+        .and_then(|p| serde_json::from_slice::<TaskIds>(p).ok());
     tracing::warn!(
         topic = message.topic(),
         offset = message.offset(),
+        subscription = message
+            .key()
+            .map(String::from_utf8_lossy)
+            .as_deref()
+            .unwrap_or(""),
+        message_id = message_id
+            .as_ref()
+            .map_or("", |ids| ids.message_id.as_str()),
+        event_id = message_id.as_ref().map_or("", |ids| ids.event.id.as_str()),
         reason,
+        class = class.as_str(),
         "task dead-lettered"
     );
     let record = OutRecord::new(
@@ -642,6 +771,50 @@ async fn dead_letter(context: &Context, message: &OwnedMessage, reason: &str, st
     .with_headers(headers);
     let write = produce_durably(&context.producer, &record);
     context.progress.track(write).await;
+}
+
+/// Why a task was dead-lettered, as a metric label (the record's header carries the
+/// full reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DlqReason {
+    /// Every attempt of the schedule failed.
+    AttemptsExhausted,
+    /// The endpoint answered 410 Gone: the subscription is disabled.
+    Gone,
+    /// The endpoint failed for `HOOKLINE_DISABLE_AFTER`: the subscription is disabled.
+    FailingTooLong,
+    /// The subscription was disabled when the task came up.
+    SubscriptionDisabled,
+    /// The task's tenant is not its subscription's.
+    TenantMismatch,
+    /// The record is not a delivery task.
+    InvalidTask,
+}
+
+impl DlqReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AttemptsExhausted => "attempts_exhausted",
+            Self::Gone => "gone",
+            Self::FailingTooLong => "failing_too_long",
+            Self::SubscriptionDisabled => "subscription_disabled",
+            Self::TenantMismatch => "tenant_mismatch",
+            Self::InvalidTask => "invalid_task",
+        }
+    }
+}
+
+/// The ids of a task record, for logs about a record not otherwise parsed here.
+#[derive(serde::Deserialize)]
+struct TaskIds {
+    message_id: String,
+    event: TaskEventId,
+}
+
+#[derive(serde::Deserialize)]
+struct TaskEventId {
+    id: String,
 }
 
 /// When a held retry record falls due.

@@ -164,7 +164,11 @@ impl RebalanceLog {
     }
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        hookline_core::kafka_stats::observe(statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -299,6 +303,8 @@ pub struct Worker {
     /// in offset order; idle lanes are dropped.
     lanes: HashMap<String, Lane>,
     lanes_gauge: prometheus::IntGauge,
+    /// Records in `held`, by tier topic.
+    held_gauge: prometheus::IntGaugeVec,
     /// Records taken from Kafka and not finished (running or in the backlog).
     in_flight: usize,
     /// Beaten at every turn of the loop (at least every [`LANE_PRUNE_INTERVAL`]).
@@ -334,6 +340,14 @@ impl Worker {
             "Subscription lanes (ordered delivery) with work in this worker.",
         )?;
         registry.register(Box::new(lanes_gauge.clone()))?;
+        let held_gauge = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "hookline_delivery_retry_held_records",
+                "Retry records read but not due yet, held in memory, by tier topic.",
+            ),
+            &["topic"],
+        )?;
+        registry.register(Box::new(held_gauge.clone()))?;
         let log = RebalanceLog::new(Arc::clone(&progress), limits.grace, registry)?;
         let consumer: StreamConsumer<RebalanceLog> = config.create_with_context(log)?;
         // Every retry tier by pattern, so that records in tiers of an earlier schedule
@@ -352,6 +366,7 @@ impl Worker {
             backlog: HashMap::new(),
             lanes: HashMap::new(),
             lanes_gauge,
+            held_gauge,
             in_flight: 0,
             heartbeat: Heartbeat::new(LOOP_BOUND),
         })
@@ -425,6 +440,7 @@ impl Worker {
                     self.pause(&tp);
                 }
                 let held = (record, Instant::now() + wait, generation);
+                self.held_gauge.with_label_values(&[&tp.0]).inc();
                 self.held.entry(tp).or_default().push_back(held);
                 self.held_count += 1;
                 return;
@@ -542,6 +558,7 @@ impl Worker {
                     break;
                 };
                 self.held_count = self.held_count.saturating_sub(1);
+                self.held_gauge.with_label_values(&[&tp.0]).dec();
                 self.admit(tp.clone(), record, generation, finisher);
             }
         }
@@ -578,6 +595,9 @@ impl Worker {
         for tp in revoked {
             if let Some(dropped) = self.held.remove(&tp) {
                 self.held_count = self.held_count.saturating_sub(dropped.len());
+                self.held_gauge
+                    .with_label_values(&[&tp.0])
+                    .sub(dropped.len() as i64);
             }
             // Resumed on reassignment (`post_rebalance`).
             self.paused.remove(&tp);

@@ -58,7 +58,9 @@ pub fn route_record(
     let tasks = index
         .matching_event(&event)
         .iter()
-        .map(|sub| DeliveryTask::new(event.clone(), sub.id(), now))
+        .map(|sub| {
+            DeliveryTask::new(event.clone(), sub.id(), now).accepted_at(record.position.timestamp)
+        })
         .collect();
     Ok((event, tasks))
 }
@@ -114,6 +116,26 @@ mod tests {
         );
         let other_tenant = br#"{"type":"invoice.paid","tenant":"globex"}"#;
         assert!(route(Some(other_tenant), &[]).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn tasks_carry_the_acceptance_time_of_their_record() {
+        let accepted = DateTime::<Utc>::from_timestamp_millis(1_795_000_000_123);
+        let record = EventRecord {
+            position: RecordPosition {
+                timestamp: accepted,
+                ..AT
+            },
+            headers: &[],
+            payload: Some(br#"{"type":"invoice.paid","tenant":"acme"}"#),
+        };
+        let index = index();
+        let (_, tasks) =
+            route_record(record, &CloudEventsConfig::default(), &index, Utc::now()).unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].accepted_at, accepted);
+        let (_, tasks) = route(Some(br#"{"type":"invoice.paid","tenant":"acme"}"#), &[]).unwrap();
+        assert_eq!(tasks[0].accepted_at, None, "a record without timestamp");
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub struct DeliveryTask {
     pub attempts: u32,
     /// When the router wrote the task.
     pub routed_at: DateTime<Utc>,
+    /// When Hookline accepted the event: the timestamp of its record on the events
+    /// topic (ingest's write, or a direct producer's). Carried through retries, so
+    /// that delivery can measure acceptance to 2xx. Absent on replays and on tasks
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<DateTime<Utc>>,
     /// Not to be attempted before this time (set on tasks waiting in a retry tier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
@@ -39,9 +45,18 @@ impl DeliveryTask {
             event,
             attempts: 0,
             routed_at,
+            accepted_at: None,
             not_before: None,
             last_error: None,
         }
+    }
+}
+
+impl DeliveryTask {
+    /// This task, with the time its event was accepted.
+    pub fn accepted_at(mut self, accepted_at: Option<DateTime<Utc>>) -> Self {
+        self.accepted_at = accepted_at;
+        self
     }
 }
 

@@ -46,6 +46,10 @@ pub const VIEW_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Metrics {
     events: IntCounterVec,
     requests: IntCounterVec,
+    /// Event requests refused, by error code.
+    rejected: IntCounterVec,
+    /// Bytes of event request bodies, by outcome.
+    event_bytes: IntCounterVec,
     /// `accepted_to_acknowledged`: from a request's events parsed to Kafka's last
     /// acknowledgement of them (a batch is observed once).
     stages: HistogramVec,
@@ -68,8 +72,28 @@ impl Metrics {
             ),
             &["route", "status"],
         )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "hookline_ingest_event_requests_rejected_total",
+                "POST /v1/events requests refused, by reason (the error code of the \
+                 answer: malformed_json, invalid_field, payload_too_large, forbidden, \
+                 rate_limited, ...).",
+            ),
+            &["reason"],
+        )?;
+        let event_bytes = IntCounterVec::new(
+            Opts::new(
+                "hookline_ingest_event_bytes_total",
+                "Bytes of POST /v1/events request bodies, by outcome: accepted \
+                 (acknowledged by Kafka), rejected (refused before Kafka), failed (not \
+                 acknowledged by Kafka in time).",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(event_bytes.clone()))?;
         let stages = telemetry::stage_histogram(
             registry,
             "hookline_ingest_stage_duration_seconds",
@@ -79,8 +103,17 @@ impl Metrics {
         Ok(Self {
             events,
             requests,
+            rejected,
+            event_bytes,
             stages,
         })
+    }
+
+    fn rejected(&self, kind: ErrorKind, bytes: usize) {
+        self.rejected.with_label_values(&[kind.code()]).inc();
+        self.event_bytes
+            .with_label_values(&["rejected"])
+            .inc_by(bytes as u64);
     }
 
     fn request(&self, route: &str, status: StatusCode) {
@@ -195,8 +228,9 @@ async fn accept_events(
 ) -> Result<Vec<String>, ApiError> {
     principal
         .require(Role::EventsPublish)
-        .map_err(|d| denied(d, "event"))?;
-    let bytes = body_bytes(body)?;
+        .map_err(|d| denied(d, "event"))
+        .inspect_err(|err| state.metrics.rejected(err.kind, 0))?;
+    let bytes = body_bytes(body).inspect_err(|err| state.metrics.rejected(err.kind, 0))?;
     let events = decode_json::<Value>(&bytes)
         .and_then(|body| {
             let batch = body.is_array();
@@ -209,6 +243,7 @@ async fn accept_events(
                 _ => "invalid",
             };
             state.metrics.events.with_label_values(&[outcome]).inc();
+            state.metrics.rejected(err.kind, bytes.len());
         })?;
     let topic = state.topics.events();
     let records: Vec<OutRecord> = events
@@ -232,6 +267,11 @@ async fn accept_events(
         .inc_by((results.len() - failed) as u64);
     if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
         state.progress.failed();
+        state
+            .metrics
+            .event_bytes
+            .with_label_values(&["failed"])
+            .inc_by(bytes.len() as u64);
         state
             .metrics
             .events
@@ -258,6 +298,15 @@ async fn accept_events(
         .with("not_acknowledged", json!(not_acknowledged)));
     }
     state.progress.succeeded();
+    for event in &events {
+        // Per event, so debug: the first line of an event's trail through the binaries.
+        tracing::debug!(event_id = %event.id, tenant = %event.tenant, event_type = %event.event_type, "event accepted");
+    }
+    state
+        .metrics
+        .event_bytes
+        .with_label_values(&["accepted"])
+        .inc_by(bytes.len() as u64);
     Ok(events.into_iter().map(|e: Event| e.id.into()).collect())
 }
 

@@ -248,7 +248,7 @@ const MIN_KEYS_STALENESS: Duration = Duration::from_secs(2);
 struct Starting {
     view: Arc<SubscriptionView>,
     keys: Arc<ApiKeyView>,
-    producer: rdkafka::producer::FutureProducer,
+    producer: hookline_core::kafka::Producer,
     events: String,
     attempts: Readiness,
 }

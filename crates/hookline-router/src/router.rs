@@ -29,7 +29,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Regi
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -56,6 +56,8 @@ struct Metrics {
     consumers_renewed: IntCounter,
     skipped: IntCounterVec,
     stages: prometheus::HistogramVec,
+    /// Transactions by result (`committed`, `aborted`, `abort_failed`).
+    transactions: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,7 +122,17 @@ impl Metrics {
              timestamp to its batch being routed) and routed_to_committed (a batch \
              routed to its transaction committed).",
         )?;
+        let transactions = IntCounterVec::new(
+            Opts::new(
+                "hookline_router_transactions_total",
+                "Routing transactions (exactly-once routing), by result: committed, \
+                 aborted, abort_failed (the producer is then built again).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(transactions.clone()))?;
         Ok(Self {
+            transactions,
             events,
             tasks,
             batch_seconds,
@@ -131,6 +143,23 @@ impl Metrics {
             skipped,
             stages,
         })
+    }
+}
+
+/// One debug line per task (or one for an event no subscription wants), with the ids
+/// that follow the event through ingest, router and delivery logs. A batch routed again
+/// after an abort logs its tasks again.
+fn log_routed(event: &hookline_domain::event::Event, tasks: &[DeliveryTask]) {
+    if tasks.is_empty() {
+        tracing::debug!(event_id = %event.id, tenant = %event.tenant, event_type = %event.event_type, "event matched no subscription");
+    }
+    for task in tasks {
+        tracing::debug!(
+            event_id = %event.id,
+            message_id = %task.message_id,
+            subscription = %task.subscription_id,
+            "task routed"
+        );
     }
 }
 
@@ -274,7 +303,7 @@ pub struct Router {
     routing: Routing,
     /// Transactional producers taking turns, one transaction each (see [`PRODUCERS`]);
     /// one plain idempotent producer when routing at least once.
-    producers: Vec<FutureProducer>,
+    producers: Vec<kafka::Producer>,
     /// Index in `producers` of the one whose transaction is open or last was.
     turn: AtomicUsize,
     /// The transactional id of each of `producers` (empty routing at least once).
@@ -653,6 +682,12 @@ impl Router {
                 readiness.set(true);
                 self.catch_up_first = false;
                 let committed = Utc::now();
+                if self.routing == Routing::ExactlyOnce {
+                    self.metrics
+                        .transactions
+                        .with_label_values(&["committed"])
+                        .inc();
+                }
                 self.observe_stages(batch, routed_at, committed);
                 for (outcome, n) in counts {
                     self.metrics.events.with_label_values(&[outcome]).inc_by(n);
@@ -812,7 +847,7 @@ impl Router {
     async fn build_producer(
         &self,
         transactional_id: Option<&str>,
-    ) -> anyhow::Result<FutureProducer> {
+    ) -> anyhow::Result<kafka::Producer> {
         let producer = new_producer(&self.args, transactional_id)?;
         if transactional_id.is_some() {
             let init = producer.clone();
@@ -822,7 +857,7 @@ impl Router {
     }
 
     /// The producer whose turn it is.
-    fn producer(&self) -> &FutureProducer {
+    fn producer(&self) -> &kafka::Producer {
         // `turn` is always an index of `producers`, which is never empty.
         &self.producers[self.turn.load(Ordering::Relaxed) % self.producers.len()]
     }
@@ -862,6 +897,12 @@ impl Router {
             .stages
             .with_label_values(&["produced_to_routed"]);
         for message in batch {
+            // The reference of the consumer's lag in seconds.
+            hookline_core::kafka_stats::record_taken(
+                message.topic(),
+                message.partition(),
+                message.timestamp().to_millis(),
+            );
             if let Some(at) = message.timestamp().to_millis() {
                 let ms = routed_at.timestamp_millis().saturating_sub(at).max(0);
                 waited.observe(ms as f64 / 1e3);
@@ -891,11 +932,23 @@ impl Router {
             self.heartbeat.beat("aborting a transaction");
             let producer = self.producer().clone();
             match blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.metrics
+                        .transactions
+                        .with_label_values(&["aborted"])
+                        .inc();
+                    return Ok(());
+                }
                 Err(KafkaError::Transaction(err)) if err.is_retriable() && calls < ABORT_CALLS => {
                     tracing::warn!(%err, "abort not finished; calling it again");
                 }
-                Err(err) => return Err(err),
+                Err(err) => {
+                    self.metrics
+                        .transactions
+                        .with_label_values(&["abort_failed"])
+                        .inc();
+                    return Err(err);
+                }
             }
         }
     }
@@ -1023,8 +1076,12 @@ impl Router {
                     headers: &headers,
                     payload: message.payload(),
                 };
-                let routed = route_record(record, &self.cloudevents, &index, now)
-                    .and_then(|(_, tasks)| self.encode(source, tasks, &deliveries));
+                let routed = route_record(record, &self.cloudevents, &index, now).and_then(
+                    |(event, tasks)| {
+                        log_routed(&event, &tasks);
+                        self.encode(source, tasks, &deliveries)
+                    },
+                );
                 match routed {
                     Ok(tasks) => Routed {
                         outcome: if tasks.is_empty() {
@@ -1372,7 +1429,7 @@ fn subscribe(
 fn new_producer(
     args: &KafkaArgs,
     transactional_id: Option<&str>,
-) -> Result<FutureProducer, KafkaError> {
+) -> Result<kafka::Producer, KafkaError> {
     match transactional_id {
         Some(id) => kafka::transactional_producer(args, "hookline-router", id),
         None => kafka::low_latency_producer(args, "hookline-router", kafka::DELIVERY_TIMEOUT),
