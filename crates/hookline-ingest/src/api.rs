@@ -25,6 +25,7 @@ use hookline_core::telemetry;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
 use hookline_domain::access::{Principal, Role};
+use hookline_domain::attempt::AttemptOutcome;
 use hookline_domain::egress::UrlRules;
 use hookline_domain::event::{parse_batch, Event, FieldError};
 use hookline_domain::ids;
@@ -34,6 +35,7 @@ use hookline_domain::signing::WebhookSecret;
 use hookline_domain::subscription::{
     NewSubscription, Saving, Subscription, SubscriptionPatch, DEFAULT_OVERLAP,
 };
+use hookline_domain::test_event::{test_task, TestRequest};
 use prometheus::{HistogramVec, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -160,6 +162,7 @@ pub fn routes(state: AppState, max_body_bytes: usize, auth: Arc<Authenticator>) 
         .route("/v1/subscriptions/{id}/rotate-secret", post(rotate_secret))
         .route("/v1/subscriptions/{id}/attempts", get(list_attempts))
         .route("/v1/subscriptions/{id}/replay", post(replay_subscription))
+        .route("/v1/subscriptions/{id}/test", post(test_subscription))
         .route("/v1/dlq/redrive", post(redrive_dlq))
         .route(
             "/v1/tenants/{tenant}/api-keys",
@@ -591,6 +594,62 @@ async fn list_attempts(
         .unwrap_or(50)
         .min(crate::attempts::KEPT_PER_SUBSCRIPTION);
     Ok(Json(json!({ "data": state.attempts.recent(&id, limit) })))
+}
+
+/// Sends a `webhook.test` event to the subscription through the delivery pipeline and
+/// answers with its first attempt: `200` once an attempt is recorded within the wait
+/// (whatever its outcome), `202` when none is yet (the workers are busy or down; the
+/// attempt shows in the attempts list later).
+async fn test_subscription(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let subscription = find(&state, &principal, Role::SubscriptionsManage, &id)?;
+    let bytes = body_bytes(body)?;
+    // The body is optional: none (or whitespace) means the default wait.
+    let request: TestRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TestRequest::default()
+    } else {
+        decode_json(&bytes)?
+    };
+    let wait = request.wait()?;
+    if !subscription.is_active() {
+        // Workers dead-letter a disabled subscription's tasks without an attempt.
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "the subscription is disabled: enable it (PATCH {\"enabled\": true}) to test it",
+        ));
+    }
+    let task = test_task(&subscription, Utc::now());
+    let payload = serde_json::to_vec(&task).map_err(|e| ApiError::internal(e.to_string()))?;
+    write_record(
+        &state,
+        state.topics.deliveries(),
+        &task.subscription_id,
+        Some(payload),
+        "test event",
+    )
+    .await?;
+    tracing::info!(%id, message_id = %task.message_id, "test event sent");
+    let mut answer = json!({
+        "message_id": task.message_id,
+        "event_id": task.event.id,
+        "event_type": task.event.event_type,
+    });
+    match state.attempts.wait_for(&id, &task.message_id, wait).await {
+        Some(attempt) => {
+            answer["status"] = json!("attempted");
+            answer["delivered"] = json!(attempt.outcome == AttemptOutcome::Success);
+            answer["attempt"] = json!(attempt);
+            Ok((StatusCode::OK, Json(answer)))
+        }
+        None => {
+            answer["status"] = json!("pending");
+            Ok((StatusCode::ACCEPTED, Json(answer)))
+        }
+    }
 }
 
 #[derive(Deserialize)]

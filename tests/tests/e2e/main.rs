@@ -19,3 +19,4 @@ mod router;
 mod secrets;
 mod subscriptions;
 mod tenancy;
+mod test_events;
