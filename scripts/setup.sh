@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo, the test suite and CI need and the machine lacks: cmake,
 # pkg-config and libssl-dev (librdkafka is built from source), Java and Maven (the local
-# Kafka broker, deploy/local/kafka.sh), kcat and curl (the tests). A Rust toolchain is
+# Kafka broker, deploy/local/kafka.sh), kcat and curl (the tests), and the Python
+# packages standardwebhooks and schemathesis (the tests). A Rust toolchain is
 # expected. apt-get runs only when something is missing, through sudo when not root;
 # without apt-get (or without root and sudo) it says what to install and fails.
 #
@@ -33,8 +34,17 @@ install_standardwebhooks() {
   python3 -m pip install --quiet standardwebhooks 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages standardwebhooks
 }
+# schemathesis (PyPI): the end-to-end tests run it against the running ingest, with
+# the OpenAPI document it serves (tests/tests/e2e/openapi.rs).
+install_schemathesis() {
+  python3 -c 'import schemathesis' 2>/dev/null && return 0
+  log "installing the Python package schemathesis"
+  python3 -m pip install --quiet schemathesis 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages schemathesis
+}
 if [ ${#missing[@]} -eq 0 ]; then
   install_standardwebhooks
+  install_schemathesis
   exit 0
 fi
 
@@ -55,3 +65,4 @@ log "installing ${missing[*]}"
 as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 install_standardwebhooks
+install_schemathesis

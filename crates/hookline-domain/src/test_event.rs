@@ -17,7 +17,8 @@ use crate::task::DeliveryTask;
 /// The type of a test event.
 pub const TEST_EVENT_TYPE: &str = "webhook.test";
 
-/// How long the call waits for the attempt when the request does not say.
+/// How long the call waits for the attempt when neither the request nor the operator
+/// (`HOOKLINE_SUBSCRIPTION_TEST_WAIT`) says.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
 /// The longest wait a request may ask for: a client's HTTP timeout is rarely longer.
@@ -28,15 +29,16 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 #[serde(deny_unknown_fields)]
 pub struct TestRequest {
     /// How long to wait for the attempt's outcome (humantime, e.g. `5s`; `0s`: do not
-    /// wait). At most [`MAX_WAIT`]; [`DEFAULT_WAIT`] when absent.
+    /// wait). At most [`MAX_WAIT`]; the operator's default when absent.
     pub wait: Option<String>,
 }
 
 impl TestRequest {
-    /// The wait the request asks for, or a field error naming `wait`.
-    pub fn wait(&self) -> Result<Duration, FieldError> {
+    /// The wait the request asks for (`default` when it does not say), or a field
+    /// error naming `wait`.
+    pub fn wait(&self, default: Duration) -> Result<Duration, FieldError> {
         let Some(text) = self.wait.as_deref() else {
-            return Ok(DEFAULT_WAIT);
+            return Ok(default.min(MAX_WAIT));
         };
         let wait = crate::duration::parse_duration(text).map_err(|e| FieldError::new("wait", e))?;
         if wait > MAX_WAIT {
@@ -102,9 +104,11 @@ mod tests {
             TestRequest {
                 wait: text.map(str::to_owned),
             }
-            .wait()
+            .wait(DEFAULT_WAIT)
         };
         assert_eq!(wait(None).unwrap(), DEFAULT_WAIT);
+        let short = TestRequest::default().wait(Duration::from_secs(1));
+        assert_eq!(short.unwrap(), Duration::from_secs(1));
         assert_eq!(wait(Some("0s")).unwrap(), Duration::ZERO);
         assert_eq!(wait(Some("2s")).unwrap(), Duration::from_secs(2));
         assert_eq!(wait(Some("60s")).unwrap(), MAX_WAIT);

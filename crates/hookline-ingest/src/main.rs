@@ -51,6 +51,16 @@ struct Cli {
     )]
     produce_timeout: Duration,
 
+    /// How long `POST /v1/subscriptions/{id}/test` waits for the test event's attempt
+    /// when the request gives no `wait` (humantime, at most 60s).
+    #[arg(
+        long,
+        env = "HOOKLINE_SUBSCRIPTION_TEST_WAIT",
+        value_parser = parse_duration,
+        default_value = "10s"
+    )]
+    test_event_wait: Duration,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 
@@ -207,6 +217,7 @@ async fn run() -> anyhow::Result<()> {
         metrics: api::Metrics::register(&registry)?,
         rules: Arc::new(cli.urls.rules()),
         keyring: Arc::clone(&keyring),
+        test_event_wait: cli.test_event_wait,
     };
     tracing::info!(
         allow_http = cli.urls.delivery_allow_http,

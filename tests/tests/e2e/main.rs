@@ -14,6 +14,7 @@ mod cold_start;
 mod delivery;
 mod egress;
 mod harness;
+mod openapi;
 mod pipeline;
 mod router;
 mod secrets;
