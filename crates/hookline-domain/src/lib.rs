@@ -12,6 +12,7 @@ pub mod api_key;
 pub mod attempt;
 pub mod backoff;
 pub mod breaker;
+pub mod catalog;
 pub mod cloudevents;
 pub mod decision;
 pub mod duration;

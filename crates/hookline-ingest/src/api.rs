@@ -138,6 +138,8 @@ pub struct AppState {
     /// How long `POST /v1/subscriptions/{id}/test` waits for the attempt when the
     /// request does not say.
     pub test_event_wait: Duration,
+    /// The known event types and their compiled schemas.
+    pub catalog: Arc<hookline_domain::catalog::Catalog>,
 }
 
 impl AppState {
@@ -154,6 +156,7 @@ impl AppState {
 pub fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_events))
+        .routes(routes!(list_event_types))
         .routes(routes!(create_subscription, list_subscriptions))
         .routes(routes!(
             get_subscription,
@@ -227,6 +230,7 @@ async fn accept_events(
         .and_then(|body| {
             let batch = body.is_array();
             let events = parse_batch(body, state.max_batch_events)?;
+            conform(&state.catalog, &events, batch)?;
             admit_events(state, principal, events, batch)
         })
         .inspect_err(|err| {
@@ -285,6 +289,38 @@ async fn accept_events(
     }
     state.progress.succeeded();
     Ok(events.into_iter().map(|e: Event| e.id.into()).collect())
+}
+
+/// Every event's `data` satisfies its type's schema (and unknown types are allowed):
+/// else a `422` naming the path (`data.amount`, `[3].data.amount` in a batch) and the
+/// rule, with `rule` in the error object too. The whole request is refused.
+fn conform(
+    catalog: &hookline_domain::catalog::Catalog,
+    events: &[Event],
+    batch: bool,
+) -> Result<(), ApiError> {
+    for (i, event) in events.iter().enumerate() {
+        if let Err(violation) = catalog.check(event) {
+            let field = if batch {
+                format!("[{i}].{}", violation.field)
+            } else {
+                violation.field
+            };
+            return Err(ApiError::new(ErrorKind::InvalidField, violation.message)
+                .at(field)
+                .with("rule", json!(violation.rule)));
+        }
+    }
+    Ok(())
+}
+
+/// `GET /v1/event-types`: the catalog, every type with its schema. Any valid
+/// credential may read it: it is the same for every tenant.
+#[utoipa::path(get, path = "/v1/event-types", tag = "event types",
+    responses((status = 200, description = "The known event types, by name, with their JSON Schemas.", body = crate::openapi::EventTypeList)))]
+async fn list_event_types(State(state): State<AppState>) -> Json<Value> {
+    let types: Vec<&hookline_domain::catalog::EventType> = state.catalog.types().collect();
+    Json(json!({ "data": types }))
 }
 
 /// A tenant key's batch: every event of its own tenant, within the tenant's batch
@@ -748,7 +784,10 @@ async fn replay_subscription(
 /// every tenant sit in one topic.
 #[utoipa::path(post, path = "/v1/dlq/redrive", tag = "dead letters",
     request_body = crate::openapi::RedriveRequest,
-    responses((status = 200, description = "Dead letters queued again.", body = crate::openapi::Report)))]
+    responses(
+        (status = 200, description = "Dead letters queued again.", body = crate::openapi::Report),
+        (status = 404, description = "A tenant key named a subscription that is not one of its tenant's.", body = crate::openapi::ErrorBody),
+    ))]
 async fn redrive_dlq(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -40,6 +40,9 @@ pub(crate) struct ErrorObject {
     ids: Option<Vec<String>>,
     /// `503` on `POST /v1/events`: the ids Kafka did not acknowledge.
     not_acknowledged: Option<Vec<String>>,
+    /// `422` for an event breaking its type's schema: the rule (JSON Schema keyword)
+    /// broken, e.g. `required`, `minimum`; `known_type` for a refused unknown type.
+    rule: Option<String>,
 }
 
 /// The machine-readable error codes.
@@ -96,6 +99,34 @@ pub(crate) enum EventsRequest {
     One(EventIn),
     /// A batch, validated whole before any of it is written.
     Many(Vec<EventIn>),
+}
+
+/// Where an event type comes from.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub(crate) enum EventTypeSource {
+    /// Shipped with Hookline.
+    Builtin,
+    /// The operator's catalog file.
+    File,
+}
+
+/// A known event type.
+#[derive(ToSchema)]
+pub(crate) struct EventType {
+    /// Its name, e.g. `invoice.paid`.
+    #[schema(rename = "type")]
+    name: String,
+    description: String,
+    source: EventTypeSource,
+    /// The JSON Schema its `data` must satisfy.
+    schema: Value,
+}
+
+/// The event catalog.
+#[derive(ToSchema)]
+pub(crate) struct EventTypeList {
+    data: Vec<EventType>,
 }
 
 /// `202`: the events' ids in request order, once Kafka acknowledged every one.
@@ -413,6 +444,7 @@ fn openapi_json() {}
     components(schemas(ErrorBody, ErrorObject, ErrorCode)),
     tags(
         (name = "events", description = "Publishing events"),
+        (name = "event types", description = "The event catalog: known types and their schemas"),
         (name = "subscriptions", description = "Subscriptions, their secrets, attempts, tests, replays"),
         (name = "dead letters", description = "Redriving dead-lettered deliveries"),
         (name = "api keys", description = "Tenants' API keys (admin token only)"),
@@ -568,6 +600,7 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         for path in [
             "/v1/events",
+            "/v1/event-types",
             "/v1/subscriptions",
             "/v1/subscriptions/{id}",
             "/v1/subscriptions/{id}/secret",

@@ -9,6 +9,7 @@
 
 mod api;
 mod bookkeeping;
+mod catalog;
 mod cloudevents;
 mod cold_start;
 mod delivery;
