@@ -2,7 +2,9 @@
 # Installs what the demo, the test suite and CI need and the machine lacks: cmake,
 # pkg-config and libssl-dev (librdkafka is built from source), Java and Maven (the local
 # Kafka broker, deploy/local/kafka.sh), kcat and curl (the tests), Prometheus and
-# promtool (the metrics and alert rule checks), kubernetes-validate (the manifests). A Rust toolchain is
+# promtool (the metrics and alert rule checks), and the Python packages
+# standardwebhooks and schemathesis (the tests) and kubernetes-validate (the
+# manifests). A Rust toolchain is
 # expected. apt-get runs only when something is missing, through sudo when not root;
 # without apt-get (or without root and sudo) it says what to install and fails.
 #
@@ -45,9 +47,18 @@ install_kubernetes_validate() {
   python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages kubernetes-validate
 }
+# schemathesis (PyPI): the end-to-end tests run it against the running ingest, with
+# the OpenAPI document it serves (tests/tests/e2e/openapi.rs).
+install_schemathesis() {
+  python3 -c 'import schemathesis' 2>/dev/null && return 0
+  log "installing the Python package schemathesis"
+  python3 -m pip install --quiet schemathesis 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages schemathesis
+}
 if [ ${#missing[@]} -eq 0 ]; then
   install_standardwebhooks
   install_kubernetes_validate
+  install_schemathesis
   exit 0
 fi
 
@@ -69,3 +80,4 @@ as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 install_standardwebhooks
 install_kubernetes_validate
+install_schemathesis

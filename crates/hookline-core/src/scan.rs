@@ -43,12 +43,14 @@ pub fn scan_topic(
         let partition = marks.partition;
         ends.insert(partition, marks.high);
         let start = match since {
-            Some(at) => Offset::Offset(at.timestamp_millis()),
-            None => Offset::Beginning,
+            // Kafka's timestamps start at the Unix epoch, and a negative one is not a
+            // time to it but an invalid argument: earlier times mean "from the start".
+            Some(at) if at.timestamp_millis() > 0 => Offset::Offset(at.timestamp_millis()),
+            _ => Offset::Beginning,
         };
         starts.add_partition_offset(topic, partition, start)?;
     }
-    let starts = if since.is_some() {
+    let starts = if since.is_some_and(|at| at.timestamp_millis() > 0) {
         consumer.offsets_for_times(starts, TIMEOUT)?
     } else {
         starts

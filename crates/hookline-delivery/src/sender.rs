@@ -292,6 +292,9 @@ impl Sender {
         put("webhook-timestamp", &timestamp.to_string());
         put("webhook-signature", &signature);
         put("idempotency-key", &task.message_id);
+        // The attempt number from 1, as the attempt record counts it: receivers tell a
+        // retry from a first try without keeping state (a redrive starts again at 1).
+        put("webhook-attempt", &(task.attempts + 1).to_string());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             USER_AGENT,
@@ -408,11 +411,24 @@ mod tests {
                     let all = ["webhook-id", "webhook-timestamp", "webhook-signature"]
                         .iter()
                         .all(|h| headers.contains_key(*h));
-                    if all {
+                    // The attempt number counts from 1 (the tasks sent here are fresh).
+                    let first = headers.get("webhook-attempt").is_some_and(|v| v == "1");
+                    if all && first {
                         StatusCode::NO_CONTENT
                     } else {
                         StatusCode::BAD_REQUEST
                     }
+                }),
+            )
+            .route(
+                "/attempt",
+                post(|headers: HeaderMap| async move {
+                    let attempt = headers
+                        .get("webhook-attempt")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_owned();
+                    (StatusCode::OK, attempt)
                 }),
             )
             .route(
@@ -493,6 +509,26 @@ mod tests {
                 found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, host))
             })
         })
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_its_attempt_number_from_one() {
+        let base = receiver().await;
+        let sender = loopback_allowed(Duration::from_secs(1));
+        let subscription = Subscription::basic(
+            "sub_sender",
+            "acme",
+            format!("{base}/attempt").parse().unwrap(),
+            vec![EventTypePattern::parse("*").unwrap()],
+        );
+        let mut task = task_for(&subscription);
+        for (made, expected) in [(0, "1"), (1, "2"), (7, "8")] {
+            task.attempts = made;
+            match sender.attempt(&subscription, &task).await.0 {
+                Outcome::Delivered { body, .. } => assert_eq!(body, expected, "after {made}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

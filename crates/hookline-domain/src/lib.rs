@@ -1,6 +1,6 @@
 //! Hookline's domain, with no Kafka, HTTP server, CLI or metrics in it: the event
 //! envelope and its CloudEvents mapping, ids, subscriptions and their matching and
-//! filters, Standard Webhooks signing, secrets sealed at rest, delivery tasks and attempt records, and the
+//! filters, Standard Webhooks signing, secrets sealed at rest, delivery tasks, test events and attempt records, and the
 //! delivery policy (retry schedule and tiers, circuit breaker, offset tracking, egress
 //! policy, and the delivery decision), and access control (roles, tenant API keys,
 //! per-tenant quotas). Everything here is pure: effects live in the
@@ -12,6 +12,7 @@ pub mod api_key;
 pub mod attempt;
 pub mod backoff;
 pub mod breaker;
+pub mod catalog;
 pub mod cloudevents;
 pub mod decision;
 pub mod duration;
@@ -29,4 +30,5 @@ pub mod sealing;
 pub mod signing;
 pub mod subscription;
 pub mod task;
+pub mod test_event;
 pub mod tracker;

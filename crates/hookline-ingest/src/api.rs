@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use crate::auth::{authenticate, denied, Authenticator};
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{body_bytes, decode_json, ApiJson};
+use crate::http::{body_bytes, decode_json, ApiJson, ApiPath, ApiQuery};
 use crate::quota::EventRate;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{middleware, Json, Router};
 use chrono::Utc;
 use hookline_core::config::KafkaArgs;
@@ -25,6 +25,7 @@ use hookline_core::telemetry;
 use hookline_core::topics::Topics;
 use hookline_core::view::SubscriptionView;
 use hookline_domain::access::{Principal, Role};
+use hookline_domain::attempt::AttemptOutcome;
 use hookline_domain::egress::UrlRules;
 use hookline_domain::event::{parse_batch, Event, FieldError};
 use hookline_domain::ids;
@@ -34,9 +35,12 @@ use hookline_domain::signing::WebhookSecret;
 use hookline_domain::subscription::{
     NewSubscription, Saving, Subscription, SubscriptionPatch, DEFAULT_OVERLAP,
 };
+use hookline_domain::test_event::{test_task, TestRequest};
 use prometheus::{HistogramVec, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// How long a subscription or API key write waits to be visible in this process's view.
 pub const VIEW_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,6 +168,11 @@ pub struct AppState {
     pub rules: Arc<UrlRules>,
     /// Seals (and, for `GET …/secret`, opens) signing secrets and header values.
     pub keyring: Arc<Keyring>,
+    /// How long `POST /v1/subscriptions/{id}/test` waits for the attempt when the
+    /// request does not say.
+    pub test_event_wait: Duration,
+    /// The known event types and their compiled schemas.
+    pub catalog: Arc<hookline_domain::catalog::Catalog>,
 }
 
 impl AppState {
@@ -175,39 +184,59 @@ impl AppState {
     }
 }
 
-/// The `/v1` routes, behind the authentication guard and the body limit.
+/// The `/v1` routes, each registered with its OpenAPI entry (so the document lists
+/// exactly the routes served), not yet given their state or layers.
+pub fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(post_events))
+        .routes(routes!(list_event_types))
+        .routes(routes!(create_subscription, list_subscriptions))
+        .routes(routes!(
+            get_subscription,
+            patch_subscription,
+            delete_subscription
+        ))
+        .routes(routes!(get_secret))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(list_attempts))
+        .routes(routes!(replay_subscription))
+        .routes(routes!(test_subscription))
+        .routes(routes!(redrive_dlq))
+        .routes(routes!(crate::keys::create_key, crate::keys::list_keys))
+        .routes(routes!(crate::keys::revoke_key))
+}
+
+/// `GET /openapi.json`: the document ([`crate::openapi::document`]), made once. Open
+/// to anyone, like the operations endpoints: it describes the API, it holds no data.
+pub fn openapi_route() -> Router {
+    let document = Arc::new(crate::openapi::document());
+    Router::new().route(
+        "/openapi.json",
+        get(move || {
+            let document = Arc::clone(&document);
+            async move { Json(document.as_ref().clone()) }
+        }),
+    )
+}
+
+/// The `/v1` routes, behind the authentication guard and the body limit, and
+/// `/openapi.json`.
 pub fn routes(state: AppState, max_body_bytes: usize, auth: Arc<Authenticator>) -> Router {
-    Router::new()
-        .route("/v1/events", post(post_events))
-        .route(
-            "/v1/subscriptions",
-            post(create_subscription).get(list_subscriptions),
-        )
-        .route(
-            "/v1/subscriptions/{id}",
-            get(get_subscription)
-                .patch(patch_subscription)
-                .delete(delete_subscription),
-        )
-        .route("/v1/subscriptions/{id}/secret", get(get_secret))
-        .route("/v1/subscriptions/{id}/rotate-secret", post(rotate_secret))
-        .route("/v1/subscriptions/{id}/attempts", get(list_attempts))
-        .route("/v1/subscriptions/{id}/replay", post(replay_subscription))
-        .route("/v1/dlq/redrive", post(redrive_dlq))
-        .route(
-            "/v1/tenants/{tenant}/api-keys",
-            post(crate::keys::create_key).get(crate::keys::list_keys),
-        )
-        .route(
-            "/v1/tenants/{tenant}/api-keys/{key_id}",
-            delete(crate::keys::revoke_key),
-        )
+    let (api, _) = documented_routes()
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(auth, authenticate))
         .with_state(state)
+        .split_for_parts();
+    api.merge(openapi_route())
 }
 
 /// Answers `202 {"ids": [...]}` once Kafka acknowledged every event of the request.
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body(content = crate::openapi::EventsRequest, description = "One event or an array of up to HOOKLINE_MAX_BATCH_EVENTS."),
+    responses(
+        (status = 202, description = "Every event acknowledged by Kafka; ids in request order.", body = crate::openapi::Accepted),
+        (status = 429, description = "Over the tenant's event rate; `Retry-After` says when its events fit.", body = crate::openapi::ErrorBody),
+    ))]
 async fn post_events(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -235,6 +264,7 @@ async fn accept_events(
         .and_then(|body| {
             let batch = body.is_array();
             let events = parse_batch(body, state.max_batch_events)?;
+            conform(&state.catalog, &events, batch)?;
             admit_events(state, principal, events, batch)
         })
         .inspect_err(|err| {
@@ -308,6 +338,38 @@ async fn accept_events(
         .with_label_values(&["accepted"])
         .inc_by(bytes.len() as u64);
     Ok(events.into_iter().map(|e: Event| e.id.into()).collect())
+}
+
+/// Every event's `data` satisfies its type's schema (and unknown types are allowed):
+/// else a `422` naming the path (`data.amount`, `[3].data.amount` in a batch) and the
+/// rule, with `rule` in the error object too. The whole request is refused.
+fn conform(
+    catalog: &hookline_domain::catalog::Catalog,
+    events: &[Event],
+    batch: bool,
+) -> Result<(), ApiError> {
+    for (i, event) in events.iter().enumerate() {
+        if let Err(violation) = catalog.check(event) {
+            let field = if batch {
+                format!("[{i}].{}", violation.field)
+            } else {
+                violation.field
+            };
+            return Err(ApiError::new(ErrorKind::InvalidField, violation.message)
+                .at(field)
+                .with("rule", json!(violation.rule)));
+        }
+    }
+    Ok(())
+}
+
+/// `GET /v1/event-types`: the catalog, every type with its schema. Any valid
+/// credential may read it: it is the same for every tenant.
+#[utoipa::path(get, path = "/v1/event-types", tag = "event types",
+    responses((status = 200, description = "The known event types, by name, with their JSON Schemas.", body = crate::openapi::EventTypeList)))]
+async fn list_event_types(State(state): State<AppState>) -> Json<Value> {
+    let types: Vec<&hookline_domain::catalog::EventType> = state.catalog.types().collect();
+    Json(json!({ "data": types }))
 }
 
 /// A tenant key's batch: every event of its own tenant, within the tenant's batch
@@ -442,6 +504,12 @@ fn public(subscription: &Subscription) -> Value {
     value
 }
 
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions",
+    request_body = crate::openapi::NewSubscription,
+    responses(
+        (status = 201, description = "Created; the answer carries its signing secret.", body = crate::openapi::Subscription),
+        (status = 409, description = "The tenant holds its most subscriptions.", body = crate::openapi::ErrorBody),
+    ))]
 async fn create_subscription(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -487,10 +555,13 @@ struct ListQuery {
 
 /// With a tenant key, only that tenant's subscriptions are listed, whatever `tenant`
 /// asks for.
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions",
+    params(("tenant" = Option<String>, Query, description = "Only this tenant's (a tenant key sees its own only).")),
+    responses((status = 200, description = "Subscriptions, ordered by id, without secrets.", body = crate::openapi::SubscriptionList)))]
 async fn list_subscriptions(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     principal
         .require(Role::SubscriptionsManage)
@@ -527,19 +598,25 @@ fn find(
         .ok_or_else(|| ApiError::not_found("subscription"))
 }
 
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "`sub_…`")),
+    responses((status = 200, description = "The subscription, without its secret.", body = crate::openapi::Subscription)))]
 async fn get_subscription(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let subscription = find(&state, &principal, Role::SubscriptionsManage, &id)?;
     Ok(Json(public(&subscription)))
 }
 
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/secret", tag = "subscriptions",
+    params(("id" = String, Path, description = "`sub_…`")),
+    responses((status = 200, description = "The current signing secret.", body = crate::openapi::SecretOut)))]
 async fn get_secret(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let secret = find(&state, &principal, Role::SubscriptionsManage, &id)?
         .secret(&state.keyring)
@@ -556,10 +633,14 @@ struct RotateRequest {
 
 /// Replaces the signing secret; the replaced one keeps signing beside it for the
 /// overlap window, so receivers can switch without losing a delivery.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/rotate-secret", tag = "subscriptions",
+    params(("id" = String, Path, description = "`sub_…`")),
+    request_body(content = Option<crate::openapi::RotateRequest>, description = "Optional."),
+    responses((status = 200, description = "Rotated; the answer carries the new secret.", body = crate::openapi::Subscription)))]
 async fn rotate_secret(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let bytes = body_bytes(body)?;
@@ -596,10 +677,14 @@ fn resealed(state: &AppState, subscription: &Subscription) -> Result<Subscriptio
     })
 }
 
+#[utoipa::path(patch, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "`sub_…`")),
+    request_body = crate::openapi::SubscriptionPatch,
+    responses((status = 200, description = "The subscription as changed.", body = crate::openapi::Subscription)))]
 async fn patch_subscription(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<SubscriptionPatch>,
 ) -> Result<Json<Value>, ApiError> {
     let current = resealed(
@@ -612,10 +697,13 @@ async fn patch_subscription(
     Ok(Json(public(&next)))
 }
 
+#[utoipa::path(delete, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "`sub_…`")),
+    responses((status = 204, description = "Deleted.")))]
 async fn delete_subscription(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     find(&state, &principal, Role::SubscriptionsManage, &id)?;
     write_subscription(&state, &id, None).await?;
@@ -628,11 +716,15 @@ struct AttemptsQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/attempts", tag = "subscriptions",
+    params(("id" = String, Path, description = "`sub_…`"),
+        ("limit" = Option<usize>, Query, description = "At most this many (default 50, at most 100).")),
+    responses((status = 200, description = "Recent attempts, newest first.", body = crate::openapi::AttemptList)))]
 async fn list_attempts(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-    Query(query): Query<AttemptsQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<AttemptsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     find(&state, &principal, Role::AttemptsRead, &id)?;
     let limit = query
@@ -642,16 +734,84 @@ async fn list_attempts(
     Ok(Json(json!({ "data": state.attempts.recent(&id, limit) })))
 }
 
+/// Sends a `webhook.test` event to the subscription through the delivery pipeline and
+/// answers with its first attempt: `200` once an attempt is recorded within the wait
+/// (whatever its outcome), `202` when none is yet (the workers are busy or down; the
+/// attempt shows in the attempts list later).
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/test", tag = "subscriptions",
+    params(("id" = String, Path, description = "`sub_…`")),
+    request_body(content = Option<crate::openapi::TestRequest>, description = "Optional."),
+    responses(
+        (status = 200, description = "Attempted within the wait (whatever the outcome).", body = crate::openapi::TestOutcome),
+        (status = 202, description = "Queued, not attempted within the wait.", body = crate::openapi::TestOutcome),
+        (status = 409, description = "The subscription is disabled.", body = crate::openapi::ErrorBody),
+    ))]
+async fn test_subscription(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let subscription = find(&state, &principal, Role::SubscriptionsManage, &id)?;
+    let bytes = body_bytes(body)?;
+    // The body is optional: none (or whitespace) means the default wait.
+    let request: TestRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TestRequest::default()
+    } else {
+        decode_json(&bytes)?
+    };
+    let wait = request.wait(state.test_event_wait)?;
+    if !subscription.is_active() {
+        // Workers dead-letter a disabled subscription's tasks without an attempt.
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "the subscription is disabled: enable it (PATCH {\"enabled\": true}) to test it",
+        ));
+    }
+    let task = test_task(&subscription, Utc::now());
+    let payload = serde_json::to_vec(&task).map_err(|e| ApiError::internal(e.to_string()))?;
+    write_record(
+        &state,
+        state.topics.deliveries(),
+        &task.subscription_id,
+        Some(payload),
+        "test event",
+    )
+    .await?;
+    tracing::info!(%id, message_id = %task.message_id, "test event sent");
+    let mut answer = json!({
+        "message_id": task.message_id,
+        "event_id": task.event.id,
+        "event_type": task.event.event_type,
+    });
+    match state.attempts.wait_for(&id, &task.message_id, wait).await {
+        Some(attempt) => {
+            answer["status"] = json!("attempted");
+            answer["delivered"] = json!(attempt.outcome == AttemptOutcome::Success);
+            answer["attempt"] = json!(attempt);
+            Ok((StatusCode::OK, Json(answer)))
+        }
+        None => {
+            answer["status"] = json!("pending");
+            Ok((StatusCode::ACCEPTED, Json(answer)))
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplayRequest {
     since: chrono::DateTime<Utc>,
 }
 
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/replay", tag = "subscriptions",
+    params(("id" = String, Path, description = "`sub_…`")),
+    request_body = crate::openapi::ReplayRequest,
+    responses((status = 200, description = "Its events since then, queued again.", body = crate::openapi::Report)))]
 async fn replay_subscription(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<ReplayRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let subscription = find(&state, &principal, Role::SubscriptionsManage, &id)?;
@@ -671,6 +831,12 @@ async fn replay_subscription(
 
 /// A tenant key redrives one of its own subscriptions at a time: dead letters of
 /// every tenant sit in one topic.
+#[utoipa::path(post, path = "/v1/dlq/redrive", tag = "dead letters",
+    request_body = crate::openapi::RedriveRequest,
+    responses(
+        (status = 200, description = "Dead letters queued again.", body = crate::openapi::Report),
+        (status = 404, description = "A tenant key named a subscription that is not one of its tenant's.", body = crate::openapi::ErrorBody),
+    ))]
 async fn redrive_dlq(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hookline_core::config::KafkaArgs;
 use hookline_core::kafka;
@@ -14,11 +15,22 @@ use rdkafka::message::Message;
 pub const KEPT_PER_SUBSCRIPTION: usize = 100;
 
 /// Recent attempts by subscription, oldest first.
-#[derive(Default)]
 pub struct AttemptLog {
     by_subscription: Mutex<HashMap<String, VecDeque<AttemptRecord>>>,
     /// True once the consumer got its (first) assignment.
     assigned: Readiness,
+    /// Counts the records added, so that a caller can wait for one ([`Self::wait_for`]).
+    added: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for AttemptLog {
+    fn default() -> Self {
+        Self {
+            by_subscription: Mutex::default(),
+            assigned: Readiness::default(),
+            added: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl AttemptLog {
@@ -82,6 +94,41 @@ impl AttemptLog {
         if list.len() > KEPT_PER_SUBSCRIPTION {
             list.pop_front();
         }
+        drop(map);
+        self.added.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The first attempt at message `message_id` of `subscription_id`, waiting up to
+    /// `patience` for it to be read from the attempts topic; `None` if it was not.
+    pub async fn wait_for(
+        &self,
+        subscription_id: &str,
+        message_id: &str,
+        patience: Duration,
+    ) -> Option<AttemptRecord> {
+        // Subscribed before looking, so a record added in between is not missed.
+        let mut added = self.added.subscribe();
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(found) = self.first_of(subscription_id, message_id) {
+                return Some(found);
+            }
+            match tokio::time::timeout_at(deadline, added.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    fn first_of(&self, subscription_id: &str, message_id: &str) -> Option<AttemptRecord> {
+        let map = self
+            .by_subscription
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(subscription_id)?
+            .iter()
+            .find(|a| a.message_id.as_str() == message_id)
+            .cloned()
     }
 
     /// Up to `limit` attempts of a subscription, newest first.
@@ -93,5 +140,57 @@ impl AttemptLog {
         map.get(subscription_id)
             .map(|list| list.iter().rev().take(limit).cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hookline_domain::attempt::AttemptOutcome;
+
+    fn record(message_id: &str, attempt: u32) -> AttemptRecord {
+        serde_json::from_value(serde_json::json!({
+            "message_id": message_id, "subscription_id": "sub_1", "event_id": "evt_1",
+            "event_type": "webhook.test", "attempt": attempt, "outcome": "success",
+            "duration_ms": 3, "at": "2026-12-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_first_attempt_at_its_message_once_it_is_read() {
+        let log = Arc::new(AttemptLog::default());
+        log.add(record("msg_other", 1));
+        let waiter = {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                log.wait_for("sub_1", "msg_a", Duration::from_secs(30))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        log.add(record("msg_a", 1));
+        log.add(record("msg_a", 2));
+        let found = waiter.await.unwrap().expect("the attempt was added");
+        assert_eq!(found.message_id.as_str(), "msg_a");
+        assert_eq!(found.attempt, 1);
+        assert_eq!(found.outcome, AttemptOutcome::Success);
+        // Already there: answered at once.
+        let again = log.wait_for("sub_1", "msg_a", Duration::ZERO).await;
+        assert_eq!(again.map(|a| a.attempt), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gives_up_after_its_patience() {
+        let log = AttemptLog::default();
+        log.add(record("msg_other", 1));
+        assert!(log
+            .wait_for("sub_1", "msg_a", Duration::from_millis(20))
+            .await
+            .is_none());
+        assert!(log
+            .wait_for("sub_2", "msg_other", Duration::ZERO)
+            .await
+            .is_none());
     }
 }

@@ -24,6 +24,9 @@ pub enum ErrorKind {
     NotFound,
     /// 409: a tenant quota would be exceeded (e.g. its most subscriptions).
     QuotaExceeded,
+    /// 409: the resource is not in a state that allows the call (e.g. testing a
+    /// disabled subscription).
+    Conflict,
     /// 413: the body is over the limit.
     PayloadTooLarge,
     /// 422: a field failed validation.
@@ -44,7 +47,7 @@ impl ErrorKind {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::QuotaExceeded => StatusCode::CONFLICT,
+            Self::QuotaExceeded | Self::Conflict => StatusCode::CONFLICT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidField => StatusCode::UNPROCESSABLE_ENTITY,
@@ -62,6 +65,7 @@ impl ErrorKind {
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::QuotaExceeded => "quota_exceeded",
+            Self::Conflict => "conflict",
             Self::RateLimited => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
             Self::InvalidField => "invalid_field",

@@ -3,7 +3,7 @@
 //! id, a revocation is a tombstone) and the call answers once this instance's view
 //! shows the change.
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::api::{write_record, AppState, VIEW_TIMEOUT};
 use crate::auth::denied;
 use crate::error::ApiError;
-use crate::http::ApiJson;
+use crate::http::{ApiJson, ApiPath};
 
 /// A key record as the API shows it: never the key, never its hash.
 fn public(record: &ApiKeyRecord) -> Value {
@@ -48,10 +48,14 @@ async fn write_key(
 }
 
 /// `POST /v1/tenants/{tenant}/api-keys`: `201` with the key, shown this once.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/api-keys", tag = "api keys",
+    params(("tenant" = String, Path)),
+    request_body = crate::openapi::NewApiKey,
+    responses((status = 201, description = "Created; the key is in this answer only.", body = crate::openapi::ApiKey)))]
 pub async fn create_key(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
     ApiJson(request): ApiJson<NewApiKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     principal
@@ -66,10 +70,13 @@ pub async fn create_key(
 }
 
 /// `GET /v1/tenants/{tenant}/api-keys`: the tenant's live keys, without the keys.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/api-keys", tag = "api keys",
+    params(("tenant" = String, Path)),
+    responses((status = 200, description = "The tenant's live keys, never the keys themselves.", body = crate::openapi::ApiKeyList)))]
 pub async fn list_keys(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal
         .require_admin()
@@ -84,10 +91,13 @@ pub async fn list_keys(
 }
 
 /// `DELETE /v1/tenants/{tenant}/api-keys/{key_id}`: revokes the key (`204`), or `404`.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/api-keys/{key_id}", tag = "api keys",
+    params(("tenant" = String, Path), ("key_id" = String, Path, description = "`key_…`")),
+    responses((status = 204, description = "Revoked.")))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path((tenant, id)): Path<(String, String)>,
+    ApiPath((tenant, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     principal
         .require_admin()

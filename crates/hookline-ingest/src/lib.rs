@@ -10,5 +10,6 @@ pub mod auth;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod openapi;
 pub mod quota;
 pub mod replay;

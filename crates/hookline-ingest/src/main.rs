@@ -51,6 +51,37 @@ struct Cli {
     )]
     produce_timeout: Duration,
 
+    /// How long `POST /v1/subscriptions/{id}/test` waits for the test event's attempt
+    /// when the request gives no `wait` (humantime, at most 60s).
+    #[arg(
+        long,
+        env = "HOOKLINE_SUBSCRIPTION_TEST_WAIT",
+        value_parser = parse_duration,
+        default_value = "10s"
+    )]
+    test_event_wait: Duration,
+
+    /// Check each HTTP event's `data` against its type's JSON Schema in the event
+    /// catalog (`422` naming the path and the rule when it breaks it).
+    #[arg(
+        long,
+        env = "HOOKLINE_EVENT_VALIDATION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    event_validation: bool,
+
+    /// Events of a type the catalog does not know: `allow` (unchecked) or `refuse`
+    /// (`422` naming `type`).
+    #[arg(long, env = "HOOKLINE_EVENT_TYPES_UNKNOWN", default_value = "allow")]
+    event_types_unknown: hookline_domain::catalog::UnknownTypes,
+
+    /// A JSON file of the operator's own event types and schemas,
+    /// `{"types": [{"type", "description", "schema"}]}`, added to the built-in
+    /// catalog (a type of the same name replaces the built-in one).
+    #[arg(long, env = "HOOKLINE_EVENT_TYPES_FILE")]
+    event_types_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 
@@ -168,6 +199,7 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let keyring = keyring.ok_or_else(|| anyhow::anyhow!("no secrets keys"))?;
+    let catalog = event_catalog(&cli)?;
     let registry = telemetry::registry("ingest");
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-ingest-view", &registry)?;
@@ -207,7 +239,15 @@ async fn run() -> anyhow::Result<()> {
         metrics: api::Metrics::register(&registry)?,
         rules: Arc::new(cli.urls.rules()),
         keyring: Arc::clone(&keyring),
+        test_event_wait: cli.test_event_wait,
+        catalog: Arc::clone(&catalog),
     };
+    tracing::info!(
+        types = catalog.types().count(),
+        validation = cli.event_validation,
+        unknown = ?cli.event_types_unknown,
+        "event catalog"
+    );
     tracing::info!(
         allow_http = cli.urls.delivery_allow_http,
         keys = ?keyring.ids(),
@@ -238,6 +278,27 @@ async fn run() -> anyhow::Result<()> {
         served = telemetry::serve_until(cli.http_addr, app, telemetry::stop_on_signal()) => served,
         Err(err) = check_keys => Err(err),
     }
+}
+
+/// The event catalog: built-in types and the operator's file, validators compiled
+/// once; a file that does not read or holds an invalid schema stops ingest here.
+fn event_catalog(cli: &Cli) -> anyhow::Result<Arc<hookline_domain::catalog::Catalog>> {
+    let file = match &cli.event_types_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "refusing to start: HOOKLINE_EVENT_TYPES_FILE {}: {e}",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    hookline_domain::catalog::Catalog::new(
+        file.as_deref(),
+        cli.event_types_unknown,
+        cli.event_validation,
+    )
+    .map(Arc::new)
+    .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))
 }
 
 /// Shortest accepted `HOOKLINE_API_KEYS_MAX_STALENESS`.

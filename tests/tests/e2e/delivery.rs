@@ -59,6 +59,14 @@ async fn a_failing_receiver_gets_the_delivery_once_it_recovers_with_one_webhook_
         1,
         "the same webhook-id on every attempt"
     );
+    assert_eq!(
+        requests
+            .iter()
+            .map(|r| r.header("webhook-attempt"))
+            .collect::<Vec<_>>(),
+        ["1", "2", "3"],
+        "each request carries its attempt number"
+    );
 
     // The attempts are recorded, newest first.
     let attempts = p

@@ -9,14 +9,17 @@
 
 mod api;
 mod bookkeeping;
+mod catalog;
 mod cloudevents;
 mod cold_start;
 mod delivery;
 mod egress;
 mod harness;
 mod observability;
+mod openapi;
 mod pipeline;
 mod router;
 mod secrets;
 mod subscriptions;
 mod tenancy;
+mod test_events;
