@@ -215,6 +215,26 @@ mod tests {
         }
     }
 
+    /// A freshness of topic `t.view` of `cluster`.
+    fn freshness_of<C: rdkafka::ClientContext>(cluster: &MockCluster<'_, C>) -> Arc<Freshness> {
+        let args = args(cluster.bootstrap_servers());
+        Arc::new(Freshness::new(&args, "test-probe", "t.view".into()).expect("freshness"))
+    }
+
+    /// `callers` tasks asking for the end at once, each with `timeout`.
+    fn at_once(
+        freshness: &Arc<Freshness>,
+        callers: usize,
+        timeout: Duration,
+    ) -> Vec<tokio::task::JoinHandle<Result<i64, NotCaughtUp>>> {
+        (0..callers)
+            .map(|_| {
+                let freshness = Arc::clone(freshness);
+                tokio::spawn(async move { freshness.end_offset(timeout).await })
+            })
+            .collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_callers_at_once_share_a_few_queries_and_each_sees_what_preceded_it() {
         let cluster = MockCluster::new(1).expect("mock cluster");
@@ -233,20 +253,8 @@ mod tests {
                 .expect("queued");
         }
         producer.flush(Duration::from_secs(10)).expect("flushed");
-        let freshness = Arc::new(
-            Freshness::new(
-                &args(cluster.bootstrap_servers()),
-                "test-probe",
-                "t.view".into(),
-            )
-            .expect("freshness"),
-        );
-        let callers: Vec<_> = (0..200)
-            .map(|_| {
-                let freshness = Arc::clone(&freshness);
-                tokio::spawn(async move { freshness.end_offset(Duration::from_secs(10)).await })
-            })
-            .collect();
+        let freshness = freshness_of(&cluster);
+        let callers = at_once(&freshness, 200, Duration::from_secs(10));
         for caller in callers {
             let end = caller.await.expect("joined").expect("end read");
             assert_eq!(
@@ -272,21 +280,9 @@ mod tests {
     async fn an_unreachable_broker_costs_one_query_at_a_time_not_one_per_caller() {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic("t.view", 1, 1).expect("topic");
-        let freshness = Arc::new(
-            Freshness::new(
-                &args(cluster.bootstrap_servers()),
-                "test-probe",
-                "t.view".into(),
-            )
-            .expect("freshness"),
-        );
+        let freshness = freshness_of(&cluster);
         cluster.broker_down(1).expect("broker down");
-        let callers: Vec<_> = (0..200)
-            .map(|_| {
-                let freshness = Arc::clone(&freshness);
-                tokio::spawn(async move { freshness.end_offset(Duration::from_millis(300)).await })
-            })
-            .collect();
+        let callers = at_once(&freshness, 200, Duration::from_millis(300));
         for caller in callers {
             assert!(
                 caller.await.expect("joined").is_err(),
