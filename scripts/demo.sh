@@ -100,7 +100,7 @@ echo "   Metrics:  curl http://$ingest_addr/metrics   (ingest)"
 echo "             curl http://$router_addr/metrics   (router)"
 echo "             curl http://$delivery_addr/metrics   (delivery: hookline_delivery_*)"
 echo "   Admin:    export HOOKLINE_ADMIN_TOKEN=$HOOKLINE_ADMIN_TOKEN   (this run's admin token)"
-echo "   Try:      curl -X POST http://$ingest_addr/v1/events -H \"authorization: Bearer \$HOOKLINE_ADMIN_TOKEN\" -d '{\"type\":\"invoice.paid\",\"tenant\":\"acme\",\"data\":{\"invoice_id\":\"in_42\"}}'"
+echo "   Try:      curl -X POST http://$ingest_addr/v1/events -H \"authorization: Bearer \$HOOKLINE_ADMIN_TOKEN\" -d '{\"type\":\"invoice.paid\",\"tenant\":\"acme\",\"data\":{\"invoice_id\":\"in_42\",\"amount_paid\":12500,\"currency\":\"EUR\"}}'"
 echo "   A key:    curl -X POST http://$ingest_addr/v1/tenants/acme/api-keys -H \"authorization: Bearer \$HOOKLINE_ADMIN_TOKEN\" -d '{\"roles\":[\"events:publish\"]}'"
 if $check; then
   [ "$got" -ge "$expected" ] || { echo "demo check failed" >&2; exit 1; }
