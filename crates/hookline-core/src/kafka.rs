@@ -1,6 +1,7 @@
 //! Kafka clients built the same way in every binary: base settings, then the
 //! operator's pass-through properties, so that SASL/SSL and tuning reach every client.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -388,7 +389,7 @@ struct ClusterMetadata {
     /// The most replicas any existing partition has.
     largest_replication: usize,
     /// Partitions of each existing topic.
-    partitions: std::collections::HashMap<String, usize>,
+    partitions: HashMap<String, usize>,
 }
 
 /// The cluster's metadata, asked again every second until it answers or `deadline`
@@ -546,14 +547,78 @@ impl FirstAssignment {
 /// first assignment.
 pub struct AssignmentContext {
     first: FirstAssignment,
+    /// What the latest statistics said of the partitions' fetching.
+    fetching: Arc<std::sync::Mutex<FetchReport>>,
+}
+
+/// What librdkafka last reported (in its statistics) of one assigned partition's
+/// fetching: enough to tell, of a partition that is not fetched, where librdkafka's
+/// fetcher stands with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionFetch {
+    /// librdkafka's fetch state (`none`, `offset-query`, `offset-wait`,
+    /// `validate-epoch-wait`, `active`, ...).
+    pub state: String,
+    /// The next offset it fetches from (negative when not known).
+    pub next_offset: i64,
+    /// The committed offset it knows (negative when not known).
+    pub committed_offset: i64,
+    /// Records fetched and not yet handed to the application.
+    pub queued: i64,
+    /// The partition's leader as it knows it (-1 when none).
+    pub leader: i32,
+}
+
+/// A group consumer's latest statistics about its fetching.
+#[derive(Debug, Clone, Default)]
+pub struct FetchReport {
+    /// When the report came; `None` before the first.
+    pub received: Option<std::time::Instant>,
+    /// The group membership's state and join state, as librdkafka names them.
+    pub group: String,
+    /// By (topic, partition), every partition assigned at the report.
+    pub partitions: HashMap<(String, i32), PartitionFetch>,
+}
+
+impl FetchReport {
+    fn from_statistics(statistics: &rdkafka::statistics::Statistics) -> Self {
+        let partitions = statistics
+            .topics
+            .iter()
+            .flat_map(|(topic, stats)| {
+                stats
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.desired)
+                    .map(move |p| {
+                        let fetch = PartitionFetch {
+                            state: p.fetch_state.clone(),
+                            next_offset: p.next_offset,
+                            committed_offset: p.committed_offset,
+                            queued: p.fetchq_cnt,
+                            leader: p.leader,
+                        };
+                        ((topic.clone(), p.partition), fetch)
+                    })
+            })
+            .collect();
+        let group = statistics
+            .cgrp
+            .as_ref()
+            .map(|g| format!("{}/{}", g.state, g.join_state))
+            .unwrap_or_default();
+        Self {
+            received: Some(std::time::Instant::now()),
+            group,
+            partitions,
+        }
+    }
 }
 
 impl AssignmentContext {
     /// A context for the consumer named `consumer` in the log.
     pub fn new(consumer: &'static str) -> Self {
-        Self {
-            first: FirstAssignment::new(consumer),
-        }
+        Self::sharing(consumer, Readiness::default())
     }
 
     /// A context for a consumer that replaces one whose first assignment was recorded
@@ -561,7 +626,17 @@ impl AssignmentContext {
     pub fn sharing(consumer: &'static str, assigned: Readiness) -> Self {
         Self {
             first: FirstAssignment::sharing(consumer, assigned),
+            fetching: Arc::default(),
         }
+    }
+
+    /// What the consumer's latest statistics said of its partitions' fetching (empty
+    /// while statistics are off or none came yet).
+    pub fn fetching(&self) -> FetchReport {
+        self.fetching
+            .lock()
+            .map(|report| report.clone())
+            .unwrap_or_default()
     }
 
     /// True from the consumer's first assignment on.
@@ -572,6 +647,9 @@ impl AssignmentContext {
 
 impl ClientContext for AssignmentContext {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        if let Ok(mut report) = self.fetching.lock() {
+            *report = FetchReport::from_statistics(&statistics);
+        }
         kafka_stats::observe(statistics);
     }
 }

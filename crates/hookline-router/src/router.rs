@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::fetch_watch::{FetchWatch, Mark};
+use crate::end_probe::EndProbe;
+use crate::fetch_watch::{FetchWatch, Sample, Verdict};
 use chrono::Utc;
 use futures::FutureExt;
 use hookline_core::config::KafkaArgs;
@@ -26,7 +27,7 @@ use hookline_domain::event::FieldError;
 use hookline_domain::routing::{route_record, EventRecord};
 use hookline_domain::task::DeliveryTask;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::Producer;
@@ -54,6 +55,7 @@ struct Metrics {
     view_moved: IntCounter,
     producers_renewed: IntCounter,
     consumers_renewed: IntCounter,
+    fetch_stalls: IntCounter,
     skipped: IntCounterVec,
     stages: prometheus::HistogramVec,
     /// Transactions by result (`committed`, `aborted`, `abort_failed`).
@@ -112,9 +114,17 @@ impl Metrics {
             "hookline_router_consumers_renewed_total",
             "Consumers closed and built again, so that routing goes on from the group's \
              committed offsets: after a Kafka failure of a batch, a fatal consumer error, \
-             or a consumer found fetching nothing from growing partitions.",
+             or a consumer the fetch watch found not fetching.",
         )?;
         registry.register(Box::new(consumers_renewed.clone()))?;
+        let fetch_stalls = IntCounter::new(
+            "hookline_router_fetch_stalls_total",
+            "Times the fetch watch found the events consumer not fetching (partitions with \
+             records to route and none handed over for HOOKLINE_STALL_AFTER, no partition \
+             for long while the topic grew, or the topic's ends unreadable for long with no \
+             record) and built it again.",
+        )?;
+        registry.register(Box::new(fetch_stalls.clone()))?;
         let stages = hookline_core::telemetry::stage_histogram(
             registry,
             "hookline_router_stage_duration_seconds",
@@ -140,6 +150,7 @@ impl Metrics {
             view_moved,
             producers_renewed,
             consumers_renewed,
+            fetch_stalls,
             skipped,
             stages,
         })
@@ -277,7 +288,8 @@ const PRODUCERS: usize = 2;
 /// The client id of the client that reads the events topic's ends for the fetch watch.
 const PROBE_CLIENT_ID: &str = "hookline-router-probe";
 
-/// How often the router, waiting for records, looks whether its consumer still fetches.
+/// How often the router looks whether its consumer still fetches every partition (and
+/// reads the events topic's ends for it, in the background).
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long a consumer being replaced may take to leave the group before the router
@@ -314,10 +326,12 @@ pub struct Router {
     progress: Progress,
     /// Beaten at every step of the loop, for `/healthz`.
     heartbeat: Heartbeat,
-    /// Whether the consumer still fetches while the router waits for records.
+    /// Whether the consumer still fetches every partition it is assigned.
     watch: FetchWatch,
-    /// Reads the events topic's ends for `watch` (a client that fetches no records).
-    probe: Arc<BaseConsumer>,
+    /// When `watch` last looked.
+    watched_at: Instant,
+    /// Reads the events topic's ends for `watch`, in the background.
+    ends: EndProbe,
     view: Arc<SubscriptionView>,
     topics: Topics,
     batch_size: usize,
@@ -424,7 +438,8 @@ impl Router {
             progress: Progress::new(settings.stall),
             heartbeat: Heartbeat::new(LOOP_BOUND),
             watch: FetchWatch::new(settings.stall),
-            probe: Arc::new(kafka::reader(args, PROBE_CLIENT_ID)?),
+            watched_at: Instant::now(),
+            ends: EndProbe::spawn(args, PROBE_CLIENT_ID, topics.events(), WATCH_INTERVAL)?,
             turn: AtomicUsize::new(0),
             view,
             topics,
@@ -510,12 +525,13 @@ impl Router {
     /// under load records pile up while the previous transaction commits, so batches
     /// grow by themselves.
     ///
-    /// While it waits, it looks every few seconds whether the consumer stopped fetching
-    /// (see [`FetchWatch`]), and builds it again if so, as it does on a fatal consumer
-    /// error.
+    /// Every few seconds, whether records come or not, it looks whether the consumer
+    /// still fetches every partition it is assigned (see [`FetchWatch`]), and builds it
+    /// again if not, as it does on a fatal consumer error.
     async fn next_batch(&mut self) -> Vec<OwnedMessage> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let first = loop {
+            self.watch_fetching().await;
             self.heartbeat.beat("waiting for events");
             let waited = tokio::select! {
                 result = self.consumer.recv() => Some(result.map(|message| message.detach())),
@@ -531,18 +547,9 @@ impl Router {
                     tracing::warn!(%err, "events topic read failed; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
-                None if self.watch.due() && self.fetching_stopped().await => {
-                    tracing::warn!(
-                        marks = %self.watch.describe(),
-                        committed = %self.committed_offsets(),
-                        "the consumer stopped fetching from growing partitions; building it again"
-                    );
-                    self.renew_consumer().await;
-                }
                 None => {}
             }
         };
-        self.watch.fetched();
         let mut batch = vec![first];
         while batch.len() < self.batch_size {
             match self.consumer.recv().now_or_never() {
@@ -554,7 +561,86 @@ impl Router {
                 None => break,
             }
         }
+        self.watch.fetched(batch.iter().map(|m| m.partition()));
         batch
+    }
+
+    /// Looks, at most every [`WATCH_INTERVAL`], whether the consumer fetches every
+    /// partition it is assigned, and builds it again if not. Reads nothing from a
+    /// broker on the way (the ends come from [`EndProbe`]), except the group's committed
+    /// offsets for the warning when it acts.
+    async fn watch_fetching(&mut self) {
+        if self.watched_at.elapsed() < WATCH_INTERVAL {
+            return;
+        }
+        self.watched_at = Instant::now();
+        self.heartbeat.beat("checking that the consumer fetches");
+        let ends = self.ends.latest();
+        let report = self.consumer.context().fetching();
+        let events = self.topics.events();
+        let Ok(assignment) = self.consumer.assignment() else {
+            tracing::warn!("the consumer's assignment is not known");
+            return;
+        };
+        let positions = self.consumer.position().unwrap_or_default();
+        let offset = |list: &TopicPartitionList, partition: i32| {
+            list.elements()
+                .iter()
+                .find(|e| e.partition() == partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                })
+        };
+        let samples: Vec<Sample> = assignment
+            .elements()
+            .iter()
+            .map(|element| {
+                let partition = element.partition();
+                let fetch = report.partitions.get(&(events.clone(), partition));
+                Sample {
+                    partition,
+                    position: offset(&positions, partition),
+                    committed: fetch
+                        .map(|f| f.committed_offset)
+                        .filter(|offset| *offset >= 0),
+                    end: ends.by_partition.get(&partition).copied(),
+                    queued: fetch.is_some_and(|f| f.queued > 0),
+                }
+            })
+            .collect();
+        let verdict = self.watch.look(&samples, ends.total(), ends.read_at);
+        let why = match &verdict {
+            Verdict::Fetching => return,
+            Verdict::Stalled(_) => {
+                "the consumer fetches nothing from partitions with records to route"
+            }
+            Verdict::Unassigned => {
+                "the consumer has had no partition for a minute while the events topic grew"
+            }
+            Verdict::Blind => {
+                "the events topic's ends could not be read for a minute, and no record came"
+            }
+        };
+        let stalled = match &verdict {
+            Verdict::Stalled(partitions) => partitions.clone(),
+            _ => Vec::new(),
+        };
+        let described: Vec<String> = samples
+            .iter()
+            .map(|sample| {
+                let fetch = report.partitions.get(&(events.clone(), sample.partition));
+                describe(sample, fetch, stalled.contains(&sample.partition))
+            })
+            .collect();
+        tracing::warn!(
+            partitions = %described.join(" "),
+            group = %report.group,
+            committed = %self.committed_offsets(),
+            "{why}; building it again"
+        );
+        self.metrics.fetch_stalls.inc();
+        self.renew_consumer().await;
     }
 
     /// The group's committed offsets of the assigned partitions as the coordinator
@@ -578,62 +664,6 @@ impl Router {
                 described.join(" ")
             }
         }
-    }
-
-    /// Whether the consumer stopped fetching: see [`FetchWatch::stuck`]. Unknown (a
-    /// query failed) counts as not stopped, until it lasted a minute
-    /// ([`FetchWatch::blind`]); the client reading the ends is then built again too.
-    async fn fetching_stopped(&mut self) -> bool {
-        self.heartbeat.beat("checking that the consumer fetches");
-        let ends = match kafka::high_watermarks(
-            Arc::clone(&self.probe),
-            self.topics.events(),
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            Ok(ends) => ends,
-            Err(err) => {
-                tracing::warn!(%err, "events topic ends not known: the fetch watch cannot tell whether the consumer still fetches");
-                if self.watch.blind() {
-                    self.renew_probe();
-                    return true;
-                }
-                return false;
-            }
-        };
-        let (Ok(assignment), Ok(positions)) =
-            (self.consumer.assignment(), self.consumer.position())
-        else {
-            tracing::warn!("the consumer's assignment or positions are not known");
-            return self.watch.blind();
-        };
-        let position = |partition: i32| {
-            positions
-                .elements()
-                .iter()
-                .find(|e| e.partition() == partition)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(offset) => Some(offset),
-                    _ => None,
-                })
-                .unwrap_or(-1)
-        };
-        let marks: Vec<Mark> = assignment
-            .elements()
-            .iter()
-            .filter_map(|element| {
-                let partition = element.partition();
-                let end = ends.iter().find(|(p, _)| *p == partition)?.1;
-                Some(Mark {
-                    partition,
-                    position: position(partition),
-                    end,
-                })
-            })
-            .collect();
-        let topic_end = ends.iter().map(|(_, end)| end).sum();
-        self.watch.stuck(&marks, topic_end)
     }
 
     /// Routes one batch in one transaction. An abortable failure aborts it and rewinds
@@ -804,17 +834,8 @@ impl Router {
             tokio::time::sleep(wait).await;
         }
         self.metrics.consumers_renewed.inc();
-        self.watch.fetched();
+        self.watch.reset();
         tracing::info!("consumer built again; routing from the committed offsets");
-    }
-
-    /// Builds the client that reads the events topic's ends again (it could not for a
-    /// minute). Keeps the old one if that fails.
-    fn renew_probe(&mut self) {
-        match kafka::reader(&self.args, PROBE_CLIENT_ID) {
-            Ok(probe) => self.probe = Arc::new(probe),
-            Err(err) => tracing::warn!(%err, "could not build the probe again"),
-        }
     }
 
     /// Closes the producer whose turn it is and builds it again with the same
@@ -1410,6 +1431,30 @@ fn truncate(mut text: String, max: usize) -> String {
             end -= 1;
         }
         text.truncate(end);
+    }
+    text
+}
+
+/// One assigned partition for the fetch watch's warning: `partition:position/end`
+/// (`-` when unknown), `stalled` when it is one the watch acts on, then what the
+/// consumer's latest statistics said of it (`committed=`, librdkafka's fetch state,
+/// its next fetch offset, its leader, records queued).
+fn describe(sample: &Sample, fetch: Option<&kafka::PartitionFetch>, stalled: bool) -> String {
+    let known = |offset: Option<i64>| offset.map_or_else(|| "-".to_owned(), |o| o.to_string());
+    let mut text = format!(
+        "{}:{}/{}",
+        sample.partition,
+        known(sample.position),
+        known(sample.end)
+    );
+    if stalled {
+        text.push_str(",stalled");
+    }
+    if let Some(fetch) = fetch {
+        text.push_str(&format!(
+            ",committed={},state={},next={},leader={},queued={}",
+            fetch.committed_offset, fetch.state, fetch.next_offset, fetch.leader, fetch.queued
+        ));
     }
     text
 }
