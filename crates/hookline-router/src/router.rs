@@ -401,6 +401,21 @@ impl Router {
             // Offsets are committed inside each transaction, never on their own.
             consumer_config.set("enable.auto.commit", "false");
         }
+        // An eager assignor, not librdkafka's cooperative-sticky default here: a
+        // cooperative rebalance hands revoked partitions over in a second round that
+        // the revoking member's rejoin starts, and a router that replaces its consumer
+        // rejoins as the same static member, which the coordinator answers with the
+        // stored assignment and no rebalance. Seen in the chaos ledger: a group stuck
+        // for good at `r1=[] r2=[2,3]`, partitions 0 and 1 assigned to no one, through
+        // every rebuilt consumer and a restarted process. An eager round assigns every
+        // partition at once.
+        if !args
+            .properties
+            .iter()
+            .any(|(key, _)| key == "partition.assignment.strategy")
+        {
+            consumer_config.set("partition.assignment.strategy", "range");
+        }
         if let Some(instance) = &settings.instance_id {
             // Static membership: a restarted instance takes its partitions back without
             // a rebalance of the whole group.
