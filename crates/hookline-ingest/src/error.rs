@@ -8,8 +8,10 @@ use serde_json::json;
 
 use hookline_domain::event::FieldError;
 
-/// What went wrong; decides the status and the machine-readable code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The machine-readable error codes; each decides the answer's HTTP status.
+// Also the `ErrorCode` schema of the OpenAPI document, under the names `code` gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = ErrorCode, rename_all = "snake_case")]
 pub enum ErrorKind {
     /// 400: the body is not JSON.
     MalformedJson,
@@ -195,6 +197,49 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_schema_names_every_code() {
+        use utoipa::PartialSchema;
+        // Exhaustive: a new kind does not compile until it is listed here.
+        let listed = |kind: ErrorKind| match kind {
+            ErrorKind::MalformedJson
+            | ErrorKind::BadRequest
+            | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden
+            | ErrorKind::NotFound
+            | ErrorKind::QuotaExceeded
+            | ErrorKind::Conflict
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::InvalidField
+            | ErrorKind::RateLimited
+            | ErrorKind::Internal
+            | ErrorKind::Unavailable => kind.code(),
+        };
+        let all = [
+            ErrorKind::MalformedJson,
+            ErrorKind::BadRequest,
+            ErrorKind::Unauthorized,
+            ErrorKind::Forbidden,
+            ErrorKind::NotFound,
+            ErrorKind::QuotaExceeded,
+            ErrorKind::Conflict,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::InvalidField,
+            ErrorKind::RateLimited,
+            ErrorKind::Internal,
+            ErrorKind::Unavailable,
+        ];
+        let schema = serde_json::to_value(ErrorKind::schema()).expect("schema as JSON");
+        let named: Vec<&str> = schema["enum"]
+            .as_array()
+            .expect("a string enum")
+            .iter()
+            .filter_map(|name| name.as_str())
+            .collect();
+        let codes: Vec<&str> = all.into_iter().map(listed).collect();
+        assert_eq!(named, codes);
+    }
 
     #[test]
     fn kinds_decide_status_and_code() {

@@ -16,6 +16,8 @@
 use serde_json::{json, Value};
 use utoipa::{OpenApi, ToSchema};
 
+use crate::error::ErrorKind;
+
 /// `{"error": {...}}`: every error answer of the API.
 #[derive(ToSchema)]
 #[schema(as = Error)]
@@ -29,7 +31,7 @@ pub(crate) struct ErrorObject {
     /// Machine-readable: `malformed_json`, `bad_request`, `unauthorized`,
     /// `forbidden`, `not_found`, `quota_exceeded`, `conflict`, `payload_too_large`,
     /// `invalid_field`, `rate_limited`, `internal`, `unavailable`.
-    code: ErrorCode,
+    code: ErrorKind,
     /// Human-readable explanation.
     message: String,
     /// The request field at fault (`$` for the whole body), when one is.
@@ -43,24 +45,6 @@ pub(crate) struct ErrorObject {
     /// `422` for an event breaking its type's schema: the rule (JSON Schema keyword)
     /// broken, e.g. `required`, `minimum`; `known_type` for a refused unknown type.
     rule: Option<String>,
-}
-
-/// The machine-readable error codes.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-pub(crate) enum ErrorCode {
-    MalformedJson,
-    BadRequest,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    QuotaExceeded,
-    Conflict,
-    PayloadTooLarge,
-    InvalidField,
-    RateLimited,
-    Internal,
-    Unavailable,
 }
 
 /// One event as a producer sends it.
@@ -441,7 +425,7 @@ fn openapi_json() {}
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(healthz, readyz, metrics, openapi_json),
-    components(schemas(ErrorBody, ErrorObject, ErrorCode)),
+    components(schemas(ErrorBody, ErrorObject, ErrorKind)),
     tags(
         (name = "events", description = "Publishing events"),
         (name = "event types", description = "The event catalog: known types and their schemas"),

@@ -441,6 +441,13 @@ async fn chaos_ledger() {
         .await
         .expect("join")
         .expect("read the topics");
+    let brokers_for_group = brokers.clone();
+    let deployment = chaos.fleet.deployment.clone();
+    let group =
+        tokio::task::spawn_blocking(move || topics::router_group(&brokers_for_group, &deployment))
+            .await
+            .expect("join")
+            .unwrap_or_else(|err| format!("router group not read: {err:#}"));
     let received = chaos.receivers.received();
     let inputs = Inputs {
         load: &stats,
@@ -460,6 +467,7 @@ async fn chaos_ledger() {
         book.violations
             .push(format!("the fault schedule failed: {err:#}"));
     }
+    book.notes.push(group);
     book.notes.push(format!(
         "{} faults injected; run took {:?}",
         chaos.faults,

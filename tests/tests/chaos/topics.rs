@@ -103,3 +103,104 @@ pub fn read(brokers: &str, deployment: &Deployment) -> anyhow::Result<Topics> {
     topics.invalid_events = read_all_on(brokers, &deployment.topic("events.dlq"))?.len();
     Ok(topics)
 }
+
+/// The router group as the coordinator holds it at the end of the run: each member's
+/// assigned `events` partitions, and each partition's committed offset against its end.
+/// A partition no member holds, or whose committed offset stays behind its end, names
+/// a routing stall (blocking; a note of the report, not a check).
+pub fn router_group(brokers: &str, deployment: &Deployment) -> anyhow::Result<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use std::time::Duration;
+    let group = format!("{}router", deployment.prefix);
+    let events = deployment.topic("events");
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &group)
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let mut members = Vec::new();
+    for info in client.fetch_group_list(Some(&group), timeout)?.groups() {
+        members.push(format!("state {}", info.state()));
+        for member in info.members() {
+            let assigned = member
+                .assignment()
+                .map(|bytes| assigned_partitions(bytes, &events))
+                .unwrap_or_default();
+            members.push(format!("{} {assigned:?}", member.id()));
+        }
+    }
+    let metadata = client.fetch_metadata(Some(&events), timeout)?;
+    let mut list = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        list.add_partition(&events, partition.id());
+    }
+    let committed = client.committed_offsets(list, timeout)?;
+    let mut offsets = Vec::new();
+    for element in committed.elements() {
+        let (_, end) = client.fetch_watermarks(&events, element.partition(), timeout)?;
+        let at = match element.offset() {
+            Offset::Offset(offset) => offset.to_string(),
+            other => format!("{other:?}"),
+        };
+        offsets.push(format!("{}:{at}/{end}", element.partition()));
+    }
+    Ok(format!(
+        "router group {group}: {}; committed/end {}",
+        members.join(", "),
+        offsets.join(" ")
+    ))
+}
+
+/// The partitions of `topic` in a consumer protocol assignment (version, then topics
+/// with their partitions, then user data); empty when it cannot be read.
+fn assigned_partitions(bytes: &[u8], topic: &str) -> Vec<i32> {
+    fn take<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
+        let (head, rest) = bytes.split_first_chunk::<N>()?;
+        *bytes = rest;
+        Some(*head)
+    }
+    let mut rest = bytes;
+    let mut found = Vec::new();
+    let parsed = (|| {
+        take::<2>(&mut rest)?;
+        let topics = i32::from_be_bytes(take::<4>(&mut rest)?);
+        for _ in 0..topics.max(0) {
+            let len = usize::from(u16::from_be_bytes(take::<2>(&mut rest)?));
+            let name = rest.get(..len)?;
+            rest = rest.get(len..)?;
+            let count = i32::from_be_bytes(take::<4>(&mut rest)?);
+            for _ in 0..count.max(0) {
+                let partition = i32::from_be_bytes(take::<4>(&mut rest)?);
+                if name == topic.as_bytes() {
+                    found.push(partition);
+                }
+            }
+        }
+        Some(())
+    })();
+    if parsed.is_none() {
+        return Vec::new();
+    }
+    found.sort_unstable();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_partitions;
+
+    #[test]
+    fn an_assignment_is_read_topic_by_topic() {
+        // Version 1; two topics: "ev" [3, 2] and "other" [0]; empty user data.
+        let mut bytes = vec![0, 1, 0, 0, 0, 2];
+        bytes.extend([0, 2, b'e', b'v', 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 2]);
+        bytes.extend([0, 5, b'o', b't', b'h', b'e', b'r', 0, 0, 0, 1, 0, 0, 0, 0]);
+        bytes.extend([0, 0, 0, 0]);
+        assert_eq!(assigned_partitions(&bytes, "ev"), vec![2, 3]);
+        assert_eq!(assigned_partitions(&bytes, "other"), vec![0]);
+        assert_eq!(assigned_partitions(&bytes, "none"), Vec::<i32>::new());
+        assert_eq!(assigned_partitions(&bytes[..9], "ev"), Vec::<i32>::new());
+    }
+}
