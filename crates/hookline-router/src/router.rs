@@ -395,32 +395,7 @@ impl Router {
         view: Arc<SubscriptionView>,
         registry: &Registry,
     ) -> anyhow::Result<Self> {
-        let mut consumer_config =
-            kafka::group_consumer_config(args, "hookline-router", &settings.group);
-        if settings.routing == Routing::ExactlyOnce {
-            // Offsets are committed inside each transaction, never on their own.
-            consumer_config.set("enable.auto.commit", "false");
-        }
-        // An eager assignor, not librdkafka's cooperative-sticky default here: a
-        // cooperative rebalance hands revoked partitions over in a second round that
-        // the revoking member's rejoin starts, and a router that replaces its consumer
-        // rejoins as the same static member, which the coordinator answers with the
-        // stored assignment and no rebalance. Seen in the chaos ledger: a group stuck
-        // for good at `r1=[] r2=[2,3]`, partitions 0 and 1 assigned to no one, through
-        // every rebuilt consumer and a restarted process. An eager round assigns every
-        // partition at once.
-        if !args
-            .properties
-            .iter()
-            .any(|(key, _)| key == "partition.assignment.strategy")
-        {
-            consumer_config.set("partition.assignment.strategy", "range");
-        }
-        if let Some(instance) = &settings.instance_id {
-            // Static membership: a restarted instance takes its partitions back without
-            // a rebalance of the whole group.
-            consumer_config.set("group.instance.id", instance);
-        }
+        let consumer_config = consumer_config(args, &settings);
         let topics = args.topics();
         let consumer = subscribe(
             &consumer_config,
@@ -1474,6 +1449,36 @@ fn describe(sample: &Sample, fetch: Option<&kafka::PartitionFetch>, stalled: boo
     text
 }
 
+/// The configuration of the router's group consumer of the events topic.
+fn consumer_config(args: &KafkaArgs, settings: &Settings) -> ClientConfig {
+    let mut config = kafka::group_consumer_config(args, "hookline-router", &settings.group);
+    if settings.routing == Routing::ExactlyOnce {
+        // Offsets are committed inside each transaction, never on their own.
+        config.set("enable.auto.commit", "false");
+    }
+    // An eager assignor, not the cooperative-sticky one of other group consumers: a
+    // cooperative rebalance hands revoked partitions over in a second round that
+    // the revoking member's rejoin starts, and a router that replaces its consumer
+    // rejoins as the same static member, which the coordinator answers with the
+    // stored assignment and no rebalance. Seen in the chaos ledger: a group stuck
+    // for good at `r1=[] r2=[2,3]`, partitions 0 and 1 assigned to no one, through
+    // every rebuilt consumer and a restarted process. An eager round assigns every
+    // partition at once.
+    if !args
+        .properties
+        .iter()
+        .any(|(key, _)| key == "partition.assignment.strategy")
+    {
+        config.set("partition.assignment.strategy", "range");
+    }
+    if let Some(instance) = &settings.instance_id {
+        // Static membership: a restarted instance takes its partitions back without
+        // a rebalance of the whole group.
+        config.set("group.instance.id", instance);
+    }
+    config
+}
+
 /// A consumer of the events topic built from `config`, subscribed.
 fn subscribe(
     config: &ClientConfig,
@@ -1523,6 +1528,49 @@ fn gave_up(err: &KafkaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(instance_id: Option<&str>) -> Settings {
+        Settings {
+            routing: Routing::ExactlyOnce,
+            group: "g".into(),
+            instance_id: instance_id.map(str::to_owned),
+            transactional_id: "t".into(),
+            batch_size: 1,
+            max_task_bytes: 1,
+            view_patience: Duration::ZERO,
+            cloudevents: CloudEventsConfig::default(),
+            stall: Duration::ZERO,
+        }
+    }
+
+    fn kafka_args(properties: &[(&str, &str)]) -> KafkaArgs {
+        KafkaArgs {
+            brokers: "127.0.0.1:1".into(),
+            topic_prefix: "t.".into(),
+            topic_partitions: 1,
+            topic_replication: hookline_core::config::Replication::Auto,
+            properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            statistics_interval: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn routers_assign_eagerly_unless_the_operator_chose() {
+        let config = consumer_config(&kafka_args(&[]), &settings(Some("r1")));
+        assert_eq!(config.get("partition.assignment.strategy"), Some("range"));
+        assert_eq!(config.get("group.instance.id"), Some("r1"));
+        assert_eq!(config.get("enable.auto.commit"), Some("false"));
+        let chosen = kafka_args(&[("partition.assignment.strategy", "roundrobin")]);
+        let config = consumer_config(&chosen, &settings(None));
+        assert_eq!(
+            config.get("partition.assignment.strategy"),
+            Some("roundrobin")
+        );
+        assert_eq!(config.get("group.instance.id"), None);
+    }
 
     fn out(source: usize, isolated: bool) -> Outgoing {
         Outgoing {
