@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use hookline_e2e::{eventually, read_all, Behaviour, Deployment, Pipeline, Received};
+use hookline_e2e::{eventually, read_all, Behaviour, Deployment, Pipeline, Proc, Received};
 use reqwest::Method;
 use serde_json::json;
 
@@ -390,19 +390,32 @@ async fn two_workers_share_the_partitions_and_deliver_everything() {
             >= count * paths.len()
     });
     assert!(all.await, "together they deliver everything");
-    let mut per_worker = Vec::new();
-    for worker in &p.workers {
-        per_worker.push(
+    // A delivery is counted once its attempt record is written, a moment after the
+    // receiver answered: wait for the counts to catch up with what was received.
+    let total = (count * paths.len()) as f64;
+    let counted = eventually(Duration::from_secs(30), || async {
+        delivered_counts(&p.workers).await.iter().sum::<f64>() >= total
+    })
+    .await;
+    let counts = delivered_counts(&p.workers).await;
+    assert!(counted, "deliveries counted: {counts:?}, of {total}");
+    assert!(
+        counts.iter().all(|n| *n > 0.0),
+        "both workers delivered: {counts:?}"
+    );
+}
+
+/// Each worker's count of delivered tasks.
+async fn delivered_counts(workers: &[Proc]) -> Vec<f64> {
+    let mut counts = Vec::new();
+    for worker in workers {
+        counts.push(
             worker
                 .metric("hookline_delivery_tasks_total{outcome=\"delivered\"")
                 .await,
         );
     }
-    assert!(
-        per_worker.iter().all(|n| *n > 0.0),
-        "both workers delivered: {per_worker:?}"
-    );
-    assert!(per_worker.iter().sum::<f64>() >= (count * paths.len()) as f64);
+    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
