@@ -2,9 +2,11 @@
 # Installs what the demo, the test suite and CI need and the machine lacks: cmake,
 # pkg-config and libssl-dev (librdkafka is built from source), Java and Maven (the local
 # Kafka broker, deploy/local/kafka.sh), kcat and curl (the tests), Prometheus and
-# promtool (the metrics and alert rule checks), and the Python packages
+# promtool (the metrics and alert rule checks), the Python packages
 # standardwebhooks and schemathesis (the tests) and kubernetes-validate (the
-# manifests). A Rust toolchain is
+# manifests), Node.js with npm and the example receivers' npm packages
+# (examples/receivers/typescript: standardwebhooks and typescript, from its
+# package-lock.json). A Rust toolchain is
 # expected. apt-get runs only when something is missing, through sudo when not root;
 # without apt-get (or without root and sudo) it says what to install and fails.
 #
@@ -30,6 +32,10 @@ command -v curl >/dev/null || missing+=(curl)
 # of the same package scrapes a real run in the end-to-end tests.
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
+# The TypeScript example receiver (docs/receivers.md) runs on Node.js, 18 or later.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 # The official Standard Webhooks library for Python: the end-to-end tests check with it
 # that rotated deliveries verify with either secret.
@@ -55,8 +61,23 @@ install_schemathesis() {
   python3 -m pip install --quiet schemathesis 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages schemathesis
 }
+# The example receivers' libraries (tests/tests/e2e/receivers.rs runs both receivers
+# against the pipeline): the Python one's requirements (standardwebhooks, as above), and
+# the TypeScript one's npm packages, exactly as its package-lock.json pins them, again
+# whenever the lock file is newer than what was installed.
+install_receiver_examples() {
+  python3 -c 'import standardwebhooks' 2>/dev/null \
+    || python3 -m pip install --quiet -r "$root/examples/receivers/python/requirements.txt" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages -r "$root/examples/receivers/python/requirements.txt"
+  local ts="$root/examples/receivers/typescript"
+  if [ ! -f "$ts/node_modules/.package-lock.json" ] || [ "$ts/package-lock.json" -nt "$ts/node_modules/.package-lock.json" ]; then
+    log "installing the TypeScript example receiver's npm packages (npm ci)"
+    (cd "$ts" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
 if [ ${#missing[@]} -eq 0 ]; then
   install_standardwebhooks
+  install_receiver_examples
   install_kubernetes_validate
   install_schemathesis
   exit 0
@@ -81,3 +102,4 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}
 install_standardwebhooks
 install_kubernetes_validate
 install_schemathesis
+install_receiver_examples

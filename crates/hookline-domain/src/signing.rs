@@ -86,6 +86,31 @@ impl WebhookSecret {
 
     /// Checks a `webhook-signature` header value (space-separated `v1,<sig>` entries)
     /// in constant time per entry; the timestamp must be within `tolerance_secs` of `now`.
+    ///
+    /// A receiver's check (docs/receivers.md): the raw body as it arrived, the
+    /// `webhook-id`, `webhook-timestamp` and `webhook-signature` headers, the receiver's
+    /// clock and a tolerance of a few minutes.
+    ///
+    /// ```
+    /// use hookline_domain::signing::{SignatureError, WebhookSecret};
+    ///
+    /// let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    /// let (id, sent_at, body) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+    /// let signature = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+    /// let now = sent_at + 2;
+    ///
+    /// assert_eq!(secret.verify(id, sent_at, body, signature, now, 300), Ok(()));
+    /// assert_eq!(
+    ///     secret.verify(id, sent_at, br#"{"test": 1}"#, signature, now, 300),
+    ///     Err(SignatureError::NoMatch),
+    ///     "a tampered body"
+    /// );
+    /// assert_eq!(
+    ///     secret.verify(id, sent_at, body, signature, sent_at + 600, 300),
+    ///     Err(SignatureError::StaleTimestamp),
+    ///     "played back ten minutes later"
+    /// );
+    /// ```
     pub fn verify(
         &self,
         msg_id: &str,

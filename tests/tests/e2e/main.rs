@@ -18,6 +18,7 @@ mod harness;
 mod observability;
 mod openapi;
 mod pipeline;
+mod receivers;
 mod router;
 mod secrets;
 mod subscriptions;
