@@ -25,7 +25,8 @@ pub struct Sample {
     pub committed: Option<i64>,
     /// The partition's end (its last stable offset), when it could be read.
     pub end: Option<i64>,
-    /// Whether records of it are fetched and waiting to be handed over.
+    /// Whether records of it are fetched and waiting to be handed over (they get four
+    /// times the patience).
     pub queued: bool,
 }
 
@@ -62,8 +63,9 @@ pub enum Verdict {
 pub struct FetchWatch {
     /// How long a partition may have records to hand over and hand over none.
     patience: Duration,
-    /// Since when each partition has been behind with no record handed over.
-    behind_since: HashMap<i32, Instant>,
+    /// Since when each partition has been behind with no record handed over, and
+    /// whether records of it were fetched and waiting at the last look.
+    behind_since: HashMap<i32, (Instant, bool)>,
     /// Partitions that handed over a record since the last look.
     moved: HashSet<i32>,
     /// When the consumer last handed over a record (or was built).
@@ -121,7 +123,7 @@ impl FetchWatch {
         let assigned: HashSet<i32> = samples.iter().map(|s| s.partition).collect();
         self.behind_since.retain(|p, _| assigned.contains(p));
         for sample in samples {
-            if moved.contains(&sample.partition) || sample.queued {
+            if moved.contains(&sample.partition) {
                 self.behind_since.remove(&sample.partition);
                 continue;
             }
@@ -129,18 +131,32 @@ impl FetchWatch {
                 // The end is not known: neither cleared nor suspected.
                 None => {}
                 Some(true) => {
-                    self.behind_since.entry(sample.partition).or_insert(now);
+                    let entry = self
+                        .behind_since
+                        .entry(sample.partition)
+                        .or_insert((now, sample.queued));
+                    entry.1 = sample.queued;
                 }
                 Some(false) => {
                     self.behind_since.remove(&sample.partition);
                 }
             }
         }
-        let long = |since: Instant| now.saturating_duration_since(since) >= self.patience;
+        // Records fetched and waiting are handed over once the router is done with a
+        // long batch (a transactional call may take 20 s): they get four times the
+        // patience, not for ever, since a queue that is never handed over is a stall too.
+        let long = |(since, queued): (Instant, bool)| {
+            let patience = if queued {
+                self.patience * 4
+            } else {
+                self.patience
+            };
+            now.saturating_duration_since(since) >= patience
+        };
         let mut stalled: Vec<i32> = self
             .behind_since
             .iter()
-            .filter(|(_, since)| long(**since))
+            .filter(|(_, state)| long(**state))
             .map(|(partition, _)| *partition)
             .collect();
         if !stalled.is_empty() {
@@ -259,17 +275,22 @@ mod tests {
                 Verdict::Fetching
             );
         }
-        // Behind, with fetched records waiting to be handed over (the router was busy).
+        // Behind, with fetched records waiting to be handed over (the router was busy):
+        // four times the patience, then suspect all the same.
         let waiting = [Sample {
             queued: true,
             ..behind[0]
         }];
-        for secs in [40, 60, 80] {
+        for secs in [40, 60, 80, 99] {
             assert_eq!(
                 watch.look_at(&waiting, Some(50), Some(at(start, secs)), at(start, secs)),
                 Verdict::Fetching
             );
         }
+        assert_eq!(
+            watch.look_at(&waiting, Some(50), Some(at(start, 100)), at(start, 100)),
+            Verdict::Stalled(vec![2])
+        );
     }
 
     #[test]
