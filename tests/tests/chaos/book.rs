@@ -245,6 +245,8 @@ pub struct Book {
     pub requests: usize,
     /// Duplicates.
     pub duplicates: usize,
+    /// Duplicates by subscription name.
+    pub duplicates_by_subscription: BTreeMap<String, usize>,
     /// Ordered subscriptions: (first deliveries checked, in order).
     pub ordered: (usize, usize),
     /// Per window.
@@ -271,6 +273,8 @@ struct Deliveries {
     first: BTreeMap<(String, String), Instant>,
     /// 2xx copies after the first, by arrival.
     copies: Vec<Instant>,
+    /// 2xx copies after the first, by subscription name.
+    copies_by_subscription: BTreeMap<String, usize>,
     requests: usize,
 }
 
@@ -291,6 +295,7 @@ pub fn take(inputs: &Inputs<'_>) -> Book {
     let deliveries = check_requests(inputs, &models, &events, &mut book);
     book.requests = deliveries.requests;
     book.duplicates = deliveries.copies.len();
+    book.duplicates_by_subscription = deliveries.copies_by_subscription.clone();
     book.delivered = deliveries.first.len();
     check_expected(inputs, &models, &deliveries, &mut book);
     check_order(inputs, &models, &deliveries, &mut book);
@@ -339,6 +344,7 @@ fn check_requests(
     let mut deliveries = Deliveries {
         first: BTreeMap::new(),
         copies: Vec::new(),
+        copies_by_subscription: BTreeMap::new(),
         requests: 0,
     };
     let (mut unexpected, mut bad, mut late) = (0, 0, 0);
@@ -408,7 +414,11 @@ fn check_requests(
             let pair = (event_id.to_owned(), sub.id.clone());
             match deliveries.first.entry(pair) {
                 std::collections::btree_map::Entry::Occupied(_) => {
-                    deliveries.copies.push(r.arrived)
+                    deliveries.copies.push(r.arrived);
+                    *deliveries
+                        .copies_by_subscription
+                        .entry(sub.spec.name.to_owned())
+                        .or_default() += 1;
                 }
                 std::collections::btree_map::Entry::Vacant(first) => {
                     first.insert(r.arrived);
@@ -786,6 +796,14 @@ pub fn report(book: &Book, inputs: &Inputs<'_>, settings: &str) -> String {
         "requests {}, pairs delivered {}, duplicates {} (each with its first copy's webhook-id)",
         book.requests, book.delivered, book.duplicates
     );
+    let mut by_subscription: Vec<(&String, &usize)> =
+        book.duplicates_by_subscription.iter().collect();
+    by_subscription.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let listed: Vec<String> = by_subscription
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    let _ = writeln!(out, "duplicates by subscription: {}", listed.join(", "));
     let _ = writeln!(
         out,
         "ordered subscriptions: {} first deliveries checked, {} in order",
