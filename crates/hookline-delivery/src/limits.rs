@@ -270,10 +270,9 @@ mod tests {
         if let Some(first) = first {
             first.answered();
         }
-        assert!(
-            matches!(poll_once(third.as_mut()), Poll::Ready(Ok(_))),
-            "a released slot is taken by the request waiting for it"
-        );
+        let Poll::Ready(Ok(third)) = poll_once(third.as_mut()) else {
+            panic!("a released slot is taken by the request waiting for it");
+        };
         let mut fourth = pin!(limits.acquire(&subscription, false));
         assert!(
             poll_once(fourth.as_mut()).is_pending(),
@@ -281,6 +280,7 @@ mod tests {
         );
         drop(second);
         assert!(matches!(poll_once(fourth.as_mut()), Poll::Ready(Ok(_))));
+        drop(third);
     }
 
     #[tokio::test]
