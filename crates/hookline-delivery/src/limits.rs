@@ -232,3 +232,81 @@ impl Breakers {
         self.open.set(open as i64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::{pin, Pin};
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    /// Polls `future` once, without waiting: whether it could finish right now.
+    fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn subscription() -> Subscription {
+        let url = "https://erp.example/hooks".parse().expect("a valid URL");
+        Subscription::basic("sub_a", "acme", url, Vec::new())
+    }
+
+    #[tokio::test]
+    async fn a_slot_bounds_requests_and_is_free_again_once_released() {
+        let limits = Limits::new(2);
+        let subscription = subscription();
+        let first = limits.acquire(&subscription, false).await.ok();
+        let second = limits.acquire(&subscription, false).await.ok();
+        assert!(first.is_some() && second.is_some(), "two slots");
+
+        let mut third = pin!(limits.acquire(&subscription, false));
+        assert!(
+            poll_once(third.as_mut()).is_pending(),
+            "a third request waits while two are in flight"
+        );
+        // The pipeline releases a slot when the answer is in, before its bookkeeping:
+        // the next request may go out while the first one's records are still being
+        // written.
+        if let Some(first) = first {
+            first.answered();
+        }
+        let Poll::Ready(Ok(third)) = poll_once(third.as_mut()) else {
+            panic!("a released slot is taken by the request waiting for it");
+        };
+        let mut fourth = pin!(limits.acquire(&subscription, false));
+        assert!(
+            poll_once(fourth.as_mut()).is_pending(),
+            "still two in flight at most"
+        );
+        drop(second);
+        assert!(matches!(poll_once(fourth.as_mut()), Poll::Ready(Ok(_))));
+        drop(third);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_of_its_own_limit_gets_that_many_slots() {
+        let limits = Limits::new(8);
+        let request: hookline_domain::subscription::NewSubscription = serde_json::from_value(
+            serde_json::json!({"tenant": "acme", "url": "https://erp.example/hooks",
+                               "event_types": ["*"], "max_in_flight": 1}),
+        )
+        .expect("a valid subscription request");
+        let keyring = hookline_domain::sealing::Keyring::parse(
+            &hookline_domain::sealing::Keyring::generate_entry("k"),
+        )
+        .expect("a generated key");
+        let saving = hookline_domain::subscription::Saving {
+            rules: &Default::default(),
+            keyring: &keyring,
+        };
+        let (narrow, _) = request
+            .into_subscription("sub_n".into(), chrono::Utc::now(), saving)
+            .expect("a valid subscription");
+        let only = limits.acquire(&narrow, false).await.ok();
+        assert!(only.is_some());
+        let mut next = pin!(limits.acquire(&narrow, false));
+        assert!(poll_once(next.as_mut()).is_pending(), "max_in_flight 1");
+        drop(only);
+        assert!(matches!(poll_once(next.as_mut()), Poll::Ready(Ok(_))));
+    }
+}

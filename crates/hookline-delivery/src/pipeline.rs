@@ -375,38 +375,61 @@ async fn skip_deleted(context: &Context, task: &DeliveryTask) {
         .await;
 }
 
+/// Why a task is not attempted: its subscription is deleted, or it is refused (and
+/// dead-lettered by [`not_attempted`]).
+enum NotActive {
+    /// A caught-up view shows the subscription deleted.
+    Deleted,
+    /// The subscription is disabled, or belongs to another tenant than the task.
+    Refused {
+        outcome: TaskOutcome,
+        reason: &'static str,
+        class: DlqReason,
+    },
+}
+
 /// The subscription of `task` as a fresh view shows it, if it still receives
-/// deliveries; dead-letters the task when the subscription is disabled or belongs to
-/// another tenant.
+/// deliveries. Writes nothing: the caller carries out a refusal with
+/// [`not_attempted`], outside any concurrency slot.
 async fn active_subscription(
     context: &Context,
-    message: &OwnedMessage,
     task: &DeliveryTask,
-) -> Result<Arc<Subscription>, Step> {
+) -> Result<Arc<Subscription>, NotActive> {
     let subscription = find_subscription(context, &task.subscription_id)
         .await
-        .ok_or(Step::Deleted)?;
-    let refusal = if subscription.tenant() != task.event.tenant {
-        Some((
-            TaskOutcome::Invalid,
-            "task tenant differs from its subscription's",
-            DlqReason::TenantMismatch,
-        ))
-    } else if !subscription.is_active() {
-        Some((
-            TaskOutcome::DeadLettered,
-            "subscription disabled",
-            DlqReason::SubscriptionDisabled,
-        ))
-    } else {
-        None
-    };
-    if let Some((outcome, reason, class)) = refusal {
-        context.metrics.task(outcome);
-        dead_letter(context, message, reason, None, class).await;
-        return Err(Step::Finished);
+        .ok_or(NotActive::Deleted)?;
+    if subscription.tenant() != task.event.tenant {
+        return Err(NotActive::Refused {
+            outcome: TaskOutcome::Invalid,
+            reason: "task tenant differs from its subscription's",
+            class: DlqReason::TenantMismatch,
+        });
+    }
+    if !subscription.is_active() {
+        return Err(NotActive::Refused {
+            outcome: TaskOutcome::DeadLettered,
+            reason: "subscription disabled",
+            class: DlqReason::SubscriptionDisabled,
+        });
     }
     Ok(subscription)
+}
+
+/// Ends a task that is not attempted: a refused one is dead-lettered (done once
+/// acknowledged), a deleted one is left to the caller to drop.
+async fn not_attempted(context: &Context, message: &OwnedMessage, why: NotActive) -> Step {
+    match why {
+        NotActive::Deleted => Step::Deleted,
+        NotActive::Refused {
+            outcome,
+            reason,
+            class,
+        } => {
+            context.metrics.task(outcome);
+            dead_letter(context, message, reason, None, class).await;
+            Step::Finished
+        }
+    }
 }
 
 /// One attempt at `task` (or its skip while the endpoint's circuit is open), with
@@ -417,13 +440,17 @@ async fn attempt_once(
     task: &mut DeliveryTask,
     timing: Option<&mut Timing>,
 ) -> Step {
-    let queued = match active_subscription(context, message, task).await {
+    let queued = match active_subscription(context, task).await {
         Ok(subscription) => subscription,
-        Err(step) => return step,
+        Err(why) => return not_attempted(context, message, why).await,
     };
     // The slot bounds requests in flight to the endpoint, nothing else: it is released
-    // right after the request, before the bookkeeping. Admission waits for the slot, so
-    // tasks queued behind it see a circuit opened meanwhile.
+    // as soon as the answer (or the timeout, or the error) is in, before the attempt
+    // record, the health write and any retry or dead letter. Those still end before
+    // `process` returns, and only then does the worker store the record's offset
+    // (at-least-once); an ordered lane waits for them too before its next request.
+    // Admission waits for the slot, so tasks queued behind it see a circuit opened
+    // meanwhile.
     // Ordered tasks wait their turn whatever it takes; others do not wait behind a
     // stalled endpoint, which would hold their partition back for everyone.
     let ordered = queued.ordered();
@@ -443,9 +470,13 @@ async fn attempt_once(
     };
     // The wait for the slot may have outlived a deletion, a disable or a new URL: the
     // request goes out only as the view shows the subscription now.
-    let subscription = match active_subscription(context, message, task).await {
+    let subscription = match active_subscription(context, task).await {
         Ok(subscription) => subscription,
-        Err(step) => return step,
+        Err(why) => {
+            // No request goes out: the slot is free before the dead letter is written.
+            drop(slot);
+            return not_attempted(context, message, why).await;
+        }
     };
     let result = call_endpoint(context, &subscription, task, slot, timing).await;
     let failed = matches!(result, AttemptResult::Failed { .. });

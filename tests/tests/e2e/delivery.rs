@@ -6,7 +6,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use hookline_e2e::{eventually, read_all, Behaviour, Deployment, Pipeline, Proc, Received};
+use hookline_e2e::{
+    eventually, read_all, record_count, Api, Behaviour, Deployment, Pipeline, Proc, Received,
+    Receiver,
+};
 use reqwest::Method;
 use serde_json::json;
 
@@ -579,6 +582,127 @@ async fn subscription_limits_and_the_circuit_breaker_hold() {
         p.receiver.on("broken").len() < count,
         "broken endpoint not hammered with every delivery"
     );
+}
+
+/// A subscription's concurrency slot bounds the requests in flight to its endpoint and
+/// nothing else: the bookkeeping after an answer (the attempt record acknowledged by
+/// Kafka) happens outside it, while the record's offset still waits for that
+/// bookkeeping. The worker's producer lingers for ten minutes here, so none of its
+/// writes is acknowledged during the test: were the slot held until the attempt record
+/// is acknowledged, only the first two requests could ever go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_bounds_requests_to_the_endpoint_not_the_bookkeeping_after_them() {
+    let deployment = quick("1s,1s,1s");
+    let ingest = deployment.start("hookline-ingest").await.unwrap();
+    let router = deployment.start("hookline-router").await.unwrap();
+    // Only the worker's producer lingers (consumers ignore producer properties).
+    let lingering = [(
+        "HOOKLINE_KAFKA_PROPERTIES",
+        "linger.ms=600000,message.timeout.ms=900000",
+    )];
+    let worker = deployment
+        .start_with("hookline-delivery", &lingering)
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await.unwrap();
+    let api = Api::new(ingest.url());
+    let mut p = Pipeline {
+        deployment,
+        ingest,
+        router,
+        workers: vec![worker],
+        receiver,
+        api,
+    };
+    p.subscribe(
+        "acme",
+        &["invoice.paid"],
+        "narrow",
+        json!({"max_in_flight": 2}),
+    )
+    .await
+    .unwrap();
+    p.subscribe(
+        "acme",
+        &["invoice.paid"],
+        "ordered",
+        json!({"ordered": true}),
+    )
+    .await
+    .unwrap();
+    // Requests overlap unless something holds them back.
+    p.receiver
+        .behave("narrow", Behaviour::Hang(Duration::from_millis(200)));
+    let count = 8;
+    p.send("acme", "invoice.paid", count).await.unwrap();
+
+    let all_sent = p
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| {
+            r.iter().filter(|x| x.path == "narrow").count() >= count
+        })
+        .await;
+    assert!(
+        all_sent,
+        "every request went out while the attempt records wait for Kafka; got {}",
+        p.receiver.on("narrow").len()
+    );
+    assert_eq!(
+        p.receiver.max_concurrency("narrow"),
+        2,
+        "the slot still bounds requests in flight"
+    );
+    let attempts = p.deployment.topic("attempts");
+    assert_eq!(
+        record_count(&attempts).await.unwrap(),
+        0,
+        "no attempt record acknowledged yet: the bookkeeping is still under way"
+    );
+    let worker = &p.workers[0];
+    assert_eq!(
+        worker
+            .metric("hookline_delivery_tasks_total{outcome=\"delivered\"")
+            .await,
+        0.0,
+        "no task is done before its attempt record is durable"
+    );
+    // An ordered lane waits for a task's bookkeeping before its next request.
+    assert_eq!(
+        p.receiver.on("ordered").len(),
+        1,
+        "the ordered lane is held by its first task's bookkeeping"
+    );
+
+    // The worker dies with its records unwritten: nothing was committed, so a new
+    // worker delivers every task again, with the same webhook-ids.
+    let first = ids(&p.receiver.on("narrow"));
+    p.workers[0].kill_hard();
+    p.workers[0] = p.deployment.start("hookline-delivery").await.unwrap();
+    let distinct = |r: &[Received], path: &str| {
+        let on_path = r.iter().filter(|x| x.path == path);
+        on_path
+            .map(|x| x.header("webhook-id"))
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    let again = p
+        .receiver
+        .wait_until(Duration::from_secs(90), |r| {
+            r.iter().filter(|x| x.path == "narrow").count() >= 2 * count
+                && distinct(r, "ordered") >= count
+        })
+        .await;
+    assert!(again, "every task delivered again by the new worker");
+    assert_eq!(
+        ids(&p.receiver.on("narrow")),
+        first,
+        "redelivered with the same webhook-ids"
+    );
+    let recorded = eventually(Duration::from_secs(30), || async {
+        record_count(&attempts).await.unwrap_or(0) >= (2 * count) as i64
+    })
+    .await;
+    assert!(recorded, "the new worker's attempt records are written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
