@@ -95,6 +95,17 @@ impl KafkaArgs {
     pub fn topics(&self) -> Topics {
         Topics::new(self.topic_prefix.clone())
     }
+
+    /// The operator's value of librdkafka property `key`, if one was given (the last,
+    /// as it is applied last): where a binary sets a default of its own, the
+    /// operator's choice wins.
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 /// Settings of the HTTP API's authentication.
@@ -472,6 +483,21 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn the_last_value_of_a_property_is_the_operators() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--kafka-property",
+            "linger.ms=5,acks=all",
+            "--kafka-property",
+            "linger.ms=20",
+        ])
+        .unwrap();
+        assert_eq!(cli.kafka.property("linger.ms"), Some("20"));
+        assert_eq!(cli.kafka.property("acks"), Some("all"));
+        assert_eq!(cli.kafka.property("fetch.wait.max.ms"), None);
     }
 
     #[test]

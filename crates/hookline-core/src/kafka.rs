@@ -125,11 +125,8 @@ pub type Producer = FutureProducer<StatsContext>;
 /// last, wins over the setting).
 fn statistics_interval(args: &KafkaArgs) -> String {
     let overridden = args
-        .properties
-        .iter()
-        .rev()
-        .find(|(key, _)| key == "statistics.interval.ms")
-        .and_then(|(_, ms)| ms.parse::<u64>().ok())
+        .property("statistics.interval.ms")
+        .and_then(|ms| ms.parse::<u64>().ok())
         .map(Duration::from_millis);
     kafka_stats::set_interval(overridden.unwrap_or(args.statistics_interval));
     kafka_stats::interval_ms(args.statistics_interval)

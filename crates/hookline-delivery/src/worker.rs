@@ -324,14 +324,13 @@ impl Worker {
         // The worker reads several topics (deliveries and retry tiers); the range
         // assignor spreads each topic's partitions over the workers, where a sticky one
         // balances only the total and may leave one worker all of `deliveries`.
-        let operator_set = |key: &str| args.properties.iter().any(|(k, _)| k == key);
-        if !operator_set("partition.assignment.strategy") {
+        if args.property("partition.assignment.strategy").is_none() {
             config.set("partition.assignment.strategy", "range");
         }
         // Tasks arrive in router transactions; a read_committed fetch parked on the
         // broker is not woken by a commit marker, so a long fetch wait (librdkafka's
         // default 500 ms) shows up as delivery latency.
-        if !operator_set("fetch.wait.max.ms") {
+        if args.property("fetch.wait.max.ms").is_none() {
             config.set("fetch.wait.max.ms", "50");
         }
         let progress = SharedProgress::default();

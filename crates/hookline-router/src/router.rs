@@ -1464,11 +1464,7 @@ fn consumer_config(args: &KafkaArgs, settings: &Settings) -> ClientConfig {
     // for good at `r1=[] r2=[2,3]`, partitions 0 and 1 assigned to no one, through
     // every rebuilt consumer and a restarted process. An eager round assigns every
     // partition at once.
-    if !args
-        .properties
-        .iter()
-        .any(|(key, _)| key == "partition.assignment.strategy")
-    {
+    if args.property("partition.assignment.strategy").is_none() {
         config.set("partition.assignment.strategy", "range");
     }
     if let Some(instance) = &settings.instance_id {
