@@ -569,8 +569,6 @@ pub struct PartitionFetch {
 /// A group consumer's latest statistics about its fetching.
 #[derive(Debug, Clone, Default)]
 pub struct FetchReport {
-    /// When the report came; `None` before the first.
-    pub received: Option<std::time::Instant>,
     /// The group membership's state and join state, as librdkafka names them.
     pub group: String,
     /// By (topic, partition), every partition assigned at the report.
@@ -604,11 +602,7 @@ impl FetchReport {
             .as_ref()
             .map(|g| format!("{}/{}", g.state, g.join_state))
             .unwrap_or_default();
-        Self {
-            received: Some(std::time::Instant::now()),
-            group,
-            partitions,
-        }
+        Self { group, partitions }
     }
 }
 
