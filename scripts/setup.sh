@@ -37,38 +37,38 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-# The official Standard Webhooks library for Python: the end-to-end tests check with it
-# that rotated deliveries verify with either secret.
+# Into the system Python, as the other packages; Debian's refuses without
+# --break-system-packages (PEP 668).
+pip_install() {
+  python3 -m pip install --quiet "$@" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "$@"
+}
+# The official Standard Webhooks library for Python, as the Python example receiver's
+# requirements pin it: the end-to-end tests check with it that rotated deliveries
+# verify with either secret, and run that receiver (tests/tests/e2e/receivers.rs).
 install_standardwebhooks() {
   python3 -c 'import standardwebhooks' 2>/dev/null && return 0
   log "installing the Python package standardwebhooks"
-  python3 -m pip install --quiet standardwebhooks 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages standardwebhooks
+  pip_install -r "$root/examples/receivers/python/requirements.txt"
 }
 # kubernetes-validate checks deploy/kubernetes against the Kubernetes API schemas it
 # ships (scripts/check-deploy.sh), with no cluster and no download at check time.
 install_kubernetes_validate() {
   command -v kubernetes-validate >/dev/null && return 0
   log "installing the Python package kubernetes-validate"
-  python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+  pip_install kubernetes-validate
 }
 # schemathesis (PyPI): the end-to-end tests run it against the running ingest, with
 # the OpenAPI document it serves (tests/tests/e2e/openapi.rs).
 install_schemathesis() {
   python3 -c 'import schemathesis' 2>/dev/null && return 0
   log "installing the Python package schemathesis"
-  python3 -m pip install --quiet schemathesis 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages schemathesis
+  pip_install schemathesis
 }
-# The example receivers' libraries (tests/tests/e2e/receivers.rs runs both receivers
-# against the pipeline): the Python one's requirements (standardwebhooks, as above), and
-# the TypeScript one's npm packages, exactly as its package-lock.json pins them, again
-# whenever the lock file is newer than what was installed.
-install_receiver_examples() {
-  python3 -c 'import standardwebhooks' 2>/dev/null \
-    || python3 -m pip install --quiet -r "$root/examples/receivers/python/requirements.txt" 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages -r "$root/examples/receivers/python/requirements.txt"
+# The TypeScript example receiver's npm packages (tests/tests/e2e/receivers.rs runs it
+# against the pipeline), exactly as its package-lock.json pins them, again whenever the
+# lock file is newer than what was installed.
+install_typescript_receiver() {
   local ts="$root/examples/receivers/typescript"
   if [ ! -f "$ts/node_modules/.package-lock.json" ] || [ "$ts/package-lock.json" -nt "$ts/node_modules/.package-lock.json" ]; then
     log "installing the TypeScript example receiver's npm packages (npm ci)"
@@ -77,7 +77,7 @@ install_receiver_examples() {
 }
 if [ ${#missing[@]} -eq 0 ]; then
   install_standardwebhooks
-  install_receiver_examples
+  install_typescript_receiver
   install_kubernetes_validate
   install_schemathesis
   exit 0
@@ -102,4 +102,4 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}
 install_standardwebhooks
 install_kubernetes_validate
 install_schemathesis
-install_receiver_examples
+install_typescript_receiver
