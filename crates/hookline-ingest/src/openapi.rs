@@ -560,6 +560,24 @@ mod tests {
     const KEPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
 
     #[test]
+    fn the_attempt_outcome_schema_names_every_outcome_of_the_domain() {
+        use utoipa::PartialSchema;
+        // The domain crate stays free of schema types; this mirror must not drift.
+        let schema = serde_json::to_value(AttemptOutcome::schema()).expect("schema as JSON");
+        let named: Vec<&str> = schema["enum"]
+            .as_array()
+            .expect("a string enum")
+            .iter()
+            .filter_map(|name| name.as_str())
+            .collect();
+        let outcomes: Vec<&str> = hookline_domain::attempt::AttemptOutcome::ALL
+            .into_iter()
+            .map(|outcome| outcome.as_str())
+            .collect();
+        assert_eq!(named, outcomes);
+    }
+
+    #[test]
     fn the_document_kept_in_the_repository_is_the_one_the_code_makes() {
         let made = serde_json::to_string_pretty(&document()).unwrap() + "\n";
         if std::env::var_os("HOOKLINE_WRITE_OPENAPI").is_some() {
