@@ -38,7 +38,8 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local address")
 }
 
-fn bin_dir() -> PathBuf {
+/// Where the workspace's binaries are (`HOOKLINE_BIN_DIR`, else the target's `debug`).
+pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("HOOKLINE_BIN_DIR") {
         return dir.into();
     }

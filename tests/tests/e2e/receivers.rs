@@ -1,6 +1,7 @@
 //! The example receivers of docs/receivers.md (`examples/receivers/python` and
 //! `examples/receivers/typescript`, each on the official Standard Webhooks library of
-//! its language) as real processes, against real deliveries from the running pipeline:
+//! its language, and `examples/receivers/rust`, on `hookline-domain`'s verifier) as real
+//! processes, against real deliveries from the running pipeline:
 //! each verifies and records every event once, answers a redelivered `webhook-id` with a
 //! `2xx` without processing it again, and refuses a tampered, a foreign, a stale and an
 //! unsigned request. Python 3 with `standardwebhooks` and Node.js with the example's npm
@@ -24,6 +25,7 @@ use serde_json::{json, Value};
 enum Language {
     Python,
     TypeScript,
+    Rust,
 }
 
 impl fmt::Display for Language {
@@ -31,6 +33,7 @@ impl fmt::Display for Language {
         f.write_str(match self {
             Language::Python => "python",
             Language::TypeScript => "typescript",
+            Language::Rust => "rust",
         })
     }
 }
@@ -95,6 +98,15 @@ fn receiver_command(language: Language) -> Command {
             let mut command = Command::new("node");
             command.arg("dist/receiver.js").current_dir(dir);
             command
+        }
+        Language::Rust => {
+            let binary = hookline_e2e::process::bin_dir().join("hookline-example-receiver");
+            assert!(
+                binary.exists(),
+                "{} is missing: the Rust example receiver is built by `cargo build --workspace --bins`",
+                binary.display()
+            );
+            Command::new(binary)
         }
     }
 }
@@ -224,14 +236,14 @@ fn answered(attempts: &[Value], status: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_and_typescript_example_receivers_verify_and_deduplicate_real_deliveries() {
+async fn the_python_typescript_and_rust_example_receivers_verify_and_deduplicate_real_deliveries() {
     let pipeline = Pipeline::start(Deployment::new()).await.unwrap();
     let since = chrono::Utc::now() - chrono::Duration::seconds(5);
 
     // As an integrator does it: the subscription first, then the receiver configured
     // with the secret its creation answered.
     let mut receivers = Vec::new();
-    for language in [Language::Python, Language::TypeScript] {
+    for language in [Language::Python, Language::TypeScript, Language::Rust] {
         let addr = free_addr();
         let (sub, secret) = pipeline
             .api
