@@ -3,6 +3,8 @@
 #   - the Kubernetes manifests (deploy/kubernetes) against the Kubernetes API schemas,
 #     strictly (unknown fields refused), with kubernetes-validate (PyPI; its schemas
 #     ship in the package; scripts/setup.sh installs it);
+#   - the Grafana dashboards against Grafana's own dashboard and panel schemas
+#     (deploy/grafana/schema-check, npm @grafana/schema; scripts/setup.sh installs it);
 #   - the Prometheus config and alert rules with promtool (and the rules' unit tests);
 #   - docker-compose.yml against the binaries and the Prometheus config (ports, probes,
 #     the credentials ingest and delivery need, the shutdown grace, mounted rules and
@@ -27,6 +29,9 @@ kubernetes-validate --strict --quiet "${to_check[@]}" || status=1
 for resource in $(awk '/^resources:/ { on = 1; next } on && /^  - / { print $2 } on && !/^  - / { on = 0 }' deploy/kubernetes/kustomization.yaml); do
   [ -f "deploy/kubernetes/$resource" ] || { echo "kustomization lists missing $resource"; status=1; }
 done
+
+echo "== Grafana dashboards against Grafana's schema (@grafana/schema, type-checked)"
+node deploy/grafana/schema-check/check.mjs || status=1
 
 echo "== Prometheus config and alert rules (promtool)"
 promtool check config deploy/prometheus/prometheus.yml || status=1

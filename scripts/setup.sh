@@ -65,19 +65,25 @@ install_schemathesis() {
   log "installing the Python package schemathesis"
   pip_install schemathesis
 }
-# The TypeScript example receiver's npm packages (tests/tests/e2e/receivers.rs runs it
+# The npm packages of the TypeScript example receiver (tests/tests/e2e/receivers.rs runs it
 # against the pipeline), exactly as its package-lock.json pins them, again whenever the
 # lock file is newer than what was installed.
-install_typescript_receiver() {
-  local ts="$root/examples/receivers/typescript"
-  if [ ! -f "$ts/node_modules/.package-lock.json" ] || [ "$ts/package-lock.json" -nt "$ts/node_modules/.package-lock.json" ]; then
-    log "installing the TypeScript example receiver's npm packages (npm ci)"
-    (cd "$ts" && npm ci --no-audit --no-fund --loglevel=error)
+npm_ci() {
+  local dir=$1 what=$2
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    log "installing $what's npm packages (npm ci)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
+}
+# ... and the dashboard schema check's (scripts/check-deploy.sh type-checks the Grafana
+# dashboard against @grafana/schema).
+install_npm_packages() {
+  npm_ci "$root/examples/receivers/typescript" "the TypeScript example receiver"
+  npm_ci "$root/deploy/grafana/schema-check" "the dashboard schema check"
 }
 if [ ${#missing[@]} -eq 0 ]; then
   install_standardwebhooks
-  install_typescript_receiver
+  install_npm_packages
   install_kubernetes_validate
   install_schemathesis
   exit 0
@@ -102,4 +108,4 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}
 install_standardwebhooks
 install_kubernetes_validate
 install_schemathesis
-install_typescript_receiver
+install_npm_packages
