@@ -137,10 +137,7 @@ impl AttemptQuery {
                     .ok_or_else(|| {
                         let names: Vec<&str> =
                             AttemptOutcome::ALL.iter().map(|o| o.as_str()).collect();
-                        FieldError::new(
-                            "status",
-                            format!("one of failed, {}", names.join(", ")),
-                        )
+                        FieldError::new("status", format!("one of failed, {}", names.join(", ")))
                     })?,
             )),
         };
@@ -158,10 +155,7 @@ impl AttemptQuery {
         let after = text.cursor.map(AttemptKey::from_cursor).transpose()?;
         let limit = text.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(FieldError::new(
-                "limit",
-                format!("from 1 to {MAX_LIMIT}"),
-            ));
+            return Err(FieldError::new("limit", format!("from 1 to {MAX_LIMIT}")));
         }
         Ok(Self {
             status,
@@ -259,11 +253,21 @@ mod tests {
 
     #[test]
     fn a_cursor_round_trips_and_nothing_else_passes_for_one() {
-        for k in [key(0, 0, 0), key(1_764_547_200_000_123, 3, 98_765), key(-5, i32::MAX, i64::MAX)] {
+        for k in [
+            key(0, 0, 0),
+            key(1_764_547_200_000_123, 3, 98_765),
+            key(-5, i32::MAX, i64::MAX),
+        ] {
             assert_eq!(AttemptKey::from_cursor(&k.cursor()), Ok(k));
         }
         let good = key(10, 1, 2).cursor();
-        for bad in ["", "abc", "!!!!", &good[..good.len() - 1], &format!("{good}AA")] {
+        for bad in [
+            "",
+            "abc",
+            "!!!!",
+            &good[..good.len() - 1],
+            &format!("{good}AA"),
+        ] {
             let err = AttemptKey::from_cursor(bad).unwrap_err();
             assert_eq!(err.field, "cursor", "{bad}");
         }
@@ -321,7 +325,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(q.status, Some(StatusFilter::Outcome(AttemptOutcome::Http5xx)));
+        assert_eq!(
+            q.status,
+            Some(StatusFilter::Outcome(AttemptOutcome::Http5xx))
+        );
         assert_eq!(q.since_micros, q.until_micros, "time zones are honoured");
         assert_eq!(
             parse(AttemptQueryText {
@@ -333,9 +340,27 @@ mod tests {
             Some(StatusFilter::Failed)
         );
         for (text, field) in [
-            (AttemptQueryText { status: Some("ok"), ..Default::default() }, "status"),
-            (AttemptQueryText { since: Some("yesterday"), ..Default::default() }, "since"),
-            (AttemptQueryText { until: Some("2026-13-01T00:00:00Z"), ..Default::default() }, "until"),
+            (
+                AttemptQueryText {
+                    status: Some("ok"),
+                    ..Default::default()
+                },
+                "status",
+            ),
+            (
+                AttemptQueryText {
+                    since: Some("yesterday"),
+                    ..Default::default()
+                },
+                "since",
+            ),
+            (
+                AttemptQueryText {
+                    until: Some("2026-13-01T00:00:00Z"),
+                    ..Default::default()
+                },
+                "until",
+            ),
             (
                 AttemptQueryText {
                     since: Some("2026-12-02T00:00:00Z"),
@@ -344,10 +369,34 @@ mod tests {
                 },
                 "until",
             ),
-            (AttemptQueryText { event_type: Some(""), ..Default::default() }, "event_type"),
-            (AttemptQueryText { cursor: Some("nope"), ..Default::default() }, "cursor"),
-            (AttemptQueryText { limit: Some(0), ..Default::default() }, "limit"),
-            (AttemptQueryText { limit: Some(101), ..Default::default() }, "limit"),
+            (
+                AttemptQueryText {
+                    event_type: Some(""),
+                    ..Default::default()
+                },
+                "event_type",
+            ),
+            (
+                AttemptQueryText {
+                    cursor: Some("nope"),
+                    ..Default::default()
+                },
+                "cursor",
+            ),
+            (
+                AttemptQueryText {
+                    limit: Some(0),
+                    ..Default::default()
+                },
+                "limit",
+            ),
+            (
+                AttemptQueryText {
+                    limit: Some(101),
+                    ..Default::default()
+                },
+                "limit",
+            ),
         ] {
             assert_eq!(parse(text.clone()).unwrap_err().field, field, "{text:?}");
         }
@@ -364,7 +413,10 @@ mod tests {
         })
         .unwrap();
         let failed = AttemptOutcome::Http5xx;
-        assert!(q.keeps(&key(10, 0, 0), failed, "invoice.paid"), "bounds included");
+        assert!(
+            q.keeps(&key(10, 0, 0), failed, "invoice.paid"),
+            "bounds included"
+        );
         assert!(q.keeps(&key(20, 0, 0), AttemptOutcome::Timeout, "invoice.paid"));
         assert!(!q.keeps(&key(9, 0, 0), failed, "invoice.paid"));
         assert!(!q.keeps(&key(21, 0, 0), failed, "invoice.paid"));
@@ -376,9 +428,18 @@ mod tests {
     fn a_delivery_status_follows_its_latest_attempt_and_dead_letter() {
         use AttemptOutcome::{Http5xx, Success};
         assert_eq!(DeliveryStatus::derive(None, None), DeliveryStatus::Pending);
-        assert_eq!(DeliveryStatus::derive(None, Some(5)), DeliveryStatus::DeadLettered);
-        assert_eq!(DeliveryStatus::derive(Some((5, Success)), None), DeliveryStatus::Delivered);
-        assert_eq!(DeliveryStatus::derive(Some((5, Http5xx)), None), DeliveryStatus::Retrying);
+        assert_eq!(
+            DeliveryStatus::derive(None, Some(5)),
+            DeliveryStatus::DeadLettered
+        );
+        assert_eq!(
+            DeliveryStatus::derive(Some((5, Success)), None),
+            DeliveryStatus::Delivered
+        );
+        assert_eq!(
+            DeliveryStatus::derive(Some((5, Http5xx)), None),
+            DeliveryStatus::Retrying
+        );
         assert_eq!(
             DeliveryStatus::derive(Some((5, Http5xx)), Some(6)),
             DeliveryStatus::DeadLettered
