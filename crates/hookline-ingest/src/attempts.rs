@@ -26,11 +26,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-/// Roughly what one attempt costs the index, in bytes (its entry in the subscription's
-/// ordered log and in its delivery's list), whatever its response body.
+/// Roughly what one attempt costs the index, in bytes, whatever its response body: its
+/// key and entry in the subscription's ordered map (24 + 32 bytes, plus the map's node
+/// overhead) and its key in its delivery's list (24, plus the list's spare capacity).
 pub const APPROX_BYTES_PER_ATTEMPT: usize = 120;
-/// Roughly what one delivery costs the index, in bytes, plus twice its event id's length.
-pub const APPROX_BYTES_PER_DELIVERY: usize = 250;
+/// Roughly what one delivery costs the index, in bytes, plus twice its event id's
+/// length: its entry in the map by `webhook-id` (16 + at most 152 bytes, at the map's
+/// load factor) and in the map by event id (a key and a short list), with their
+/// allocations.
+pub const APPROX_BYTES_PER_DELIVERY: usize = 350;
 /// How often entries whose records retention deleted are dropped.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -121,26 +125,27 @@ impl Index {
         event_id: &str,
         event_type: &str,
     ) -> &mut Delivery {
-        if !self.deliveries.contains_key(&key) {
-            let delivery = Delivery {
-                subscription: self.name(subscription),
-                event_id: Box::from(event_id),
-                event_type: self.name(event_type),
-                tenant: None,
-                task: None,
-                routed_at: None,
-                attempts: Vec::new(),
-                dead_lettered: None,
-            };
-            self.by_event
-                .entry(Box::from(event_id))
-                .or_default()
-                .push(key);
-            self.deliveries.insert(key, delivery);
+        use std::collections::hash_map::Entry;
+        let (subscription, event_type) = (self.name(subscription), self.name(event_type));
+        match self.deliveries.entry(key) {
+            Entry::Occupied(held) => held.into_mut(),
+            Entry::Vacant(slot) => {
+                self.by_event
+                    .entry(Box::from(event_id))
+                    .or_default()
+                    .push(key);
+                slot.insert(Delivery {
+                    subscription,
+                    event_id: Box::from(event_id),
+                    event_type,
+                    tenant: None,
+                    task: None,
+                    routed_at: None,
+                    attempts: Vec::new(),
+                    dead_lettered: None,
+                })
+            }
         }
-        self.deliveries
-            .get_mut(&key)
-            .unwrap_or_else(|| unreachable!("inserted above"))
     }
 
     fn add_task(&mut self, task: &DeliveryTask, at: Position) {

@@ -4,9 +4,11 @@
 //! Kafka by offset. Another tenant's event or delivery is answered `404`, exactly as a
 //! missing one.
 
-// The document's types are only ever read by utoipa's derives.
-#![allow(dead_code)]
-
+use crate::api::{find, write_record, AppState};
+use crate::attempts::DeliveryView;
+use crate::auth::denied;
+use crate::error::{ApiError, ErrorKind};
+use crate::http::{ApiPath, ApiQuery};
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -16,13 +18,6 @@ use hookline_domain::message_log::{AttemptQuery, AttemptQueryText};
 use hookline_domain::task::DeliveryTask;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::ToSchema;
-
-use crate::api::{find, write_record, AppState};
-use crate::attempts::DeliveryView;
-use crate::auth::denied;
-use crate::error::{ApiError, ErrorKind};
-use crate::http::{ApiPath, ApiQuery};
 
 /// The query of the attempts list, as text: [`AttemptQuery::parse`] names the
 /// parameter at fault.
@@ -46,7 +41,7 @@ pub(crate) struct AttemptsParams {
         ("event_type" = Option<String>, Query, description = "Only attempts at events of this exact type."),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (with the same filters)."),
         ("limit" = Option<usize>, Query, description = "Page size, 1 to 100 (default 50).")),
-    responses((status = 200, description = "One page of attempts, newest first.", body = AttemptPage)))]
+    responses((status = 200, description = "One page of attempts, newest first.", body = schema::AttemptPage)))]
 pub(crate) async fn list_attempts(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -130,7 +125,7 @@ fn summary(delivery: &DeliveryView) -> Value {
 /// its deliveries (one per matched subscription) with its status.
 #[utoipa::path(get, path = "/v1/events/{id}", tag = "message log",
     params(("id" = String, Path, description = "The event's id.")),
-    responses((status = 200, description = "The event and its deliveries, by subscription id.", body = EventLog)))]
+    responses((status = 200, description = "The event and its deliveries, by subscription id.", body = schema::EventLog)))]
 pub(crate) async fn get_event(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -178,7 +173,7 @@ pub(crate) async fn get_event(
 /// with every attempt and its answer, oldest first.
 #[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "message log",
     params(("id" = String, Path, description = "The `webhook-id` (`msg_…`).")),
-    responses((status = 200, description = "The delivery and its attempts, oldest first.", body = DeliveryLog)))]
+    responses((status = 200, description = "The delivery and its attempts, oldest first.", body = schema::DeliveryLog)))]
 pub(crate) async fn get_delivery(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -201,7 +196,7 @@ pub(crate) async fn get_delivery(
 #[utoipa::path(post, path = "/v1/deliveries/{id}/resend", tag = "message log",
     params(("id" = String, Path, description = "The `webhook-id` (`msg_…`).")),
     responses(
-        (status = 202, description = "Queued for delivery.", body = Resent),
+        (status = 202, description = "Queued for delivery.", body = schema::Resent),
         (status = 409, description = "The subscription is disabled or deleted, or the deliveries topic no longer holds the event (retention).", body = crate::openapi::ErrorBody),
     ))]
 pub(crate) async fn resend_delivery(
@@ -257,102 +252,111 @@ pub(crate) async fn resend_delivery(
     ))
 }
 
-/// One page of attempts, newest first.
-#[derive(ToSchema)]
-pub(crate) struct AttemptPage {
-    data: Vec<crate::openapi::Attempt>,
-    /// Whether more attempts pass the filters.
-    has_more: bool,
-    /// With `has_more`: the `cursor` of the next page.
-    next_cursor: Option<String>,
-}
+/// The OpenAPI schemas of the answers above.
+pub(crate) mod schema {
+    // The document's types are only ever read by utoipa's derives.
+    #![allow(dead_code)]
 
-/// Where a delivery stands.
-#[derive(ToSchema)]
-#[schema(as = DeliveryStatus, rename_all = "snake_case")]
-pub(crate) enum DeliveryStatusSchema {
-    /// Queued, not attempted yet.
-    Pending,
-    /// The latest attempt succeeded.
-    Delivered,
-    /// The latest attempt failed; a retry is due (or the dead letter is being written).
-    Retrying,
-    /// Dead-lettered after its latest attempt.
-    DeadLettered,
-}
+    use chrono::Utc;
+    use utoipa::ToSchema;
 
-/// The latest attempt of a delivery.
-#[derive(ToSchema)]
-pub(crate) struct LastAttempt {
-    attempt: u32,
-    outcome: crate::openapi::AttemptOutcome,
-    /// HTTP status, when there was an answer.
-    status: Option<u16>,
-    at: chrono::DateTime<Utc>,
-}
+    /// One page of attempts, newest first.
+    #[derive(ToSchema)]
+    pub(crate) struct AttemptPage {
+        data: Vec<crate::openapi::Attempt>,
+        /// Whether more attempts pass the filters.
+        has_more: bool,
+        /// With `has_more`: the `cursor` of the next page.
+        next_cursor: Option<String>,
+    }
 
-/// One delivery (event × subscription).
-#[derive(ToSchema)]
-pub(crate) struct DeliverySummary {
-    /// Its `webhook-id`.
-    message_id: String,
-    subscription_id: String,
-    status: DeliveryStatusSchema,
-    /// How many attempts were made.
-    attempts: usize,
-    last_attempt: Option<LastAttempt>,
-    /// When it was first queued.
-    routed_at: Option<chrono::DateTime<Utc>>,
-    /// Its first successful attempt's start.
-    delivered_at: Option<chrono::DateTime<Utc>>,
-    /// Its latest dead letter.
-    dead_lettered_at: Option<chrono::DateTime<Utc>>,
-}
+    /// Where a delivery stands.
+    #[derive(ToSchema)]
+    #[schema(as = DeliveryStatus, rename_all = "snake_case")]
+    pub(crate) enum DeliveryStatusSchema {
+        /// Queued, not attempted yet.
+        Pending,
+        /// The latest attempt succeeded.
+        Delivered,
+        /// The latest attempt failed; a retry is due (or the dead letter is being written).
+        Retrying,
+        /// Dead-lettered after its latest attempt.
+        DeadLettered,
+    }
 
-/// An event and its deliveries.
-#[derive(ToSchema)]
-pub(crate) struct EventLog {
-    id: String,
-    #[schema(rename = "type")]
-    event_type: String,
-    tenant: String,
-    /// The event as delivered (`null` when the deliveries topic no longer holds it).
-    event: Option<Object>,
-    /// One per matched subscription, by subscription id.
-    deliveries: Vec<DeliverySummary>,
-}
+    /// The latest attempt of a delivery.
+    #[derive(ToSchema)]
+    pub(crate) struct LastAttempt {
+        attempt: u32,
+        outcome: crate::openapi::AttemptOutcome,
+        /// HTTP status, when there was an answer.
+        status: Option<u16>,
+        at: chrono::DateTime<Utc>,
+    }
 
-/// Any JSON object.
-#[derive(ToSchema)]
-pub(crate) struct Object {}
+    /// One delivery (event × subscription).
+    #[derive(ToSchema)]
+    pub(crate) struct DeliverySummary {
+        /// Its `webhook-id`.
+        message_id: String,
+        subscription_id: String,
+        status: DeliveryStatusSchema,
+        /// How many attempts were made.
+        attempts: usize,
+        last_attempt: Option<LastAttempt>,
+        /// When it was first queued.
+        routed_at: Option<chrono::DateTime<Utc>>,
+        /// Its first successful attempt's start.
+        delivered_at: Option<chrono::DateTime<Utc>>,
+        /// Its latest dead letter.
+        dead_lettered_at: Option<chrono::DateTime<Utc>>,
+    }
 
-/// One delivery with its attempts.
-#[derive(ToSchema)]
-pub(crate) struct DeliveryLog {
-    /// Its `webhook-id`.
-    message_id: String,
-    subscription_id: String,
-    event_id: String,
-    event_type: String,
-    tenant: Option<String>,
-    status: DeliveryStatusSchema,
-    last_attempt: Option<LastAttempt>,
-    routed_at: Option<chrono::DateTime<Utc>>,
-    delivered_at: Option<chrono::DateTime<Utc>>,
-    dead_lettered_at: Option<chrono::DateTime<Utc>>,
-    /// Every attempt the attempts topic holds, oldest first, with its answer.
-    attempts: Vec<crate::openapi::Attempt>,
-}
+    /// An event and its deliveries.
+    #[derive(ToSchema)]
+    pub(crate) struct EventLog {
+        id: String,
+        #[schema(rename = "type")]
+        event_type: String,
+        tenant: String,
+        /// The event as delivered (`null` when the deliveries topic no longer holds it).
+        event: Option<Object>,
+        /// One per matched subscription, by subscription id.
+        deliveries: Vec<DeliverySummary>,
+    }
 
-/// A resent message.
-#[derive(ToSchema)]
-pub(crate) struct Resent {
-    /// The same `webhook-id`.
-    message_id: String,
-    subscription_id: String,
-    event_id: String,
-    /// `queued`.
-    status: String,
+    /// Any JSON object.
+    #[derive(ToSchema)]
+    pub(crate) struct Object {}
+
+    /// One delivery with its attempts.
+    #[derive(ToSchema)]
+    pub(crate) struct DeliveryLog {
+        /// Its `webhook-id`.
+        message_id: String,
+        subscription_id: String,
+        event_id: String,
+        event_type: String,
+        tenant: Option<String>,
+        status: DeliveryStatusSchema,
+        last_attempt: Option<LastAttempt>,
+        routed_at: Option<chrono::DateTime<Utc>>,
+        delivered_at: Option<chrono::DateTime<Utc>>,
+        dead_lettered_at: Option<chrono::DateTime<Utc>>,
+        /// Every attempt the attempts topic holds, oldest first, with its answer.
+        attempts: Vec<crate::openapi::Attempt>,
+    }
+
+    /// A resent message.
+    #[derive(ToSchema)]
+    pub(crate) struct Resent {
+        /// The same `webhook-id`.
+        message_id: String,
+        subscription_id: String,
+        event_id: String,
+        /// `queued`.
+        status: String,
+    }
 }
 
 #[cfg(test)]
@@ -363,7 +367,7 @@ mod tests {
     #[test]
     fn the_status_schema_names_every_status_of_the_domain() {
         use utoipa::PartialSchema;
-        let schema = serde_json::to_value(DeliveryStatusSchema::schema()).unwrap();
+        let schema = serde_json::to_value(schema::DeliveryStatusSchema::schema()).unwrap();
         for status in [
             DeliveryStatus::Pending,
             DeliveryStatus::Delivered,
