@@ -37,6 +37,9 @@ pub const APPROX_BYTES_PER_ATTEMPT: usize = 120;
 pub const APPROX_BYTES_PER_DELIVERY: usize = 350;
 /// How often entries whose records retention deleted are dropped.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Longest ingest waits at start for the log to read what the topics held then; past
+/// it ingest gets ready anyway (the log keeps filling in), with a warning.
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
 
 /// Where a record sits on its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,6 +362,9 @@ pub struct AttemptLog {
     index: RwLock<Index>,
     /// True once the consumer got its (first) assignment.
     assigned: Readiness,
+    /// True once the log read every record the topics held when it started (or
+    /// [`CATCH_UP_LIMIT`] passed).
+    caught_up: Readiness,
     /// Counts the records added, so that a caller can wait for one ([`Self::wait_for`]).
     added: tokio::sync::watch::Sender<u64>,
     /// Where full records are read back from; `None` in unit tests.
@@ -370,6 +376,7 @@ impl Default for AttemptLog {
         Self {
             index: RwLock::default(),
             assigned: Readiness::default(),
+            caught_up: Readiness::default(),
             added: tokio::sync::watch::Sender::new(0),
             kafka: None,
         }
@@ -409,11 +416,18 @@ impl AttemptLog {
             topics.deliveries_dlq(),
         );
         consumer.subscribe(&[&deliveries, &attempts, &dlq])?;
+        let consumer = Arc::new(consumer);
         let log = Arc::new(Self {
             assigned: consumer.context().readiness(),
             kafka: Some((args.clone(), topics)),
             ..Self::default()
         });
+        tokio::spawn(catch_up(
+            args.clone(),
+            Arc::clone(&consumer),
+            vec![deliveries.clone(), attempts.clone(), dlq],
+            log.caught_up.clone(),
+        ));
         let filler = Arc::clone(&log);
         tokio::spawn(async move {
             loop {
@@ -454,6 +468,12 @@ impl AttemptLog {
     /// True once the consumer joined its group and reads.
     pub fn assigned(&self) -> Readiness {
         self.assigned.clone()
+    }
+
+    /// True once the log read every record the topics held when it started, so that
+    /// this instance answers as the others do (or once [`CATCH_UP_LIMIT`] passed).
+    pub fn caught_up(&self) -> Readiness {
+        self.caught_up.clone()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
@@ -605,6 +625,67 @@ impl AttemptLog {
             }
         }
     }
+}
+
+/// Sets `caught_up` once `consumer`'s position reached, on every partition of `topics`
+/// holding records, the end that partition had when this started; or after
+/// [`CATCH_UP_LIMIT`], or at once when the ends cannot be read (the log then fills in
+/// while ingest serves).
+async fn catch_up<C: rdkafka::consumer::ConsumerContext + 'static>(
+    args: KafkaArgs,
+    consumer: Arc<StreamConsumer<C>>,
+    topics: Vec<String>,
+    caught_up: Readiness,
+) {
+    let started = tokio::time::Instant::now();
+    let ends = tokio::task::spawn_blocking(move || {
+        let reader: BaseConsumer = kafka::reader(&args, "hookline-ingest-log-ends")?;
+        let mut ends = Vec::new();
+        for topic in topics {
+            for marks in kafka::watermarks(&reader, &topic, Duration::from_secs(10))? {
+                if marks.high > marks.low {
+                    ends.push((topic.clone(), marks.partition, marks.high));
+                }
+            }
+        }
+        anyhow::Ok(ends)
+    })
+    .await;
+    let ends = match ends {
+        Ok(Ok(ends)) => ends,
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "message log: the topics' ends not read; not waiting for it");
+            caught_up.set(true);
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(%err, "message log: the topics' ends not read; not waiting for it");
+            caught_up.set(true);
+            return;
+        }
+    };
+    loop {
+        let reached = consumer.position().is_ok_and(|positions| {
+            ends.iter().all(|(topic, partition, end)| {
+                positions
+                    .find_partition(topic, *partition)
+                    .is_some_and(|p| matches!(p.offset(), Offset::Offset(at) if at >= *end))
+            })
+        });
+        if reached {
+            tracing::info!(partitions = ends.len(), waited = ?started.elapsed(), "message log caught up");
+            break;
+        }
+        if started.elapsed() >= CATCH_UP_LIMIT {
+            tracing::warn!(
+                limit = ?CATCH_UP_LIMIT,
+                "message log still reading the topics; ready anyway, it keeps filling in"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    caught_up.set(true);
 }
 
 /// Most records skipped over before a fetch seeks instead of reading on.
