@@ -22,6 +22,7 @@ pub mod filter;
 pub mod health;
 pub mod ids;
 pub mod matching;
+pub mod message_log;
 pub mod position;
 pub mod quota;
 pub mod retry;

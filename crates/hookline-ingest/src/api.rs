@@ -160,7 +160,7 @@ pub struct AppState {
     pub kafka: KafkaArgs,
     /// How CloudEvents records are read (replay).
     pub cloudevents: hookline_domain::cloudevents::CloudEventsConfig,
-    /// Recent delivery attempts.
+    /// The message log: deliveries and their attempts, indexed from the topics.
     pub attempts: Arc<crate::attempts::AttemptLog>,
     /// Metrics.
     pub metrics: Metrics,
@@ -198,7 +198,10 @@ pub fn documented_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(get_secret))
         .routes(routes!(rotate_secret))
-        .routes(routes!(list_attempts))
+        .routes(routes!(crate::message_log::list_attempts))
+        .routes(routes!(crate::message_log::get_event))
+        .routes(routes!(crate::message_log::get_delivery))
+        .routes(routes!(crate::message_log::resend_delivery))
         .routes(routes!(replay_subscription))
         .routes(routes!(test_subscription))
         .routes(routes!(redrive_dlq))
@@ -582,7 +585,7 @@ async fn list_subscriptions(
 
 /// The subscription `id`, when `principal` holds `role` (else `403`) and may see it:
 /// another tenant's subscription is answered `404`, exactly as a missing one.
-fn find(
+pub(crate) fn find(
     state: &AppState,
     principal: &Principal,
     role: Role,
@@ -709,29 +712,6 @@ async fn delete_subscription(
     write_subscription(&state, &id, None).await?;
     tracing::info!(%id, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-struct AttemptsQuery {
-    limit: Option<usize>,
-}
-
-#[utoipa::path(get, path = "/v1/subscriptions/{id}/attempts", tag = "subscriptions",
-    params(("id" = String, Path, description = "`sub_…`"),
-        ("limit" = Option<usize>, Query, description = "At most this many (default 50, at most 100).")),
-    responses((status = 200, description = "Recent attempts, newest first.", body = crate::openapi::AttemptList)))]
-async fn list_attempts(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<AttemptsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    find(&state, &principal, Role::AttemptsRead, &id)?;
-    let limit = query
-        .limit
-        .unwrap_or(50)
-        .min(crate::attempts::KEPT_PER_SUBSCRIPTION);
-    Ok(Json(json!({ "data": state.attempts.recent(&id, limit) })))
 }
 
 /// Sends a `webhook.test` event to the subscription through the delivery pipeline and

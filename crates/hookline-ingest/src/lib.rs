@@ -1,6 +1,6 @@
 //! Ingest as a library: the HTTP API ([`api`]) with its error type ([`error`]) and
 //! body handling ([`http`]), authentication ([`auth`]), tenant API key management
-//! ([`keys`]) and per-tenant event rates ([`quota`]), the attempts log ([`attempts`]), replay and redrive
+//! ([`keys`]) and per-tenant event rates ([`quota`]), the message log ([`attempts`], its routes in [`message_log`]), replay and redrive
 //! ([`replay`]). The binary wires them.
 #![warn(missing_docs)]
 
@@ -10,6 +10,7 @@ pub mod auth;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod message_log;
 pub mod openapi;
 pub mod quota;
 pub mod replay;

@@ -259,6 +259,7 @@ async fn run() -> anyhow::Result<()> {
         producer: state.event_producer.current(),
         events: state.topics.events(),
         attempts: state.attempts.assigned(),
+        log_caught_up: state.attempts.caught_up(),
     };
     // Not ready before the keys are known to open every stored secret; a key that
     // does not stops ingest at start-up.
@@ -305,13 +306,16 @@ fn event_catalog(cli: &Cli) -> anyhow::Result<Arc<hookline_domain::catalog::Cata
 const MIN_KEYS_STALENESS: Duration = Duration::from_secs(2);
 
 /// What ingest waits for before it is ready: the subscriptions and API keys views caught up, the
-/// producer seeing the events topic with leaders, and the attempts log consuming.
+/// producer seeing the events topic with leaders, and the message log consuming and
+/// caught up with what its topics held at start.
 struct Starting {
     view: Arc<SubscriptionView>,
     keys: Arc<ApiKeyView>,
     producer: hookline_core::kafka::Producer,
     events: String,
     attempts: Readiness,
+    /// The message log read what the topics held at start (or gave up waiting).
+    log_caught_up: Readiness,
 }
 
 impl Starting {
@@ -339,7 +343,7 @@ impl Starting {
             tracing::warn!(problems = %problems.join(", "), "waiting for the producer's metadata");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        while !self.attempts.get() {
+        while !self.attempts.get() || !self.log_caught_up.get() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         ready.set(true);

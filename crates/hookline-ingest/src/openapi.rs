@@ -285,12 +285,6 @@ pub(crate) struct Attempt {
     at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Recent attempts, newest first.
-#[derive(ToSchema)]
-pub(crate) struct AttemptList {
-    data: Vec<Attempt>,
-}
-
 /// Which events to deliver again.
 #[derive(ToSchema)]
 pub(crate) struct ReplayRequest {
@@ -430,6 +424,7 @@ fn openapi_json() {}
         (name = "events", description = "Publishing events"),
         (name = "event types", description = "The event catalog: known types and their schemas"),
         (name = "subscriptions", description = "Subscriptions, their secrets, attempts, tests, replays"),
+        (name = "message log", description = "Events, deliveries and their attempts; resending one message"),
         (name = "dead letters", description = "Redriving dead-lettered deliveries"),
         (name = "api keys", description = "Tenants' API keys (admin token only)"),
         (name = "operations", description = "Unauthenticated operations endpoints"),
@@ -610,6 +605,9 @@ mod tests {
             "/v1/subscriptions/{id}/attempts",
             "/v1/subscriptions/{id}/replay",
             "/v1/subscriptions/{id}/test",
+            "/v1/events/{id}",
+            "/v1/deliveries/{id}",
+            "/v1/deliveries/{id}/resend",
             "/v1/dlq/redrive",
             "/v1/tenants/{tenant}/api-keys",
             "/v1/tenants/{tenant}/api-keys/{key_id}",

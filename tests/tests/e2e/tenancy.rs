@@ -344,6 +344,11 @@ async fn keys_without_a_valid_credential_or_role_are_refused() {
             "/v1/dlq/redrive".into(),
             Some(json!({"subscription_id": sub})),
         ),
+        (
+            Method::POST,
+            "/v1/deliveries/msg_00000000000000000000000000000000/resend".into(),
+            None,
+        ),
     ];
     for (method, path, body) in needs_manage {
         for api in [&publisher, &reader] {
@@ -359,8 +364,17 @@ async fn keys_without_a_valid_credential_or_role_are_refused() {
             );
         }
     }
-    let (status, _) = publisher.call(Method::GET, &attempts, None).await.unwrap();
-    assert_eq!(status, 403, "publishing does not read attempts");
+    for path in [
+        attempts.as_str(),
+        "/v1/events/evt_1",
+        "/v1/deliveries/msg_00000000000000000000000000000000",
+    ] {
+        let (status, _) = publisher.call(Method::GET, path, None).await.unwrap();
+        assert_eq!(
+            status, 403,
+            "publishing does not read the message log: {path}"
+        );
+    }
     let (status, error) = reader
         .call(Method::POST, "/v1/events", Some(event))
         .await
@@ -377,6 +391,24 @@ async fn keys_without_a_valid_credential_or_role_are_refused() {
         (200, json!(true)),
         "nothing changed"
     );
+}
+
+/// Queues a test event to subscription `id` without waiting; returns its (event id,
+/// webhook-id).
+async fn queued_test(api: &Api, id: &str) -> (String, String) {
+    let (status, test) = api
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{id}/test"),
+            Some(json!({"wait": "0s"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{test}");
+    (
+        test["event_id"].as_str().unwrap().to_owned(),
+        test["message_id"].as_str().unwrap().to_owned(),
+    )
 }
 
 #[tokio::test]
@@ -516,6 +548,50 @@ async fn a_tenant_key_reaches_its_own_tenant_only_endpoint_by_endpoint() {
     assert_eq!(status, 403, "{error}");
     assert_eq!(error["error"]["field"], "[1].tenant");
     assert_eq!(record_count(&deployment.topic("events")).await.unwrap(), 0);
+
+    // The message log: another tenant's event and delivery (a test event queued to
+    // its subscription, no worker running) look exactly like missing ones.
+    let (their_event, their_message) = queued_test(&admin, &theirs).await;
+    let (our_event, our_message) = queued_test(&acme, &ours).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let mut indexed = true;
+            for message in [&their_message, &our_message] {
+                let path = format!("/v1/deliveries/{message}");
+                indexed &= admin.call(Method::GET, &path, None).await.unwrap().0 == 200;
+            }
+            indexed
+        })
+        .await,
+        "the admin sees both deliveries"
+    );
+    let log_routes = |event: &str, message: &str| -> Vec<(Method, String)> {
+        vec![
+            (Method::GET, format!("/v1/events/{event}")),
+            (Method::GET, format!("/v1/deliveries/{message}")),
+            (Method::POST, format!("/v1/deliveries/{message}/resend")),
+        ]
+    };
+    for ((method, path), (_, missing_path)) in log_routes(&their_event, &their_message)
+        .into_iter()
+        .zip(log_routes(
+            "evt_none",
+            "msg_00000000000000000000000000000000",
+        ))
+    {
+        let theirs = acme.call(method.clone(), &path, None).await.unwrap();
+        let absent = acme
+            .call(method.clone(), &missing_path, None)
+            .await
+            .unwrap();
+        assert_eq!(theirs.0, 404, "{method} {path}: {}", theirs.1);
+        assert_eq!(theirs, absent, "{method} {path}");
+    }
+    for (method, path) in log_routes(&our_event, &our_message) {
+        let (status, answer) = acme.call(method.clone(), &path, None).await.unwrap();
+        let expected = if method == Method::POST { 202 } else { 200 };
+        assert_eq!(status, expected, "{method} {path}: {answer}");
+    }
 
     // Its own tenant, every route works.
     acme.send_events(json!({"type": "a.b", "tenant": "acme"}))
