@@ -201,7 +201,11 @@ pub enum Decision {
 pub struct MissingClaim(pub String);
 
 /// Records of a key that count for a decision taken at `now`: not older than `window`.
-fn in_window(history: &[Entry], now: DateTime<Utc>, window: Duration) -> impl Iterator<Item = &Entry> {
+fn in_window(
+    history: &[Entry],
+    now: DateTime<Utc>,
+    window: Duration,
+) -> impl Iterator<Item = &Entry> {
     let oldest = now - chrono::Duration::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
     history.iter().filter(move |entry| entry.at() >= oldest)
 }
@@ -336,8 +340,14 @@ mod tests {
         let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).unwrap();
         assert_eq!(fingerprint(&a), fingerprint(&b));
-        assert_ne!(fingerprint(&a), fingerprint(&json!({"a": {"x": "s", "y": [2, 1]}, "b": 1})));
-        assert_ne!(fingerprint(&json!({"a": 1})), fingerprint(&json!({"a": "1"})));
+        assert_ne!(
+            fingerprint(&a),
+            fingerprint(&json!({"a": {"x": "s", "y": [2, 1]}, "b": 1}))
+        );
+        assert_ne!(
+            fingerprint(&json!({"a": 1})),
+            fingerprint(&json!({"a": "1"}))
+        );
         assert_eq!(fingerprint(&a).len(), 64);
     }
 
@@ -360,8 +370,16 @@ mod tests {
 
     #[test]
     fn a_completed_key_is_replayed_or_refused_for_another_body() {
-        let log = [claim("a", "f", 0), done("a", "f", 1), claim("b", "f", 100), claim("c", "g", 101)];
-        assert_eq!(decide(&log, "b", W), Ok(Decision::Replay(vec!["evt_a".into()])));
+        let log = [
+            claim("a", "f", 0),
+            done("a", "f", 1),
+            claim("b", "f", 100),
+            claim("c", "g", 101),
+        ];
+        assert_eq!(
+            decide(&log, "b", W),
+            Ok(Decision::Replay(vec!["evt_a".into()]))
+        );
         assert_eq!(decide(&log, "c", W), Ok(Decision::Reused));
     }
 
@@ -389,7 +407,11 @@ mod tests {
     #[test]
     fn records_older_than_the_window_do_not_count() {
         let day = W.as_secs() as i64;
-        let log = [claim("a", "f", 0), done("a", "f", 1), claim("b", "g", day + 2)];
+        let log = [
+            claim("a", "f", 0),
+            done("a", "f", 1),
+            claim("b", "g", day + 2),
+        ];
         assert_eq!(decide(&log, "b", W), Ok(Decision::Won));
         assert!(forgettable(t(0), t(day + 31), W));
         assert!(!forgettable(t(0), t(day + 29), W));
@@ -399,7 +421,10 @@ mod tests {
     fn a_waiter_settles_on_completion_release_or_expiry() {
         let mut log = vec![claim("a", "f", 0), claim("b", "f", 0)];
         assert_eq!(settled(&log, "f", "a", t(30), t(5), W), None);
-        assert_eq!(settled(&log, "f", "a", t(30), t(30), W), Some(Decision::Vacated));
+        assert_eq!(
+            settled(&log, "f", "a", t(30), t(30), W),
+            Some(Decision::Vacated)
+        );
         log.push(done("a", "f", 6));
         assert_eq!(
             settled(&log, "f", "a", t(30), t(7), W),
@@ -412,7 +437,10 @@ mod tests {
                 at: t(1),
             },
         ];
-        assert_eq!(settled(&released, "f", "a", t(30), t(2), W), Some(Decision::Vacated));
+        assert_eq!(
+            settled(&released, "f", "a", t(30), t(2), W),
+            Some(Decision::Vacated)
+        );
     }
 
     #[test]
@@ -427,7 +455,10 @@ mod tests {
         };
         let text = serde_json::to_string(&record).unwrap();
         assert!(text.contains(r#""kind":"claim""#), "{text}");
-        assert_eq!(serde_json::from_str::<IdempotencyRecord>(&text).unwrap(), record);
+        assert_eq!(
+            serde_json::from_str::<IdempotencyRecord>(&text).unwrap(),
+            record
+        );
         let k = |tenant: &str, key: &str| IdempotencyKey {
             tenant: Some(tenant.into()),
             scope: Scope::Event,
