@@ -76,6 +76,7 @@ impl Shape {
 }
 
 /// One key of a request and how its claim went.
+#[derive(Clone)]
 struct Claimed {
     key: IdempotencyKey,
     fingerprint: String,
@@ -228,11 +229,7 @@ impl Idempotency {
         }
         let request_scope = headers.contains_key(HEADER);
         let mut plan = Plan::plain(events.len());
-        let settled_keys = match self.claim_all(keys).await {
-            Ok(settled) => settled,
-            Err(err) => return Err(err),
-        };
-        for (claimed, decision) in settled_keys {
+        for (claimed, decision) in self.claim_all(keys).await? {
             match decision {
                 Decision::Won => plan.won.push(claimed),
                 Decision::Replay(ids) => {
@@ -350,6 +347,14 @@ impl Idempotency {
 
     /// Writes one claim per key and decides each once the view holds its claim.
     async fn claim(&self, mut keys: Vec<Claimed>) -> Result<Vec<(Claimed, Decision)>, ApiError> {
+        // Claiming again (the holder let go): this request's earlier claim, still
+        // live, would hold the key against its own new claim.
+        let earlier: Vec<Claimed> = keys
+            .iter()
+            .filter(|c| !c.claim.is_empty())
+            .cloned()
+            .collect();
+        self.release(&earlier).await;
         let at = Utc::now();
         let expires = at + chrono::Duration::from_std(CLAIM_TTL).unwrap_or_default();
         let mut records = Vec::with_capacity(keys.len());

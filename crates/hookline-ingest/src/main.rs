@@ -341,7 +341,9 @@ fn event_catalog(cli: &Cli) -> anyhow::Result<Arc<hookline_domain::catalog::Cata
 fn parse_idempotency_window(text: &str) -> Result<Duration, String> {
     let window = parse_duration(text)?;
     if window < Duration::from_secs(60) {
-        return Err(format!("`{text}` must be at least 1m"));
+        return Err(format!(
+            "HOOKLINE_IDEMPOTENCY_WINDOW `{text}` must be at least 1m"
+        ));
     }
     Ok(window)
 }

@@ -231,3 +231,89 @@ async fn a_key_survives_a_restart_and_refuses_another_body_and_event_ids_are_kep
     want.insert("inv-78-paid".into(), 1);
     assert_eq!(counts, want, "each event on the events topic once");
 }
+
+/// Appends a claim on the admin's `key` for `body`, made `age` ago by an instance that
+/// then vanished (it never completes).
+async fn vanished_claim(deployment: &Deployment, key: &str, body: &Value, age: Duration) {
+    use hookline_domain::idempotency::{
+        fingerprint, Entry, IdempotencyKey, IdempotencyRecord, Scope, CLAIM_TTL,
+    };
+    let at = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap();
+    let key = IdempotencyKey {
+        tenant: None,
+        scope: Scope::Request,
+        key: key.to_owned(),
+    };
+    let record = IdempotencyRecord {
+        key: key.clone(),
+        entry: Entry::Claim {
+            claim: format!("vanished-{}", ulid::Ulid::new()),
+            instance: "gone".into(),
+            fingerprint: fingerprint(body),
+            at,
+            expires: at + chrono::Duration::from_std(CLAIM_TTL).unwrap(),
+        },
+    };
+    hookline_e2e::produce(
+        &hookline_e2e::producer().unwrap(),
+        &deployment.topic("idempotency"),
+        Some(&key.record_key()),
+        &serde_json::to_vec(&record).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_held_key_is_answered_409_and_a_vanished_holder_expires() {
+    let deployment = Deployment::new();
+    let ingest = deployment.start("hookline-ingest").await.unwrap();
+    let http = reqwest::Client::new();
+
+    // A holder that is (as far as anyone can tell) still writing: the retry waits,
+    // then gets 409 with Retry-After, and nothing is written.
+    let held = batch(10);
+    vanished_claim(&deployment, "held", &held, Duration::ZERO).await;
+    // A holder that vanished 25 s ago: its claim expires within the wait, then the
+    // request claims again, wins and is written.
+    let expiring = batch(11);
+    vanished_claim(&deployment, "expiring", &expiring, Duration::from_secs(25)).await;
+
+    let base = ingest.url();
+    let ((status, refused, retry_after), (won_status, won, _)) = tokio::join!(
+        post(&http, &base, Some("held"), &held),
+        post(&http, &base, Some("expiring"), &expiring)
+    );
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(
+        refused["error"]["code"], "idempotency_in_progress",
+        "{refused}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(won_status, 202, "{won}");
+    assert_eq!(ids(&won).len(), 2, "{won}");
+
+    let counts = written(&deployment).await;
+    let want: HashMap<String, usize> = ids(&won).into_iter().map(|id| (id, 1)).collect();
+    assert_eq!(
+        counts, want,
+        "only the request whose holder expired is written"
+    );
+}
+
+#[tokio::test]
+async fn ingest_refuses_an_idempotency_window_under_a_minute() {
+    let deployment = Deployment::new();
+    let mut proc = deployment
+        .spawn_with("hookline-ingest", &[("HOOKLINE_IDEMPOTENCY_WINDOW", "10s")])
+        .unwrap();
+    assert!(
+        proc.wait_ready(Duration::from_secs(30)).await.is_err(),
+        "ingest started with a 10s window"
+    );
+    let log = std::fs::read_to_string(&proc.log_path).unwrap();
+    assert!(
+        log.contains("HOOKLINE_IDEMPOTENCY_WINDOW") && log.contains("at least 1m"),
+        "{log}"
+    );
+}
