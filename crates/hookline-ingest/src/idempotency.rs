@@ -55,6 +55,7 @@ pub struct Idempotency {
 pub struct Shape {
     body: String,
     events: Vec<(bool, String)>,
+    batch: bool,
 }
 
 impl Shape {
@@ -71,13 +72,25 @@ impl Shape {
         Self {
             body: fingerprint(body),
             events,
+            batch: body.is_array(),
         }
+    }
+}
+
+/// `id` of the `index`-th event, as a field path.
+fn event_field(batch: bool, index: usize) -> String {
+    if batch {
+        format!("[{index}].id")
+    } else {
+        "id".into()
     }
 }
 
 /// One key of a request and how its claim went.
 #[derive(Clone)]
 struct Claimed {
+    /// The request field it answers for (`Idempotency-Key`, `id`, `[3].id`).
+    field: String,
     key: IdempotencyKey,
     fingerprint: String,
     /// The events of the request it covers.
@@ -179,6 +192,8 @@ impl Idempotency {
         events: &mut [Event],
     ) -> Result<Plan, ApiError> {
         let mut keys: Vec<(IdempotencyKey, String, Vec<usize>)> = Vec::new();
+        // The request field each key answers for in a `422`.
+        let mut fields: Vec<String> = Vec::new();
         if let Some(value) = headers.get(HEADER) {
             let text = value.to_str().map_err(|_| {
                 ApiError::new(ErrorKind::InvalidField, "must be visible ASCII characters")
@@ -198,6 +213,7 @@ impl Idempotency {
                 }
             }
             keys.push((key, shape.body.clone(), (0..events.len()).collect()));
+            fields.push("Idempotency-Key".into());
         } else {
             let mut seen = HashSet::new();
             for (i, event) in events.iter().enumerate() {
@@ -205,11 +221,7 @@ impl Idempotency {
                     continue;
                 };
                 if !seen.insert((event.tenant.as_str(), event.id.as_str())) {
-                    let field = if events.len() > 1 {
-                        format!("[{i}].id")
-                    } else {
-                        "id".into()
-                    };
+                    let field = event_field(shape.batch, i);
                     return Err(ApiError::new(
                         ErrorKind::InvalidField,
                         "the same event id appears twice in the request",
@@ -222,6 +234,7 @@ impl Idempotency {
                     key: event.id.to_string(),
                 };
                 keys.push((key, print.clone(), vec![i]));
+                fields.push(event_field(shape.batch, i));
             }
         }
         if keys.is_empty() {
@@ -229,7 +242,7 @@ impl Idempotency {
         }
         let request_scope = headers.contains_key(HEADER);
         let mut plan = Plan::plain(events.len());
-        for (claimed, decision) in self.claim_all(keys).await? {
+        for (claimed, decision) in self.claim_all(keys, fields).await? {
             match decision {
                 Decision::Won => plan.won.push(claimed),
                 Decision::Replay(ids) => {
@@ -256,10 +269,13 @@ impl Idempotency {
     async fn claim_all(
         &self,
         keys: Vec<(IdempotencyKey, String, Vec<usize>)>,
+        fields: Vec<String>,
     ) -> Result<Vec<(Claimed, Decision)>, ApiError> {
         let mut pending: Vec<Claimed> = keys
             .into_iter()
-            .map(|(key, fingerprint, events)| Claimed {
+            .zip(fields)
+            .map(|((key, fingerprint, events), field)| Claimed {
+                field,
                 key,
                 fingerprint,
                 events,
@@ -314,10 +330,11 @@ impl Idempotency {
 
     fn reused(&self, claimed: &Claimed) -> ApiError {
         self.conflicts.with_label_values(&["reused"]).inc();
-        let (what, field) = match claimed.key.scope {
-            Scope::Request => ("Idempotency-Key", "Idempotency-Key".to_owned()),
-            Scope::Event => ("event id", "id".to_owned()),
+        let what = match claimed.key.scope {
+            Scope::Request => "Idempotency-Key",
+            Scope::Event => "event id",
         };
+        let field = claimed.field.clone();
         ApiError::new(
             ErrorKind::IdempotencyKeyReused,
             format!(
@@ -509,5 +526,31 @@ impl Idempotency {
         if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
             tracing::warn!(%err, what, "idempotency record not stored; the claim expires by itself");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_marks_given_ids_and_fingerprints_each_event() {
+        let body = json!([
+            {"type": "a.b", "tenant": "t", "id": "e1"},
+            {"type": "a.b", "tenant": "t", "id": null},
+            {"type": "a.b", "tenant": "t"},
+        ]);
+        let shape = Shape::of(&body);
+        assert!(shape.batch);
+        let given: Vec<bool> = shape.events.iter().map(|(given, _)| *given).collect();
+        assert_eq!(given, [true, false, false]);
+        assert_eq!(shape.events[0].1, fingerprint(&body[0]));
+        assert_ne!(shape.events[0].1, shape.events[2].1);
+        assert_eq!(shape.body, fingerprint(&body));
+        let one = Shape::of(&body[0]);
+        assert!(!one.batch);
+        assert_eq!(one.events.len(), 1);
+        assert_eq!(event_field(true, 3), "[3].id");
+        assert_eq!(event_field(false, 0), "id");
     }
 }

@@ -224,6 +224,16 @@ async fn a_key_survives_a_restart_and_refuses_another_body_and_event_ids_are_kep
         "{refused}"
     );
     assert_eq!(refused["error"]["field"], "id", "{refused}");
+    // In a batch, the whole request is refused, naming the event: its new event too.
+    let (status, refused, _) = post(
+        &http,
+        &second.url(),
+        None,
+        &json!([{"id": "inv-79-paid", "type": "invoice.paid", "tenant": "acme"}, changed]),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["field"], "[1].id", "{refused}");
 
     let counts = written(&deployment).await;
     let mut want: HashMap<String, usize> = original.iter().map(|id| (id.clone(), 1)).collect();
