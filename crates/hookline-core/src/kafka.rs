@@ -73,6 +73,28 @@ impl TopicSpec {
             .any(|(key, value)| *key == "cleanup.policy" && value == "compact")
     }
 
+    /// Whether the topic must have exactly one partition (it is read as one log).
+    pub fn is_single_log(&self) -> bool {
+        self.partitions == 1
+            && (self.is_compacted() || self.configs.iter().any(|(k, _)| *k == "retention.ms"))
+    }
+
+    /// A single-partition topic whose records are deleted after `retention` (not
+    /// compacted: every record of a key counts, in order), in hourly segments so they
+    /// go soon after.
+    pub fn ordered_log(name: String, retention: Duration) -> Self {
+        let hour = Duration::from_secs(3600);
+        Self {
+            name,
+            partitions: 1,
+            configs: vec![
+                ("cleanup.policy", "delete".into()),
+                ("retention.ms", retention.as_millis().to_string()),
+                ("segment.ms", retention.min(hour).as_millis().to_string()),
+            ],
+        }
+    }
+
     /// A compacted, single-partition topic (small control data, total order).
     pub fn compacted(name: String) -> Self {
         Self {
@@ -300,7 +322,7 @@ pub async fn ensure_topics(
             // The views read a compacted topic's partition 0 only: records on any other
             // partition would be missed without a word.
             anyhow::ensure!(
-                !spec.is_compacted() || partitions == 1,
+                !spec.is_single_log() || partitions == 1,
                 "topic {} has {partitions} partitions; Hookline needs exactly 1 (it is read \
                  as one ordered log)",
                 spec.name

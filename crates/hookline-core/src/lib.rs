@@ -9,6 +9,7 @@
 pub mod config;
 pub mod freshness;
 pub mod heartbeat;
+pub mod idempotency_view;
 pub mod kafka;
 pub mod kafka_stats;
 pub mod key_view;

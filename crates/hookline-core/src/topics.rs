@@ -77,6 +77,13 @@ impl Topics {
         })
     }
 
+    /// Idempotency claims and completions of `POST /v1/events` (`Idempotency-Key`,
+    /// producer-supplied event ids): one partition, so the log order decides races;
+    /// time retention past the idempotency window. Written and read by ingest only.
+    pub fn idempotency(&self) -> String {
+        self.name("idempotency")
+    }
+
     /// One record per delivery attempt.
     pub fn attempts(&self) -> String {
         self.name("attempts")
@@ -113,6 +120,7 @@ mod tests {
             "test-1.deliveries.retry.5m"
         );
         assert_eq!(t.attempts(), "test-1.attempts");
+        assert_eq!(t.idempotency(), "test-1.idempotency");
         assert_eq!(
             t.deliveries_retry_pattern(),
             "^test-1\\.deliveries\\.retry\\..+"

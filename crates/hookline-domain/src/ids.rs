@@ -163,6 +163,23 @@ pub fn operational_event_id(kind: &str, subject: &str) -> EventId {
     ))
 }
 
+/// The id of the `index`-th event of a request sent with an idempotency key, when the
+/// producer gave the event no id: the same for every retry of that request (same
+/// tenant, key and body fingerprint), so a retry after a crash between writing the
+/// events and recording the request as completed writes the same ids again.
+pub fn idempotent_event_id(tenant: &str, key: &str, fingerprint: &str, index: usize) -> EventId {
+    EventId(format!(
+        "{EVENT_ID_PREFIX}{}",
+        short_hash(&[
+            b"idempotency-key",
+            tenant.as_bytes(),
+            key.as_bytes(),
+            fingerprint.as_bytes(),
+            &(index as u64).to_be_bytes()
+        ])
+    ))
+}
+
 /// First 128 bits of SHA-256 over length-prefixed parts, as lowercase hex.
 /// Length prefixes keep ("ab","c") and ("a","bc") apart.
 fn short_hash(parts: &[&[u8]]) -> String {

@@ -20,6 +20,7 @@ pub mod egress;
 pub mod event;
 pub mod filter;
 pub mod health;
+pub mod idempotency;
 pub mod ids;
 pub mod matching;
 pub mod message_log;

@@ -13,7 +13,7 @@ use crate::quota::EventRate;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
 use chrono::Utc;
@@ -173,6 +173,8 @@ pub struct AppState {
     pub test_event_wait: Duration,
     /// The known event types and their compiled schemas.
     pub catalog: Arc<hookline_domain::catalog::Catalog>,
+    /// Idempotency keys of event requests (`Idempotency-Key`, producer event ids).
+    pub idempotency: Arc<crate::idempotency::Idempotency>,
 }
 
 impl AppState {
@@ -235,17 +237,21 @@ pub fn routes(state: AppState, max_body_bytes: usize, auth: Arc<Authenticator>) 
 
 /// Answers `202 {"ids": [...]}` once Kafka acknowledged every event of the request.
 #[utoipa::path(post, path = "/v1/events", tag = "events",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request idempotent for HOOKLINE_IDEMPOTENCY_WINDOW (default 24h), per tenant: a retry with the same key and body answers the same ids and writes nothing again. 1 to 255 visible ASCII characters. See docs/api.md.")),
     request_body(content = crate::openapi::EventsRequest, description = "One event or an array of up to HOOKLINE_MAX_BATCH_EVENTS."),
     responses(
-        (status = 202, description = "Every event acknowledged by Kafka; ids in request order.", body = crate::openapi::Accepted),
+        (status = 202, description = "Every event acknowledged by Kafka; ids in request order. Also the answer to a retry under the same Idempotency-Key (or producer event ids) with the same body: the same ids, nothing written again.", body = crate::openapi::Accepted),
+        (status = 409, description = "`idempotency_in_progress`: another request under the same idempotency key is still being written; `Retry-After` says when to ask again.", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid event (`invalid_field`), or `idempotency_key_reused`: the Idempotency-Key (or a producer event id) was used with a different body within the window.", body = crate::openapi::ErrorBody),
         (status = 429, description = "Over the tenant's event rate; `Retry-After` says when its events fit.", body = crate::openapi::ErrorBody),
     ))]
 async fn post_events(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let outcome = accept_events(&state, &principal, body).await;
+    let outcome = accept_events(&state, &principal, &headers, body).await;
     let status = outcome
         .as_ref()
         .map_or_else(ApiError::status, |_| StatusCode::ACCEPTED);
@@ -256,6 +262,7 @@ async fn post_events(
 async fn accept_events(
     state: &AppState,
     principal: &Principal,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Vec<String>, ApiError> {
     principal
@@ -263,12 +270,13 @@ async fn accept_events(
         .map_err(|d| denied(d, "event"))
         .inspect_err(|err| state.metrics.rejected(err.kind, 0))?;
     let bytes = body_bytes(body).inspect_err(|err| state.metrics.rejected(err.kind, 0))?;
-    let events = decode_json::<Value>(&bytes)
+    let (mut events, shape) = decode_json::<Value>(&bytes)
         .and_then(|body| {
             let batch = body.is_array();
+            let shape = crate::idempotency::Shape::of(&body);
             let events = parse_batch(body, state.max_batch_events)?;
             conform(&state.catalog, &events, batch)?;
-            admit_events(state, principal, events, batch)
+            Ok((admit_events(state, principal, events, batch)?, shape))
         })
         .inspect_err(|err| {
             let outcome = match err.kind {
@@ -278,8 +286,23 @@ async fn accept_events(
             state.metrics.events.with_label_values(&[outcome]).inc();
             state.metrics.rejected(err.kind, bytes.len());
         })?;
+    // Claims the request's idempotency keys: what was written before is not again.
+    let plan = state
+        .idempotency
+        .plan(principal, headers, &shape, &mut events)
+        .await
+        .inspect_err(|err| state.metrics.rejected(err.kind, bytes.len()))?;
+    if let Some(ids) = plan.replayed() {
+        return Ok(ids.to_vec());
+    }
     let topic = state.topics.events();
-    let records: Vec<OutRecord> = events
+    let written: Vec<&Event> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| plan.writes(*i))
+        .map(|(_, event)| event)
+        .collect();
+    let records: Vec<OutRecord> = written
         .iter()
         .map(|event| OutRecord::json(&topic, event.partition_key(), event))
         .collect::<Result<_, serde_json::Error>>()
@@ -311,11 +334,12 @@ async fn accept_events(
             .with_label_values(&["failed"])
             .inc_by(failed as u64);
         tracing::error!(%err, failed, "events not acknowledged by Kafka");
+        state.idempotency.abandon(&plan).await;
         // Some of the events may be written (and will be delivered); sent again with the
         // same ids, they are delivered with the same webhook-ids, which receivers
         // de-duplicate.
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let not_acknowledged: Vec<&str> = events
+        let not_acknowledged: Vec<&str> = written
             .iter()
             .zip(&results)
             .filter(|(_, result)| result.is_err())
@@ -331,6 +355,7 @@ async fn accept_events(
         .with("not_acknowledged", json!(not_acknowledged)));
     }
     state.progress.succeeded();
+    state.idempotency.complete(&plan, &events).await;
     for event in &events {
         // Per event, so debug: the first line of an event's trail through the binaries.
         tracing::debug!(event_id = %event.id, tenant = %event.tenant, event_type = %event.event_type, "event accepted");
@@ -413,7 +438,7 @@ const REPORT_SLACK: Duration = Duration::from_secs(1);
 /// does: records not reported by then count as not acknowledged. They may still be
 /// written, as any timed-out record may; an event surely, if Kafka takes it within
 /// the event producer's delivery timeout.
-async fn send_within(
+pub(crate) async fn send_within(
     producer: &RenewingProducer,
     records: &[OutRecord],
     timeout: Duration,

@@ -29,10 +29,16 @@ pub enum ErrorKind {
     /// 409: the resource is not in a state that allows the call (e.g. testing a
     /// disabled subscription).
     Conflict,
+    /// 409: another request under the same idempotency key is still in progress;
+    /// answered with `Retry-After`.
+    IdempotencyInProgress,
     /// 413: the body is over the limit.
     PayloadTooLarge,
     /// 422: a field failed validation.
     InvalidField,
+    /// 422: the idempotency key (or producer-supplied event id) was used with a
+    /// different request body within the idempotency window.
+    IdempotencyKeyReused,
     /// 429: the tenant publishes faster than its quota; answered with `Retry-After`.
     RateLimited,
     /// 500: a bug on our side.
@@ -49,10 +55,12 @@ impl ErrorKind {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::QuotaExceeded | Self::Conflict => StatusCode::CONFLICT,
+            Self::QuotaExceeded | Self::Conflict | Self::IdempotencyInProgress => {
+                StatusCode::CONFLICT
+            }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InvalidField => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidField | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -68,6 +76,8 @@ impl ErrorKind {
             Self::NotFound => "not_found",
             Self::QuotaExceeded => "quota_exceeded",
             Self::Conflict => "conflict",
+            Self::IdempotencyInProgress => "idempotency_in_progress",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RateLimited => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
             Self::InvalidField => "invalid_field",
@@ -210,8 +220,10 @@ mod tests {
             | ErrorKind::NotFound
             | ErrorKind::QuotaExceeded
             | ErrorKind::Conflict
+            | ErrorKind::IdempotencyInProgress
             | ErrorKind::PayloadTooLarge
             | ErrorKind::InvalidField
+            | ErrorKind::IdempotencyKeyReused
             | ErrorKind::RateLimited
             | ErrorKind::Internal
             | ErrorKind::Unavailable => kind.code(),
@@ -224,8 +236,10 @@ mod tests {
             ErrorKind::NotFound,
             ErrorKind::QuotaExceeded,
             ErrorKind::Conflict,
+            ErrorKind::IdempotencyInProgress,
             ErrorKind::PayloadTooLarge,
             ErrorKind::InvalidField,
+            ErrorKind::IdempotencyKeyReused,
             ErrorKind::RateLimited,
             ErrorKind::Internal,
             ErrorKind::Unavailable,

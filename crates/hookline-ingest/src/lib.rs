@@ -9,6 +9,7 @@ pub mod attempts;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod keys;
 pub mod message_log;
 pub mod openapi;

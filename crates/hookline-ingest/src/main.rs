@@ -7,7 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use hookline_ingest::{api, attempts, auth, quota, replay};
+use hookline_ingest::{api, attempts, auth, idempotency, quota, replay};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use hookline_core::config::{
     parse_duration, ApiArgs, AuthMode, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs,
     SecretsArgs, TenantQuotaArgs, UrlArgs,
 };
+use hookline_core::idempotency_view::IdempotencyView;
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::key_view::ApiKeyView;
 use hookline_core::progress::Progress;
@@ -81,6 +82,18 @@ struct Cli {
     /// catalog (a type of the same name replaces the built-in one).
     #[arg(long, env = "HOOKLINE_EVENT_TYPES_FILE")]
     event_types_file: Option<std::path::PathBuf>,
+
+    /// How long an `Idempotency-Key` (or a producer-supplied event id) of
+    /// `POST /v1/events` is remembered (humantime, at least 1m): a retry within it
+    /// answers the same ids and writes nothing again. Also the retention of the
+    /// idempotency topic when ingest creates it.
+    #[arg(
+        long,
+        env = "HOOKLINE_IDEMPOTENCY_WINDOW",
+        value_parser = parse_idempotency_window,
+        default_value = "24h"
+    )]
+    idempotency_window: Duration,
 
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -170,6 +183,12 @@ async fn run() -> anyhow::Result<()> {
             TopicSpec::compacted(topics.subscriptions()),
             TopicSpec::compacted(topics.subscription_health()),
             TopicSpec::compacted(topics.api_keys()),
+            // Retention past the window by a claim's lifetime and a margin: a record
+            // still counts until it is older than the window.
+            TopicSpec::ordered_log(
+                topics.idempotency(),
+                cli.idempotency_window + Duration::from_secs(3600),
+            ),
         ],
         Duration::from_secs(60),
     )
@@ -204,6 +223,20 @@ async fn run() -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-ingest-view", &registry)?;
     let keys = ApiKeyView::start(&cli.kafka, "hookline-ingest-view-keys", &registry)?;
+    let idempotency_view = IdempotencyView::start(
+        &cli.kafka,
+        "hookline-ingest-view-idempotency",
+        cli.idempotency_window,
+        &registry,
+    )?;
+    let idempotency = Arc::new(idempotency::Idempotency::new(
+        Arc::clone(&idempotency_view),
+        producer.clone(),
+        topics.idempotency(),
+        cli.idempotency_window,
+        cli.produce_timeout,
+        &registry,
+    )?);
     match &auth_mode {
         Some(AuthMode::AdminToken(_)) => tracing::info!(
             auth = "admin-token",
@@ -241,6 +274,7 @@ async fn run() -> anyhow::Result<()> {
         keyring: Arc::clone(&keyring),
         test_event_wait: cli.test_event_wait,
         catalog: Arc::clone(&catalog),
+        idempotency,
     };
     tracing::info!(
         types = catalog.types().count(),
@@ -256,6 +290,7 @@ async fn run() -> anyhow::Result<()> {
     let starting = Starting {
         view,
         keys,
+        idempotency: idempotency_view,
         producer: state.event_producer.current(),
         events: state.topics.events(),
         attempts: state.attempts.assigned(),
@@ -302,6 +337,18 @@ fn event_catalog(cli: &Cli) -> anyhow::Result<Arc<hookline_domain::catalog::Cata
     .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))
 }
 
+/// `HOOKLINE_IDEMPOTENCY_WINDOW`: a duration of at least a minute (a claim lives 30 s;
+/// a shorter window would forget a request while retries of it still run).
+fn parse_idempotency_window(text: &str) -> Result<Duration, String> {
+    let window = parse_duration(text)?;
+    if window < Duration::from_secs(60) {
+        return Err(format!(
+            "HOOKLINE_IDEMPOTENCY_WINDOW `{text}` must be at least 1m"
+        ));
+    }
+    Ok(window)
+}
+
 /// Shortest accepted `HOOKLINE_API_KEYS_MAX_STALENESS`.
 const MIN_KEYS_STALENESS: Duration = Duration::from_secs(2);
 
@@ -311,6 +358,7 @@ const MIN_KEYS_STALENESS: Duration = Duration::from_secs(2);
 struct Starting {
     view: Arc<SubscriptionView>,
     keys: Arc<ApiKeyView>,
+    idempotency: Arc<IdempotencyView>,
     producer: hookline_core::kafka::Producer,
     events: String,
     attempts: Readiness,
@@ -327,6 +375,12 @@ impl Starting {
         }
         while let Err(err) = self.keys.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the API keys view");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Not needed for correctness (a claim waits for the view to reach it), but a
+        // first request after a start would otherwise wait for the whole window's log.
+        while let Err(err) = self.idempotency.catch_up(Duration::from_secs(10)).await {
+            tracing::warn!(%err, "waiting for the idempotency view");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         loop {

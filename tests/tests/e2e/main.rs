@@ -15,6 +15,7 @@ mod cold_start;
 mod delivery;
 mod egress;
 mod harness;
+mod idempotency;
 mod message_log;
 mod observability;
 mod openapi;
