@@ -721,7 +721,11 @@ impl CatalogArgs {
         hookline_domain::catalog::Policy {
             unknown: self.event_types_unknown,
             validate: self.event_validation,
-            exempt_tenants: self.event_validation_exempt_tenants.iter().cloned().collect(),
+            exempt_tenants: self
+                .event_validation_exempt_tenants
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 
@@ -729,9 +733,10 @@ impl CatalogArgs {
     /// read or holds an invalid schema is an error naming the setting.
     pub fn base_catalog(&self) -> Result<hookline_domain::catalog::Catalog, String> {
         let file = match &self.event_types_file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                format!("HOOKLINE_EVENT_TYPES_FILE {}: {e}", path.display())
-            })?),
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("HOOKLINE_EVENT_TYPES_FILE {}: {e}", path.display()))?,
+            ),
             None => None,
         };
         hookline_domain::catalog::Catalog::new(file.as_deref(), self.policy()).map_err(|e| {

@@ -705,7 +705,10 @@ mod tests {
         let violation = catalog
             .check(&event("ledger.closed", json!({})))
             .unwrap_err();
-        assert_eq!((violation.field.as_str(), violation.rule.as_str()), ("data", "required"));
+        assert_eq!(
+            (violation.field.as_str(), violation.rule.as_str()),
+            ("data", "required")
+        );
         // The built-in types stay.
         assert!(catalog.get("invoice.paid").is_some());
         // The record read back from the topic compiles to the same version.
@@ -714,14 +717,39 @@ mod tests {
         assert_eq!(again.compile().unwrap().shown().version, shown.version);
 
         for (body, path, field, says) in [
-            (json!({"type": "x.y", "schema": {"type": "no such type"}}), None, "schema", "not a valid JSON Schema"),
-            (json!({"type": "x.y", "schema": {"minimum": "five"}}), None, "schema", "not a valid JSON Schema"),
-            (json!({"type": "x.y", "schema": 5}), None, "schema", "object"),
+            (
+                json!({"type": "x.y", "schema": {"type": "no such type"}}),
+                None,
+                "schema",
+                "not a valid JSON Schema",
+            ),
+            (
+                json!({"type": "x.y", "schema": {"minimum": "five"}}),
+                None,
+                "schema",
+                "not a valid JSON Schema",
+            ),
+            (
+                json!({"type": "x.y", "schema": 5}),
+                None,
+                "schema",
+                "object",
+            ),
             (json!({"type": "x.y"}), None, "schema", "required"),
             (json!({"schema": {}}), None, "type", "required"),
             (json!({"type": "x.*", "schema": {}}), None, "type", "`*`"),
-            (json!({"type": "bad type!", "schema": {}}), None, "type", "bad type!"),
-            (json!({"type": "a.b", "schema": {}}), Some("c.d"), "type", "differs"),
+            (
+                json!({"type": "bad type!", "schema": {}}),
+                None,
+                "type",
+                "bad type!",
+            ),
+            (
+                json!({"type": "a.b", "schema": {}}),
+                Some("c.d"),
+                "type",
+                "differs",
+            ),
         ] {
             let err = request(body.clone()).into_record(path, now).unwrap_err();
             assert_eq!(err.field, field, "{body}");
@@ -738,11 +766,17 @@ mod tests {
     fn versions_change_with_the_schema_and_the_flag_and_trusted_ones_skip_the_check() {
         let schema = json!({"type": "object", "required": ["period"]});
         let compile = |schema: &Value, validate| {
-            CompiledType::compile("ledger.closed", String::new(), schema.clone(), validate, Source::Api)
-                .unwrap()
-                .shown()
-                .version
-                .clone()
+            CompiledType::compile(
+                "ledger.closed",
+                String::new(),
+                schema.clone(),
+                validate,
+                Source::Api,
+            )
+            .unwrap()
+            .shown()
+            .version
+            .clone()
         };
         let v1 = compile(&schema, true);
         assert_eq!(v1, compile(&schema, true));
@@ -758,7 +792,9 @@ mod tests {
             Ok(Some(paid.as_str()))
         );
         // Any other version (a forged or stale header) is checked again.
-        assert!(catalog.check_trusting(&broken, Some("0123456789abcdef")).is_err());
+        assert!(catalog
+            .check_trusting(&broken, Some("0123456789abcdef"))
+            .is_err());
         assert!(catalog.check_trusting(&broken, None).is_err());
     }
 
@@ -774,7 +810,9 @@ mod tests {
         .unwrap();
         let catalog = builtin().overlaid([&Arc::new(off)]);
         assert_eq!(catalog.check(&event("invoice.paid", json!({}))), Ok(None));
-        assert!(catalog.check(&event("payment.succeeded", json!({}))).is_err());
+        assert!(catalog
+            .check(&event("payment.succeeded", json!({})))
+            .is_err());
 
         let exempt = Catalog::new(
             None,
@@ -785,10 +823,16 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(exempt.check(&event("payment.succeeded", json!({}))), Ok(None));
+        assert_eq!(
+            exempt.check(&event("payment.succeeded", json!({}))),
+            Ok(None)
+        );
         // Exempt from schemas, not from the known-types rule.
         assert_eq!(
-            exempt.check(&event("ledger.closed", json!({}))).unwrap_err().rule,
+            exempt
+                .check(&event("ledger.closed", json!({})))
+                .unwrap_err()
+                .rule,
             "known_type"
         );
         let globex = Event::from_json(
@@ -818,7 +862,10 @@ mod tests {
         assert!(known(&["in*v"]).is_ok());
         let any = vec!["ledger.closed".to_owned()];
         assert!(catalog.check_patterns(&any, SubscriptionTypes::Any).is_ok());
-        assert_eq!("known".parse::<SubscriptionTypes>(), Ok(SubscriptionTypes::Known));
+        assert_eq!(
+            "known".parse::<SubscriptionTypes>(),
+            Ok(SubscriptionTypes::Known)
+        );
         assert!("some".parse::<SubscriptionTypes>().is_err());
     }
 

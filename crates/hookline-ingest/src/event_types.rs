@@ -154,8 +154,14 @@ async fn write_type(
         .map(serde_json::to_vec)
         .transpose()
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let offset =
-        write_record(state, state.topics.event_types(), name, payload, "event type").await?;
+    let offset = write_record(
+        state,
+        state.topics.event_types(),
+        name,
+        payload,
+        "event type",
+    )
+    .await?;
     state
         .catalog
         .wait_for_offset(offset, VIEW_TIMEOUT)

@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
+use hookline_core::catalog_view::CatalogView;
 use hookline_core::config::{
-    parse_duration, ApiArgs, AuthMode, CatalogArgs, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs,
-    SecretsArgs, TenantQuotaArgs, UrlArgs,
+    parse_duration, ApiArgs, AuthMode, CatalogArgs, CloudEventsArgs, KafkaArgs, LogArgs,
+    ProgressArgs, SecretsArgs, TenantQuotaArgs, UrlArgs,
 };
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::key_view::ApiKeyView;
 use hookline_core::progress::Progress;
 use hookline_core::telemetry::{self, Readiness};
-use hookline_core::catalog_view::CatalogView;
 use hookline_core::view::SubscriptionView;
 
 /// Command line and environment settings.
@@ -194,16 +194,16 @@ async fn run() -> anyhow::Result<()> {
         .catalog
         .base_catalog()
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
-    let subscription_types = cli.subscription_event_types.unwrap_or(
-        match cli.catalog.event_types_unknown {
-            hookline_domain::catalog::UnknownTypes::Refuse => {
-                hookline_domain::catalog::SubscriptionTypes::Known
-            }
-            hookline_domain::catalog::UnknownTypes::Allow => {
-                hookline_domain::catalog::SubscriptionTypes::Any
-            }
-        },
-    );
+    let subscription_types =
+        cli.subscription_event_types
+            .unwrap_or(match cli.catalog.event_types_unknown {
+                hookline_domain::catalog::UnknownTypes::Refuse => {
+                    hookline_domain::catalog::SubscriptionTypes::Known
+                }
+                hookline_domain::catalog::UnknownTypes::Allow => {
+                    hookline_domain::catalog::SubscriptionTypes::Any
+                }
+            });
     let registry = telemetry::registry("ingest");
     let catalog = CatalogView::start(&cli.kafka, "hookline-ingest-view-types", base, &registry)?;
     let readiness = Readiness::default();

@@ -23,8 +23,8 @@ use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
 use hookline_core::view::{NotCaughtUp, SubscriptionView};
 use hookline_domain::backoff::Backoff;
-use hookline_domain::cloudevents::CloudEventsConfig;
 use hookline_domain::catalog::{Catalog, VALIDATED_HEADER};
+use hookline_domain::cloudevents::CloudEventsConfig;
 use hookline_domain::event::{Event, FieldError};
 use hookline_domain::routing::{route_record, EventRecord};
 use hookline_domain::task::DeliveryTask;
@@ -1113,7 +1113,12 @@ impl Router {
     /// Checks an event against the catalog (trusting ingest's header when told to):
     /// an event that breaks its schema, or of an unknown type refused, is invalid, its
     /// reason naming the path and the rule.
-    fn conform(&self, catalog: &Catalog, event: &Event, validated: Option<&str>) -> Result<(), FieldError> {
+    fn conform(
+        &self,
+        catalog: &Catalog,
+        event: &Event,
+        validated: Option<&str>,
+    ) -> Result<(), FieldError> {
         let validated = validated.filter(|_| self.trust_validated);
         catalog
             .check_trusting(event, validated)
