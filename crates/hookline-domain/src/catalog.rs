@@ -564,6 +564,9 @@ mod tests {
             "supplier.deleted",
             "contract.created",
             "order.created",
+            // Hookline's own operational event, written by delivery workers: known, so
+            // that refusing unknown types does not dead-letter it.
+            "subscription.disabled",
         ] {
             let found = catalog.get(name).unwrap_or_else(|| panic!("{name}"));
             assert_eq!(found.source, Source::Builtin);
