@@ -512,7 +512,7 @@ pub fn complete(mut doc: Value) -> Value {
             if has_body {
                 shared.push(("413", "The body is over HOOKLINE_MAX_BODY_BYTES."));
             }
-            if path.contains("{id}") || path.contains("{key_id}") {
+            if path.contains("{id}") || path.contains("{key_id}") || path.contains("{type}") {
                 shared.push(("404", "No such resource, or one of another tenant."));
             }
             for (status, description) in shared {
