@@ -873,6 +873,15 @@ mod tests {
     }
 
     #[test]
+    fn the_subscription_disabled_event_of_delivery_workers_fits_its_schema() {
+        let data = json!({"subscription_id": "sub_1", "url": "https://erp.example/h",
+            "reason": "failing since 2026-12-01T00:00:00Z"});
+        assert!(builtin()
+            .check(&event("subscription.disabled", data))
+            .is_ok_and(|version| version.is_some()));
+    }
+
+    #[test]
     fn pointers_become_field_names() {
         assert_eq!(field_of(""), "data");
         assert_eq!(field_of("/amount"), "data.amount");
