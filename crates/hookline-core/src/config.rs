@@ -668,3 +668,82 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--topic-replication", "three"]).is_err());
     }
 }
+
+/// Settings of the event catalog and of checking events against it, shared by ingest
+/// (events over HTTP) and the router (records produced straight to the events topic),
+/// so that both check alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CatalogArgs {
+    /// Check each event's `data` against its type's JSON Schema in the event catalog:
+    /// at ingest a `422` naming the path and the rule, in the router (records produced
+    /// straight to Kafka) a dead letter on the events DLQ with the reason.
+    #[arg(
+        long,
+        env = "HOOKLINE_EVENT_VALIDATION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub event_validation: bool,
+
+    /// Events of a type the catalog does not know: `allow` (unchecked) or `refuse`
+    /// (`422` naming `type`; dead-lettered when produced straight to Kafka).
+    #[arg(long, env = "HOOKLINE_EVENT_TYPES_UNKNOWN", default_value = "allow")]
+    pub event_types_unknown: hookline_domain::catalog::UnknownTypes,
+
+    /// A JSON file of the operator's own event types and schemas,
+    /// `{"types": [{"type", "description", "schema"}]}`, added to the built-in
+    /// catalog (a type of the same name replaces the built-in one).
+    #[arg(long, env = "HOOKLINE_EVENT_TYPES_FILE")]
+    pub event_types_file: Option<std::path::PathBuf>,
+
+    /// Tenants whose events are not checked against schemas (comma-separated; unknown
+    /// types are still refused when `HOOKLINE_EVENT_TYPES_UNKNOWN=refuse`).
+    #[arg(
+        long,
+        env = "HOOKLINE_EVENT_VALIDATION_EXEMPT_TENANTS",
+        value_delimiter = ',',
+        value_parser = parse_tenant
+    )]
+    pub event_validation_exempt_tenants: Vec<String>,
+}
+
+fn parse_tenant(text: &str) -> Result<String, String> {
+    let tenant = text.trim();
+    if tenant.is_empty() || tenant.chars().any(char::is_whitespace) {
+        return Err(format!("{text:?}: expected a tenant id"));
+    }
+    Ok(tenant.to_owned())
+}
+
+impl CatalogArgs {
+    /// How events are checked.
+    pub fn policy(&self) -> hookline_domain::catalog::Policy {
+        hookline_domain::catalog::Policy {
+            unknown: self.event_types_unknown,
+            validate: self.event_validation,
+            exempt_tenants: self
+                .event_validation_exempt_tenants
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The built-in types and the operator's file, compiled once; a file that does not
+    /// read or holds an invalid schema is an error naming the setting.
+    pub fn base_catalog(&self) -> Result<hookline_domain::catalog::Catalog, String> {
+        let file = match &self.event_types_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("HOOKLINE_EVENT_TYPES_FILE {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        hookline_domain::catalog::Catalog::new(file.as_deref(), self.policy()).map_err(|e| {
+            match &self.event_types_file {
+                Some(path) => format!("HOOKLINE_EVENT_TYPES_FILE {}: {e}", path.display()),
+                None => e,
+            }
+        })
+    }
+}

@@ -45,6 +45,12 @@ impl Topics {
         self.name("api-keys")
     }
 
+    /// Event types added through the admin API (with their JSON Schemas), compacted,
+    /// keyed by type name; a deleted type is a tombstone. Written by the ingest API only.
+    pub fn event_types(&self) -> String {
+        self.name("event-types")
+    }
+
     /// Delivery tasks: one per (event, matching subscription), keyed by subscription.
     pub fn deliveries(&self) -> String {
         self.name("deliveries")
@@ -113,6 +119,7 @@ mod tests {
         assert_eq!(t.events_dlq(), "test-1.events.dlq");
         assert_eq!(t.subscriptions(), "test-1.subscriptions");
         assert_eq!(t.api_keys(), "test-1.api-keys");
+        assert_eq!(t.event_types(), "test-1.event-types");
         assert_eq!(t.deliveries(), "test-1.deliveries");
         assert_eq!(t.deliveries_dlq(), "test-1.deliveries.dlq");
         assert_eq!(

@@ -171,8 +171,10 @@ pub struct AppState {
     /// How long `POST /v1/subscriptions/{id}/test` waits for the attempt when the
     /// request does not say.
     pub test_event_wait: Duration,
-    /// The known event types and their compiled schemas.
-    pub catalog: Arc<hookline_domain::catalog::Catalog>,
+    /// The known event types and their compiled schemas, live (the event types topic).
+    pub catalog: Arc<hookline_core::catalog_view::CatalogView>,
+    /// Which `event_types` a subscription may name.
+    pub subscription_types: hookline_domain::catalog::SubscriptionTypes,
     /// Idempotency keys of event requests (`Idempotency-Key`, producer event ids).
     pub idempotency: Arc<crate::idempotency::Idempotency>,
 }
@@ -191,7 +193,15 @@ impl AppState {
 pub fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_events))
-        .routes(routes!(list_event_types))
+        .routes(routes!(
+            crate::event_types::list_event_types,
+            crate::event_types::create_event_type
+        ))
+        .routes(routes!(
+            crate::event_types::get_event_type,
+            crate::event_types::put_event_type,
+            crate::event_types::delete_event_type
+        ))
         .routes(routes!(create_subscription, list_subscriptions))
         .routes(routes!(
             get_subscription,
@@ -270,12 +280,13 @@ async fn accept_events(
         .map_err(|d| denied(d, "event"))
         .inspect_err(|err| state.metrics.rejected(err.kind, 0))?;
     let bytes = body_bytes(body).inspect_err(|err| state.metrics.rejected(err.kind, 0))?;
+    let mut versions = Vec::new();
     let (mut events, shape) = decode_json::<Value>(&bytes)
         .and_then(|body| {
             let batch = body.is_array();
             let shape = crate::idempotency::Shape::of(&body);
             let events = parse_batch(body, state.max_batch_events)?;
-            conform(&state.catalog, &events, batch)?;
+            versions = conform(&state.catalog.current(), &events, batch)?;
             Ok((admit_events(state, principal, events, batch)?, shape))
         })
         .inspect_err(|err| {
@@ -296,15 +307,25 @@ async fn accept_events(
         return Ok(ids.to_vec());
     }
     let topic = state.topics.events();
-    let written: Vec<&Event> = events
+    // Each event to write, with the catalog version it was validated against.
+    let (written, written_versions): (Vec<&Event>, Vec<&Option<String>>) = events
         .iter()
+        .zip(&versions)
         .enumerate()
         .filter(|(i, _)| plan.writes(*i))
-        .map(|(_, event)| event)
-        .collect();
+        .map(|(_, pair)| pair)
+        .unzip();
     let records: Vec<OutRecord> = written
         .iter()
-        .map(|event| OutRecord::json(&topic, event.partition_key(), event))
+        .zip(written_versions)
+        .map(|(event, version)| {
+            let record = OutRecord::json(&topic, event.partition_key(), event)?;
+            // The router need not check this event again (see VALIDATED_HEADER).
+            Ok(match version {
+                Some(version) => record.with_headers(validated_header(version)),
+                None => record,
+            })
+        })
         .collect::<Result<_, serde_json::Error>>()
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let accepted = std::time::Instant::now();
@@ -370,34 +391,38 @@ async fn accept_events(
 
 /// Every event's `data` satisfies its type's schema (and unknown types are allowed):
 /// else a `422` naming the path (`data.amount`, `[3].data.amount` in a batch) and the
-/// rule, with `rule` in the error object too. The whole request is refused.
+/// rule, with `rule` in the error object too. The whole request is refused. Answers,
+/// per event, the type version it was checked against (`None`: not checked).
 fn conform(
     catalog: &hookline_domain::catalog::Catalog,
     events: &[Event],
     batch: bool,
-) -> Result<(), ApiError> {
+) -> Result<Vec<Option<String>>, ApiError> {
+    let mut versions = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
-        if let Err(violation) = catalog.check(event) {
-            let field = if batch {
-                format!("[{i}].{}", violation.field)
-            } else {
-                violation.field
-            };
-            return Err(ApiError::new(ErrorKind::InvalidField, violation.message)
-                .at(field)
-                .with("rule", json!(violation.rule)));
+        match catalog.check(event) {
+            Ok(version) => versions.push(version.map(str::to_owned)),
+            Err(violation) => {
+                let field = if batch {
+                    format!("[{i}].{}", violation.field)
+                } else {
+                    violation.field
+                };
+                return Err(ApiError::new(ErrorKind::InvalidField, violation.message)
+                    .at(field)
+                    .with("rule", json!(violation.rule)));
+            }
         }
     }
-    Ok(())
+    Ok(versions)
 }
 
-/// `GET /v1/event-types`: the catalog, every type with its schema. Any valid
-/// credential may read it: it is the same for every tenant.
-#[utoipa::path(get, path = "/v1/event-types", tag = "event types",
-    responses((status = 200, description = "The known event types, by name, with their JSON Schemas.", body = crate::openapi::EventTypeList)))]
-async fn list_event_types(State(state): State<AppState>) -> Json<Value> {
-    let types: Vec<&hookline_domain::catalog::EventType> = state.catalog.types().collect();
-    Json(json!({ "data": types }))
+/// The header marking an event record ingest checked against type `version`.
+fn validated_header(version: &str) -> rdkafka::message::OwnedHeaders {
+    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: hookline_domain::catalog::VALIDATED_HEADER,
+        value: Some(version),
+    })
 }
 
 /// A tenant key's batch: every event of its own tenant, within the tenant's batch
@@ -546,6 +571,12 @@ async fn create_subscription(
     principal
         .require(Role::SubscriptionsManage)
         .map_err(|d| denied(d, "subscription"))?;
+    if let Some(patterns) = &request.event_types {
+        state
+            .catalog
+            .current()
+            .check_patterns(patterns, state.subscription_types)?;
+    }
     if let Some(own) = principal.tenant() {
         // A tenant key may leave the tenant out: it can only be its own.
         let tenant = request.tenant.get_or_insert_with(|| own.to_owned());
@@ -719,6 +750,12 @@ async fn patch_subscription(
         &state,
         find(&state, &principal, Role::SubscriptionsManage, &id)?.as_ref(),
     )?;
+    if let Some(patterns) = &patch.event_types {
+        state
+            .catalog
+            .current()
+            .check_patterns(patterns, state.subscription_types)?;
+    }
     let next = patch.apply(&current, Utc::now(), state.saving())?;
     write_subscription(&state, &id, Some(&next)).await?;
     tracing::info!(%id, "subscription updated");

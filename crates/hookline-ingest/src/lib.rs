@@ -8,6 +8,7 @@ pub mod api;
 pub mod attempts;
 pub mod auth;
 pub mod error;
+pub mod event_types;
 pub mod http;
 pub mod idempotency;
 pub mod keys;

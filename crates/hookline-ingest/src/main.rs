@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
+use hookline_core::catalog_view::CatalogView;
 use hookline_core::config::{
-    parse_duration, ApiArgs, AuthMode, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs,
-    SecretsArgs, TenantQuotaArgs, UrlArgs,
+    parse_duration, ApiArgs, AuthMode, CatalogArgs, CloudEventsArgs, KafkaArgs, LogArgs,
+    ProgressArgs, SecretsArgs, TenantQuotaArgs, UrlArgs,
 };
 use hookline_core::idempotency_view::IdempotencyView;
 use hookline_core::kafka::{self, TopicSpec};
@@ -62,26 +63,15 @@ struct Cli {
     )]
     test_event_wait: Duration,
 
-    /// Check each HTTP event's `data` against its type's JSON Schema in the event
-    /// catalog (`422` naming the path and the rule when it breaks it).
-    #[arg(
-        long,
-        env = "HOOKLINE_EVENT_VALIDATION",
-        default_value_t = true,
-        action = clap::ArgAction::Set
-    )]
-    event_validation: bool,
+    /// Which `event_types` a subscription may name: `known` (known types, or
+    /// patterns matching at least one; else `422` naming the entry) or `any`. Unset:
+    /// `known` when `HOOKLINE_EVENT_TYPES_UNKNOWN=refuse` (events of other types cannot
+    /// arrive), else `any`.
+    #[arg(long, env = "HOOKLINE_SUBSCRIPTION_EVENT_TYPES")]
+    subscription_event_types: Option<hookline_domain::catalog::SubscriptionTypes>,
 
-    /// Events of a type the catalog does not know: `allow` (unchecked) or `refuse`
-    /// (`422` naming `type`).
-    #[arg(long, env = "HOOKLINE_EVENT_TYPES_UNKNOWN", default_value = "allow")]
-    event_types_unknown: hookline_domain::catalog::UnknownTypes,
-
-    /// A JSON file of the operator's own event types and schemas,
-    /// `{"types": [{"type", "description", "schema"}]}`, added to the built-in
-    /// catalog (a type of the same name replaces the built-in one).
-    #[arg(long, env = "HOOKLINE_EVENT_TYPES_FILE")]
-    event_types_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    catalog: CatalogArgs,
 
     /// How long an `Idempotency-Key` (or a producer-supplied event id) of
     /// `POST /v1/events` is remembered (humantime, at least 1m): a retry within it
@@ -189,6 +179,7 @@ async fn run() -> anyhow::Result<()> {
                 topics.idempotency(),
                 cli.idempotency_window + Duration::from_secs(3600),
             ),
+            TopicSpec::compacted(topics.event_types()),
         ],
         Duration::from_secs(60),
     )
@@ -218,8 +209,22 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let keyring = keyring.ok_or_else(|| anyhow::anyhow!("no secrets keys"))?;
-    let catalog = event_catalog(&cli)?;
+    let base = cli
+        .catalog
+        .base_catalog()
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    let subscription_types =
+        cli.subscription_event_types
+            .unwrap_or(match cli.catalog.event_types_unknown {
+                hookline_domain::catalog::UnknownTypes::Refuse => {
+                    hookline_domain::catalog::SubscriptionTypes::Known
+                }
+                hookline_domain::catalog::UnknownTypes::Allow => {
+                    hookline_domain::catalog::SubscriptionTypes::Any
+                }
+            });
     let registry = telemetry::registry("ingest");
+    let catalog = CatalogView::start(&cli.kafka, "hookline-ingest-view-types", base, &registry)?;
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-ingest-view", &registry)?;
     let keys = ApiKeyView::start(&cli.kafka, "hookline-ingest-view-keys", &registry)?;
@@ -274,13 +279,16 @@ async fn run() -> anyhow::Result<()> {
         keyring: Arc::clone(&keyring),
         test_event_wait: cli.test_event_wait,
         catalog: Arc::clone(&catalog),
+        subscription_types,
         idempotency,
     };
     tracing::info!(
-        types = catalog.types().count(),
-        validation = cli.event_validation,
-        unknown = ?cli.event_types_unknown,
-        "event catalog"
+        types = catalog.base().types().count(),
+        validation = cli.catalog.event_validation,
+        unknown = ?cli.catalog.event_types_unknown,
+        exempt_tenants = ?cli.catalog.event_validation_exempt_tenants,
+        subscriptions = ?subscription_types,
+        "event catalog (built-in and file types; the admin API's follow from the event types topic)"
     );
     tracing::info!(
         allow_http = cli.urls.delivery_allow_http,
@@ -291,6 +299,7 @@ async fn run() -> anyhow::Result<()> {
         view,
         keys,
         idempotency: idempotency_view,
+        catalog: Arc::clone(&catalog),
         producer: state.event_producer.current(),
         events: state.topics.events(),
         attempts: state.attempts.assigned(),
@@ -316,27 +325,6 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
-/// The event catalog: built-in types and the operator's file, validators compiled
-/// once; a file that does not read or holds an invalid schema stops ingest here.
-fn event_catalog(cli: &Cli) -> anyhow::Result<Arc<hookline_domain::catalog::Catalog>> {
-    let file = match &cli.event_types_file {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            anyhow::anyhow!(
-                "refusing to start: HOOKLINE_EVENT_TYPES_FILE {}: {e}",
-                path.display()
-            )
-        })?),
-        None => None,
-    };
-    hookline_domain::catalog::Catalog::new(
-        file.as_deref(),
-        cli.event_types_unknown,
-        cli.event_validation,
-    )
-    .map(Arc::new)
-    .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))
-}
-
 /// `HOOKLINE_IDEMPOTENCY_WINDOW`: a duration of at least a minute (a claim lives 30 s;
 /// a shorter window would forget a request while retries of it still run).
 fn parse_idempotency_window(text: &str) -> Result<Duration, String> {
@@ -352,12 +340,13 @@ fn parse_idempotency_window(text: &str) -> Result<Duration, String> {
 /// Shortest accepted `HOOKLINE_API_KEYS_MAX_STALENESS`.
 const MIN_KEYS_STALENESS: Duration = Duration::from_secs(2);
 
-/// What ingest waits for before it is ready: the subscriptions and API keys views caught up, the
-/// producer seeing the events topic with leaders, and the message log consuming and
-/// caught up with what its topics held at start.
+/// What ingest waits for before it is ready: the subscriptions, API keys, event types and
+/// idempotency views caught up, the producer seeing the events topic with leaders, and
+/// the message log consuming and caught up with what its topics held at start.
 struct Starting {
     view: Arc<SubscriptionView>,
     keys: Arc<ApiKeyView>,
+    catalog: Arc<CatalogView>,
     idempotency: Arc<IdempotencyView>,
     producer: hookline_core::kafka::Producer,
     events: String,
@@ -375,6 +364,10 @@ impl Starting {
         }
         while let Err(err) = self.keys.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the API keys view");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        while let Err(err) = self.catalog.catch_up(Duration::from_secs(10)).await {
+            tracing::warn!(%err, "waiting for the event types view");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Not needed for correctness (a claim waits for the view to reach it), but a

@@ -93,6 +93,8 @@ pub(crate) enum EventTypeSource {
     Builtin,
     /// The operator's catalog file.
     File,
+    /// The admin API (`POST`/`PUT /v1/event-types`).
+    Api,
 }
 
 /// A known event type.
@@ -103,8 +105,26 @@ pub(crate) struct EventType {
     name: String,
     description: String,
     source: EventTypeSource,
+    /// Whether its events are checked against the schema.
+    validate: bool,
+    /// Fingerprint of the schema and `validate`: changes with either.
+    version: String,
     /// The JSON Schema its `data` must satisfy.
     schema: Value,
+}
+
+/// An event type the admin creates (`POST`, with `type`) or replaces (`PUT`, the type
+/// in the path).
+#[derive(ToSchema)]
+pub(crate) struct EventTypeRequest {
+    /// Its name (`POST`; for `PUT` optional, and then the path's).
+    #[schema(rename = "type")]
+    name: Option<String>,
+    description: Option<String>,
+    /// A valid JSON Schema (2020-12 unless `$schema` says otherwise) of its `data`.
+    schema: Value,
+    /// Check its events against the schema (default true).
+    validate: Option<bool>,
 }
 
 /// The event catalog.
@@ -487,7 +507,7 @@ pub fn complete(mut doc: Value) -> Value {
             if has_body {
                 shared.push(("413", "The body is over HOOKLINE_MAX_BODY_BYTES."));
             }
-            if path.contains("{id}") || path.contains("{key_id}") {
+            if path.contains("{id}") || path.contains("{key_id}") || path.contains("{type}") {
                 shared.push(("404", "No such resource, or one of another tenant."));
             }
             for (status, description) in shared {

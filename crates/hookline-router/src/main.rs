@@ -13,7 +13,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use hookline_core::config::{parse_duration, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs};
+use hookline_core::catalog_view::CatalogView;
+use hookline_core::config::{
+    parse_duration, CatalogArgs, CloudEventsArgs, KafkaArgs, LogArgs, ProgressArgs,
+};
 use hookline_core::kafka::{self, TopicSpec};
 use hookline_core::telemetry::{self, Readiness};
 use hookline_core::view::SubscriptionView;
@@ -70,6 +73,21 @@ struct Cli {
     )]
     view_patience: Duration,
 
+    /// Trust the `hookline-validated` header ingest puts on the events it checked:
+    /// such a record is not checked again when the header names the version of its
+    /// type this router holds. Any producer allowed to write the events topic could set
+    /// the header; `false` checks every record (one to two microseconds each).
+    #[arg(
+        long,
+        env = "HOOKLINE_ROUTER_TRUST_INGEST_VALIDATION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    trust_ingest_validation: bool,
+
+    #[command(flatten)]
+    catalog: CatalogArgs,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 
@@ -101,6 +119,7 @@ async fn run() -> anyhow::Result<()> {
             TopicSpec::plain(topics.deliveries(), &cli.kafka),
             TopicSpec::compacted(topics.subscriptions()),
             TopicSpec::compacted(topics.subscription_health()),
+            TopicSpec::compacted(topics.event_types()),
         ],
         Duration::from_secs(60),
     )
@@ -109,6 +128,17 @@ async fn run() -> anyhow::Result<()> {
     let registry = telemetry::registry("router");
     let readiness = Readiness::default();
     let view = SubscriptionView::start(&cli.kafka, "hookline-router-view", &registry)?;
+    let base = cli
+        .catalog
+        .base_catalog()
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    tracing::info!(
+        validation = cli.catalog.event_validation,
+        unknown = ?cli.catalog.event_types_unknown,
+        trust_ingest_validation = cli.trust_ingest_validation,
+        "checking records produced straight to Kafka against the event catalog"
+    );
+    let catalog = CatalogView::start(&cli.kafka, "hookline-router-view-types", base, &registry)?;
     let instance = cli
         .instance_id
         .clone()
@@ -132,8 +162,9 @@ async fn run() -> anyhow::Result<()> {
         view_patience: cli.view_patience,
         cloudevents: cli.cloudevents.config(),
         stall: cli.progress.stall_after,
+        trust_validated: cli.trust_ingest_validation,
     };
-    let router = router::Router::new(&cli.kafka, settings, view, &registry)?;
+    let router = router::Router::new(&cli.kafka, settings, view, catalog, &registry)?;
     // Ready once the view caught up (set by the router) and the group assigned the
     // router its partitions: before that it routes nothing.
     let serving = readiness

@@ -13,6 +13,7 @@ use crate::end_probe::EndProbe;
 use crate::fetch_watch::{FetchWatch, Sample, Verdict};
 use chrono::Utc;
 use futures::FutureExt;
+use hookline_core::catalog_view::CatalogView;
 use hookline_core::config::KafkaArgs;
 use hookline_core::heartbeat::Heartbeat;
 use hookline_core::kafka;
@@ -22,14 +23,15 @@ use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
 use hookline_core::view::{NotCaughtUp, SubscriptionView};
 use hookline_domain::backoff::Backoff;
+use hookline_domain::catalog::{Catalog, VALIDATED_HEADER};
 use hookline_domain::cloudevents::CloudEventsConfig;
-use hookline_domain::event::FieldError;
+use hookline_domain::event::{Event, FieldError};
 use hookline_domain::routing::{route_record, EventRecord};
 use hookline_domain::task::DeliveryTask;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -333,6 +335,12 @@ pub struct Router {
     /// Reads the events topic's ends for `watch`, in the background.
     ends: EndProbe,
     view: Arc<SubscriptionView>,
+    /// The event catalog records produced straight to the events topic are checked
+    /// against.
+    catalog: Arc<CatalogView>,
+    /// Skip the schema check of records ingest marked checked against the version the
+    /// catalog holds (see [`VALIDATED_HEADER`]).
+    trust_validated: bool,
     topics: Topics,
     batch_size: usize,
     max_task_bytes: usize,
@@ -385,6 +393,9 @@ pub struct Settings {
     pub cloudevents: CloudEventsConfig,
     /// How long a batch may go without committing before `/readyz` says not ready.
     pub stall: Duration,
+    /// Whether the `hookline-validated` header of ingest is trusted (the schema check
+    /// of such a record skipped when it names the type's current version).
+    pub trust_validated: bool,
 }
 
 impl Router {
@@ -393,6 +404,7 @@ impl Router {
         args: &KafkaArgs,
         settings: Settings,
         view: Arc<SubscriptionView>,
+        catalog: Arc<CatalogView>,
         registry: &Registry,
     ) -> anyhow::Result<Self> {
         let consumer_config = consumer_config(args, &settings);
@@ -432,6 +444,8 @@ impl Router {
             ends: EndProbe::spawn(args, PROBE_CLIENT_ID, topics.events(), WATCH_INTERVAL)?,
             turn: AtomicUsize::new(0),
             view,
+            catalog,
+            trust_validated: settings.trust_validated,
             topics,
             batch_size: settings.batch_size.max(1),
             max_task_bytes: settings.max_task_bytes,
@@ -477,6 +491,11 @@ impl Router {
         while let Err(err) = self.view.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(%err, "waiting for the subscriptions view");
             self.heartbeat.beat("loading the subscriptions view");
+        }
+        self.heartbeat.beat("loading the event types view");
+        while let Err(err) = self.catalog.catch_up(Duration::from_secs(10)).await {
+            tracing::warn!(%err, "waiting for the event types view");
+            self.heartbeat.beat("loading the event types view");
         }
         readiness.set(true);
         tracing::info!("ready");
@@ -682,6 +701,7 @@ impl Router {
                 return self.hold_back(batch, readiness, &err);
             }
         }
+        self.catch_up_catalog(batch).await;
         // Read before the index: everything below it is in what `plan` matches against.
         let applied = self.view.applied();
         let (outgoing, counts, skipped) = self.plan(batch);
@@ -1071,10 +1091,53 @@ impl Router {
             .retain(|(partition, offset), _| next.get(partition).is_none_or(|next| offset >= next));
     }
 
+    /// Catches the catalog view up when a record of the batch was checked by ingest
+    /// against a type version this router's catalog does not hold yet (a type changed
+    /// a moment ago): else it would check it against the version before.
+    async fn catch_up_catalog(&self, batch: &[OwnedMessage]) {
+        if !self.trust_validated {
+            return;
+        }
+        let catalog = self.catalog.current();
+        let newer = batch.iter().any(|message| {
+            validated_version(message).is_some_and(|version| !catalog.holds_version(version))
+        });
+        if newer {
+            self.heartbeat.beat("catching up the event types view");
+            if let Err(err) = self.catalog.catch_up(self.view_patience).await {
+                tracing::warn!(%err, "event types view not caught up; checking with the catalog as it is");
+            }
+        }
+    }
+
+    /// Checks an event against the catalog (trusting ingest's header when told to):
+    /// an event that breaks its schema, or of an unknown type refused, is invalid, its
+    /// reason naming the path and the rule.
+    fn conform(
+        &self,
+        catalog: &Catalog,
+        event: &Event,
+        validated: Option<&str>,
+    ) -> Result<(), FieldError> {
+        let validated = validated.filter(|_| self.trust_validated);
+        catalog
+            .check_trusting(event, validated)
+            .map(|_| ())
+            .map_err(|violation| {
+                let message = if violation.message.contains(&violation.rule) {
+                    violation.message
+                } else {
+                    format!("{} (rule `{}`)", violation.message, violation.rule)
+                };
+                FieldError::new(violation.field, message)
+            })
+    }
+
     /// Matches every record; returns, per record of the batch, what to produce.
     fn route(&self, batch: &[OwnedMessage]) -> Vec<Routed> {
         let now = Utc::now();
         let deliveries = self.topics.deliveries();
+        let catalog = self.catalog.current();
         let index = self.view.read();
         batch
             .iter()
@@ -1089,6 +1152,7 @@ impl Router {
                 };
                 let routed = route_record(record, &self.cloudevents, &index, now).and_then(
                     |(event, tasks)| {
+                        self.conform(&catalog, &event, validated_version(message))?;
                         log_routed(&event, &tasks);
                         self.encode(source, tasks, &deliveries)
                     },
@@ -1317,6 +1381,16 @@ impl Router {
     }
 }
 
+/// The type version ingest checked the record against, from its header.
+fn validated_version(message: &OwnedMessage) -> Option<&str> {
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == VALIDATED_HEADER)
+        .and_then(|header| header.value)
+        .and_then(|value| std::str::from_utf8(value).ok())
+}
+
 /// The offset after the last record of each partition in the batch.
 fn next_offsets(batch: &[OwnedMessage]) -> HashMap<i32, i64> {
     let mut next: HashMap<i32, i64> = HashMap::new();
@@ -1536,6 +1610,7 @@ mod tests {
             view_patience: Duration::ZERO,
             cloudevents: CloudEventsConfig::default(),
             stall: Duration::ZERO,
+            trust_validated: true,
         }
     }
 

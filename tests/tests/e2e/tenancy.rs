@@ -375,6 +375,31 @@ async fn keys_without_a_valid_credential_or_role_are_refused() {
             "publishing does not read the message log: {path}"
         );
     }
+    // The event catalog: any credential reads it, the admin alone writes it.
+    let admin_only: Vec<(Method, &str, Option<Value>)> = vec![
+        (
+            Method::POST,
+            "/v1/event-types",
+            Some(json!({"type": "ledger.closed", "schema": {}})),
+        ),
+        (
+            Method::PUT,
+            "/v1/event-types/ledger.closed",
+            Some(json!({"schema": {}})),
+        ),
+        (Method::DELETE, "/v1/event-types/invoice.paid", None),
+    ];
+    for api in [&publisher, &reader] {
+        for path in ["/v1/event-types", "/v1/event-types/invoice.paid"] {
+            let (status, _) = api.call(Method::GET, path, None).await.unwrap();
+            assert_eq!(status, 200, "{path}");
+        }
+        for (method, path, body) in &admin_only {
+            let (status, error) = api.call(method.clone(), path, body.clone()).await.unwrap();
+            assert_eq!(status, 403, "{method} {path}: {error}");
+            assert_eq!(error["error"]["code"], "forbidden");
+        }
+    }
     let (status, error) = reader
         .call(Method::POST, "/v1/events", Some(event))
         .await
