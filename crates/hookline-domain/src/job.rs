@@ -280,6 +280,13 @@ impl Job {
         }
     }
 
+    /// Whether a reader should take `self` in place of `held`, the record of the same
+    /// job it holds: never an unfinished record over a finished one (a late copy of
+    /// a progress record cannot bring a finished job back to life).
+    pub fn replaces(&self, held: &Job) -> bool {
+        !(held.status.is_finished() && !self.status.is_finished())
+    }
+
     /// Whether a cancel may be asked for the job as shown: only an unfinished one.
     pub fn cancellable(&self) -> Result<(), JobStatus> {
         if self.status.is_finished() {
@@ -334,9 +341,7 @@ mod tests {
         };
         let later = running.progressed(progress, at(2)).unwrap();
         assert_eq!((later.progress, later.updated_at), (progress, at(2)));
-        let done = later
-            .finished(Ending::Succeeded, progress, at(3))
-            .unwrap();
+        let done = later.finished(Ending::Succeeded, progress, at(3)).unwrap();
         assert_eq!(done.status, JobStatus::Succeeded);
         assert_eq!(done.finished_at, Some(at(3)));
         assert_eq!(done.error, None);
@@ -358,7 +363,11 @@ mod tests {
             .finished(Ending::Cancelled, JobProgress::default(), at(2))
             .unwrap();
         assert_eq!(cancelled.status, JobStatus::Cancelled);
-        for ending in [Ending::Succeeded, Ending::Cancelled, Ending::Failed("x".into())] {
+        for ending in [
+            Ending::Succeeded,
+            Ending::Cancelled,
+            Ending::Failed("x".into()),
+        ] {
             assert!(cancelled
                 .finished(ending, JobProgress::default(), at(3))
                 .is_err());
@@ -375,7 +384,11 @@ mod tests {
         assert_eq!(cancelled.status, JobStatus::Cancelled);
         assert_eq!(cancelled.started_at, None);
         let failed = job
-            .finished(Ending::Failed("no Kafka".into()), JobProgress::default(), at(1))
+            .finished(
+                Ending::Failed("no Kafka".into()),
+                JobProgress::default(),
+                at(1),
+            )
             .unwrap();
         assert_eq!(failed.status, JobStatus::Failed);
         assert_eq!(failed.error.as_deref(), Some("no Kafka"));
@@ -385,13 +398,19 @@ mod tests {
     fn a_job_not_updated_for_longer_than_the_lease_is_shown_failed_as_abandoned() {
         let lease = Duration::from_secs(30);
         let running = queued().started(at(0)).unwrap();
-        assert!(!running.is_abandoned(at(30), lease), "at the lease: still held");
+        assert!(
+            !running.is_abandoned(at(30), lease),
+            "at the lease: still held"
+        );
         assert_eq!(running.shown(at(30), lease), running);
         assert!(running.is_abandoned(at(31), lease));
         let shown = running.shown(at(31), lease);
         assert_eq!(shown.status, JobStatus::Failed);
         assert!(shown.error.as_deref().unwrap().starts_with("abandoned"));
-        assert_eq!(shown.updated_at, running.updated_at, "the record is not moved");
+        assert_eq!(
+            shown.updated_at, running.updated_at,
+            "the record is not moved"
+        );
         assert_eq!(shown.cancellable(), Err(JobStatus::Failed));
 
         let queued = queued();
@@ -399,8 +418,24 @@ mod tests {
         let done = running
             .finished(Ending::Succeeded, JobProgress::default(), at(1))
             .unwrap();
-        assert!(!done.is_abandoned(at(10_000), lease), "a finished job never");
+        assert!(
+            !done.is_abandoned(at(10_000), lease),
+            "a finished job never"
+        );
         assert_eq!(done.shown(at(10_000), lease), done);
+    }
+
+    #[test]
+    fn a_late_unfinished_record_does_not_replace_a_finished_one() {
+        let running = queued().started(at(1)).unwrap();
+        let later = running.progressed(JobProgress::default(), at(2)).unwrap();
+        assert!(later.replaces(&running));
+        let done = later
+            .finished(Ending::Cancelled, JobProgress::default(), at(3))
+            .unwrap();
+        assert!(done.replaces(&later));
+        assert!(!later.replaces(&done));
+        assert!(!running.replaces(&done));
     }
 
     #[test]

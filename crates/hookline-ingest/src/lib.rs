@@ -1,7 +1,7 @@
 //! Ingest as a library: the HTTP API ([`api`]) with its error type ([`error`]) and
 //! body handling ([`http`]), authentication ([`auth`]), tenant API key management
 //! ([`keys`]) and per-tenant event rates ([`quota`]), the attempts log ([`attempts`]), replay and redrive
-//! ([`replay`]). The binary wires them.
+//! ([`replay`]) and the background jobs that run them ([`jobs`]). The binary wires them.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -9,6 +9,7 @@ pub mod attempts;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod keys;
 pub mod openapi;
 pub mod quota;

@@ -7,7 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use hookline_ingest::{api, attempts, auth, quota, replay};
+use hookline_ingest::{api, attempts, auth, jobs, quota, replay};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +89,9 @@ struct Cli {
     progress: ProgressArgs,
 
     #[command(flatten)]
+    jobs: hookline_ingest::jobs::JobArgs,
+
+    #[command(flatten)]
     api: ApiArgs,
 
     #[command(flatten)]
@@ -156,6 +159,9 @@ async fn run() -> anyhow::Result<()> {
              (the API keys view confirms its freshness about every second)"
         );
     }
+    cli.jobs
+        .check()
+        .map_err(|reason| anyhow::anyhow!("refusing to start: {reason}"))?;
     let quotas = cli
         .quotas
         .quotas()
@@ -170,6 +176,7 @@ async fn run() -> anyhow::Result<()> {
             TopicSpec::compacted(topics.subscriptions()),
             TopicSpec::compacted(topics.subscription_health()),
             TopicSpec::compacted(topics.api_keys()),
+            TopicSpec::compacted(topics.jobs()),
         ],
         Duration::from_secs(60),
     )
@@ -182,6 +189,13 @@ async fn run() -> anyhow::Result<()> {
         kafka::DELIVERY_TIMEOUT.max(cli.produce_timeout),
     )?;
 
+    let requeuing = replay::Requeuing {
+        kafka: cli.kafka.clone(),
+        topics: topics.clone(),
+        producer: producer.clone(),
+        cloudevents: cli.cloudevents.config(),
+        max_rate: cli.jobs.max_rate(),
+    };
     if let Some(Command::Redrive {
         subscription_id,
         since,
@@ -193,7 +207,7 @@ async fn run() -> anyhow::Result<()> {
             since,
             until,
         };
-        let report = replay::redrive(&cli.kafka, &topics, &producer, request).await?;
+        let report = replay::run_to_end(&requeuing, replay::Work::Redrive(request)).await?;
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
@@ -216,6 +230,12 @@ async fn run() -> anyhow::Result<()> {
              this API acts as the admin; never run it like this outside a local demo"
         ),
     }
+    let jobs = jobs::Jobs::new(
+        jobs::JobView::start(&cli.kafka, "hookline-ingest-view-jobs")?,
+        requeuing,
+        cli.jobs.job_lease,
+        cli.produce_timeout,
+    );
     let auth = Arc::new(auth::Authenticator::new(
         auth_mode.unwrap_or(AuthMode::Insecure),
         Arc::clone(&keys),
@@ -241,6 +261,7 @@ async fn run() -> anyhow::Result<()> {
         keyring: Arc::clone(&keyring),
         test_event_wait: cli.test_event_wait,
         catalog: Arc::clone(&catalog),
+        jobs,
     };
     tracing::info!(
         types = catalog.types().count(),
