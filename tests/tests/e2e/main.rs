@@ -15,6 +15,7 @@ mod cold_start;
 mod delivery;
 mod egress;
 mod harness;
+mod jobs;
 mod observability;
 mod openapi;
 mod pipeline;
