@@ -93,9 +93,9 @@ enum Command {
 enum Subscriptions {
     /// Create a subscription; prints its id and its signing secret (shown only once).
     Create {
-        /// Where deliveries go (https).
-        #[arg(long)]
-        url: String,
+        /// Where deliveries go (https). Positional: `--url` is the API's.
+        #[arg(value_name = "URL")]
+        endpoint: String,
         /// Event type patterns (`invoice.paid`, `payment.*`, `*`); repeat for more.
         #[arg(long = "event-type", required = true)]
         event_types: Vec<String>,
@@ -208,11 +208,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = Output { json: cli.json };
     match cli.command {
         Command::Subscriptions(Subscriptions::Create {
-            url,
+            endpoint,
             event_types,
             tenant,
         }) => {
-            let mut body = json!({"url": url, "event_types": event_types});
+            let mut body = json!({"url": endpoint, "event_types": event_types});
             if let Some(tenant) = tenant {
                 body["tenant"] = json!(tenant);
             }
@@ -359,6 +359,9 @@ async fn wait_for(client: &Client, id: &str, timeout: Duration) -> anyhow::Resul
     }
 }
 
+/// The most attempts the API lists for a subscription.
+const MOST_ATTEMPTS: usize = 100;
+
 /// Prints recent attempts oldest first, then (following) new ones as they appear.
 async fn tail(
     client: &Client,
@@ -375,14 +378,15 @@ async fn tail(
         )
     };
     let mut seen = show::Seen::default();
-    let first = client.get(url(limit)).await?;
-    for attempt in seen.new_ones(&first) {
-        out.line(&attempt, show::attempt);
+    // Every attempt the API keeps counts as seen; only the newest `limit` are printed.
+    let first = seen.new_ones(&client.get(url(MOST_ATTEMPTS)).await?);
+    for attempt in &first[first.len().saturating_sub(limit)..] {
+        out.line(attempt, show::attempt);
     }
     while follow {
         tokio::time::sleep(interval).await;
         // The most the API keeps: new ones are among the newest.
-        let recent = client.get(url(100)).await?;
+        let recent = client.get(url(MOST_ATTEMPTS)).await?;
         for attempt in seen.new_ones(&recent) {
             out.line(&attempt, show::attempt);
         }
@@ -424,6 +428,39 @@ impl Output {
         }
         for item in listed["data"].as_array().into_iter().flatten() {
             println!("{}", human(item));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_api_url_and_a_subscriptions_url_are_told_apart() {
+        let cli = Cli::try_parse_from([
+            "hookline",
+            "subscriptions",
+            "create",
+            "https://erp.example/h",
+            "--event-type",
+            "invoice.*",
+            "--url",
+            "http://ingest:8080",
+        ])
+        .unwrap();
+        assert_eq!(cli.url, "http://ingest:8080");
+        match cli.command {
+            Command::Subscriptions(Subscriptions::Create { endpoint, .. }) => {
+                assert_eq!(endpoint, "https://erp.example/h")
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

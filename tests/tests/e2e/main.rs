@@ -10,6 +10,7 @@
 mod api;
 mod bookkeeping;
 mod catalog;
+mod cli;
 mod cloudevents;
 mod cold_start;
 mod delivery;
