@@ -383,7 +383,10 @@ async fn tail(
     for attempt in &first[first.len().saturating_sub(limit)..] {
         out.line(attempt, show::attempt);
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(interval).await;
         // The most the API keeps: new ones are among the newest.
         let recent = client.get(url(MOST_ATTEMPTS)).await?;
@@ -391,7 +394,6 @@ async fn tail(
             out.line(&attempt, show::attempt);
         }
     }
-    Ok(())
 }
 
 /// How results are printed.

@@ -284,7 +284,7 @@ impl Job {
     /// job it holds: never an unfinished record over a finished one (a late copy of
     /// a progress record cannot bring a finished job back to life).
     pub fn replaces(&self, held: &Job) -> bool {
-        !(held.status.is_finished() && !self.status.is_finished())
+        !held.status.is_finished() || self.status.is_finished()
     }
 
     /// Whether a cancel may be asked for the job as shown: only an unfinished one.

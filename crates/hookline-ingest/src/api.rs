@@ -839,7 +839,7 @@ async fn replay_subscription(
         Utc::now(),
     );
     let work = crate::replay::Work::Replay {
-        subscription: subscription.as_ref().clone(),
+        subscription: Box::new(subscription.as_ref().clone()),
         since: request.since,
     };
     let shown = state.jobs.submit(job, work).await?;

@@ -51,7 +51,7 @@ pub enum Work {
     /// `subscription`'s events written since `since`, routed again to it alone.
     Replay {
         /// The subscription, as it is now (its filters decide what matches).
-        subscription: Subscription,
+        subscription: Box<Subscription>,
         /// The start of the range.
         since: DateTime<Utc>,
     },
