@@ -835,7 +835,7 @@ async fn replay_subscription(
         hookline_domain::job::JobKind::Replay,
         Some(subscription.tenant().to_owned()),
         Some(id.clone()),
-        json!({ "since": request.since }),
+        json!({ "subscription_id": id, "since": request.since }),
         Utc::now(),
     );
     let work = crate::replay::Work::Replay {

@@ -360,14 +360,19 @@ impl Jobs {
             .ok_or_else(|| ApiError::not_found("job"))
     }
 
-    /// A job as the API shows it: its record (abandoned ones as failed) and, while it
-    /// is unfinished, when a cancel was asked.
+    /// A job as the API shows it: its record (abandoned ones as failed) without its
+    /// tenant and subscription (the request names it), and when a cancel was asked.
     fn public(&self, job: &Job) -> Value {
         let shown = job.shown(Utc::now(), self.lease);
         let mut value = serde_json::to_value(&shown).unwrap_or_else(|_| json!({}));
-        if let (Some(object), Some(cancel)) = (value.as_object_mut(), self.view.cancel_of(&job.id))
-        {
-            object.insert("cancel_requested_at".into(), json!(cancel.requested_at));
+        if let Some(object) = value.as_object_mut() {
+            // Kept in the record for scoping; the subscription shows in `request`. Top
+            // level ids that are sometimes absent would read as links to resources.
+            object.remove("tenant");
+            object.remove("subscription_id");
+            if let Some(cancel) = self.view.cancel_of(&job.id) {
+                object.insert("cancel_requested_at".into(), json!(cancel.requested_at));
+            }
         }
         value
     }
@@ -407,9 +412,14 @@ pub(crate) async fn get_job(
     Ok(Json(state.jobs.public(&job)))
 }
 
-#[derive(Deserialize)]
+/// Which jobs to list.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct JobsQuery {
+    /// Only this subscription's jobs (`sub_…`).
+    #[param(min_length = 1)]
     subscription_id: Option<String>,
+    /// At most this many (default 50, at most 100).
     limit: Option<usize>,
 }
 
@@ -418,9 +428,7 @@ const MAX_LISTED: usize = 100;
 
 /// The caller's tenant's jobs (every job for the admin), newest first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
-    params(
-        ("subscription_id" = Option<String>, Query, description = "Only this subscription's jobs."),
-        ("limit" = Option<usize>, Query, description = "At most this many (default 50, at most 100).")),
+    params(JobsQuery),
     responses((status = 200, description = "Jobs, newest first.", body = JobList)))]
 pub(crate) async fn list_jobs(
     State(state): State<AppState>,
@@ -430,6 +438,13 @@ pub(crate) async fn list_jobs(
     principal
         .require(Role::SubscriptionsManage)
         .map_err(|d| denied(d, "job"))?;
+    if query.subscription_id.as_deref() == Some("") {
+        return Err(hookline_domain::event::FieldError::new(
+            "subscription_id",
+            "give a subscription id, or leave the parameter out",
+        )
+        .into());
+    }
     let mut found: Vec<Job> = state
         .jobs
         .view
@@ -504,11 +519,8 @@ pub(crate) struct JobSchema {
     id: String,
     kind: JobKindSchema,
     status: JobStatusSchema,
-    /// The tenant whose keys may see it; absent: the admin's alone.
-    tenant: Option<String>,
-    /// The subscription it works for, when one.
-    subscription_id: Option<String>,
-    /// The request that started it.
+    /// The request that started it, with the subscription it works for
+    /// (`subscription_id`) when one.
     request: Object,
     progress: JobProgressSchema,
     created_at: chrono::DateTime<Utc>,

@@ -57,7 +57,7 @@ async fn a_replay_job_answers_at_once_succeeds_and_is_seen_on_every_instance() {
         .unwrap();
     assert_eq!(status, 202, "{job}");
     assert_eq!(job["kind"], "replay");
-    assert_eq!(job["subscription_id"], sub.as_str());
+    assert_eq!(job["request"]["subscription_id"], sub.as_str());
     assert!(
         matches!(job["status"].as_str(), Some("queued" | "running")),
         "{job}"
