@@ -189,3 +189,61 @@ async fn cancelling_a_running_replay_stops_it_part_way() {
         "what it counts as requeued is what it wrote"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_instance_dies_shows_as_abandoned_on_another_after_the_lease() {
+    let mut deployment = Deployment::new();
+    deployment
+        .set("HOOKLINE_JOB_MAX_RATE", "50")
+        .set("HOOKLINE_JOB_LEASE", "5s");
+    let mut runner = deployment.start("hookline-ingest").await.unwrap();
+    let other = deployment.start("hookline-ingest").await.unwrap();
+    let api = Api::new(runner.url());
+    let (sub, _) = api
+        .subscribe(json!({"tenant": "acme", "url": "https://erp.example/h", "event_types": ["*"]}))
+        .await
+        .unwrap();
+    let events: Vec<Value> = (0..1000)
+        .map(|seq| json!({"type": "invoice.paid", "tenant": "acme", "data": {"seq": seq}}))
+        .collect();
+    api.send_events(Value::Array(events)).await.unwrap();
+    let (status, job) = api
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{sub}/replay"),
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let watcher = Api::new(other.url());
+    let running = watcher
+        .wait_job(&id, Duration::from_secs(30), |job| {
+            job["status"] == "running" && job["progress"]["requeued"].as_u64() > Some(0)
+        })
+        .await;
+    assert_eq!(running["status"], "running", "{running}");
+
+    runner.kill_hard();
+    let shown = watcher
+        .wait_job(&id, Duration::from_secs(30), finished)
+        .await;
+    assert_eq!(shown["status"], "failed", "{shown}");
+    assert!(
+        shown["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("abandoned"),
+        "{shown}"
+    );
+    assert!(
+        shown["finished_at"].is_null(),
+        "nobody wrote an end: {shown}"
+    );
+    let (status, error) = watcher
+        .call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "nothing left to cancel: {error}");
+}
