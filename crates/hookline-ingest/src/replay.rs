@@ -291,3 +291,31 @@ async fn enqueue(
     }
     Ok(results.len() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counters_report_what_was_counted_and_the_range_once_known() {
+        let control = Control::default();
+        assert_eq!(control.progress(), JobProgress::default());
+        control.scanned.fetch_add(7, Ordering::Relaxed);
+        control.requeued.fetch_add(3, Ordering::Relaxed);
+        control.unreadable.fetch_add(1, Ordering::Relaxed);
+        let _ = control.total.set(10);
+        let _ = control.total.set(99); // the range is told once
+        assert_eq!(
+            control.progress(),
+            JobProgress {
+                scanned: 7,
+                requeued: 3,
+                unreadable: 1,
+                total: Some(10)
+            }
+        );
+        assert!(!control.is_cancelled());
+        control.cancel();
+        assert!(control.is_cancelled());
+    }
+}
