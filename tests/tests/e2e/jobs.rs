@@ -151,16 +151,17 @@ async fn cancelling_a_running_replay_stops_it_part_way() {
         api.send_events(Value::Array(events)).await.unwrap();
     }
 
-    let (status, job) = api
-        .call(
-            Method::POST,
-            &format!("/v1/subscriptions/{sub}/replay"),
-            Some(json!({"since": "2020-01-01T00:00:00Z"})),
-        )
+    let answer = hookline_e2e::admin_client()
+        .post(format!("{}/v1/subscriptions/{sub}/replay", ingest.url()))
+        .json(&json!({"since": "2020-01-01T00:00:00Z"}))
+        .send()
         .await
         .unwrap();
-    assert_eq!(status, 202, "{job}");
+    assert_eq!(answer.status(), 202);
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    let job: Value = answer.json().await.unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/v1/jobs/{id}"), "where to poll it");
     let running = api
         .wait_job(&id, Duration::from_secs(30), |job| {
             job["status"] == "running" && job["progress"]["requeued"].as_u64() > Some(0)
