@@ -105,6 +105,54 @@ impl Api {
         last.into_inner().unwrap_or_default()
     }
 
+    /// Polls job `id` until `done` holds for it or `patience` passes; returns the job
+    /// as last read (`Null` if never).
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        patience: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let last = Mutex::new(Value::Null);
+        eventually(patience, || async {
+            let job = match self
+                .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
+                .await
+            {
+                Ok((200, job)) => job,
+                _ => return false,
+            };
+            let held = done(&job);
+            if let Ok(mut last) = last.lock() {
+                *last = job;
+            }
+            held
+        })
+        .await;
+        last.into_inner().unwrap_or_default()
+    }
+
+    /// Starts a job (`POST path`, answered `202` with the job and its `Location`),
+    /// then polls it until it is finished (within 60 s); returns the finished job.
+    pub async fn run_job(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, job) = self.call(reqwest::Method::POST, path, Some(body)).await?;
+        anyhow::ensure!(status == 202, "start a job: {status} {job}");
+        let id = job["id"].as_str().unwrap_or_default().to_owned();
+        let done = self
+            .wait_job(&id, Duration::from_secs(60), |job| {
+                matches!(
+                    job["status"].as_str(),
+                    Some("succeeded" | "failed" | "cancelled")
+                )
+            })
+            .await;
+        anyhow::ensure!(
+            done["status"] == "succeeded",
+            "job {id} did not succeed: {done}"
+        );
+        Ok(done)
+    }
+
     /// Any request; returns status and JSON body (Null when empty).
     pub async fn call(
         &self,

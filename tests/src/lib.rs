@@ -55,7 +55,7 @@ pub use kafka::{
     Record, TopicSpec,
 };
 pub use ledger::{genuine, Answer, Ledger, Load, LoadReport, Sent, Subscribed};
-pub use process::{admin_client, free_addr, is_stray, Deployment, Proc, ADMIN_TOKEN};
+pub use process::{admin_client, binary, free_addr, is_stray, Deployment, Proc, ADMIN_TOKEN};
 pub use prometheus::{
     dashboard_expressions, exported_names, promtool_check_metrics, referenced_names, scrape,
     PrometheusServer,

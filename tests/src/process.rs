@@ -49,6 +49,12 @@ pub fn bin_dir() -> PathBuf {
     target.join("debug")
 }
 
+/// The path of the built binary `name` (e.g. `hookline`, the CLI), where
+/// [`Deployment::start`] finds the binaries.
+pub fn binary(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
 /// Whether an inherited environment variable is a Hookline setting the harness must not
 /// pass on to the binaries it starts: every `HOOKLINE_*` except the harness's own
 /// (`HOOKLINE_TEST_*`, `HOOKLINE_BIN_DIR`).

@@ -3,6 +3,7 @@
 //! its end as of the start of the scan.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +25,28 @@ pub fn scan_topic(
     since: Option<DateTime<Utc>>,
     mut visit: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, KafkaError> {
+    scan_topic_while(
+        args,
+        topic,
+        since,
+        |_| {},
+        |message| {
+            visit(message);
+            ControlFlow::Continue(())
+        },
+    )
+}
+
+/// Like [`scan_topic`], told first how many records the range holds at most
+/// (`range`: the sum of its partitions' offset spans, which transaction markers
+/// count too), and stopping early once `visit` breaks. Returns the records visited.
+pub fn scan_topic_while(
+    args: &KafkaArgs,
+    topic: &str,
+    since: Option<DateTime<Utc>>,
+    range: impl FnOnce(u64),
+    mut visit: impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
+) -> Result<u64, KafkaError> {
     let group = format!("hookline-scan-{}", ulid::Ulid::new());
     let consumer: BaseConsumer = client_config(
         args,
@@ -38,10 +61,12 @@ pub fn scan_topic(
     .create()?;
     // Where each partition ends now, and where the range starts.
     let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut lows: HashMap<i32, i64> = HashMap::new();
     let mut starts = TopicPartitionList::new();
     for marks in crate::kafka::watermarks(&consumer, topic, TIMEOUT)? {
         let partition = marks.partition;
         ends.insert(partition, marks.high);
+        lows.insert(partition, marks.low);
         let start = match since {
             // Kafka's timestamps start at the Unix epoch, and a negative one is not a
             // time to it but an invalid argument: earlier times mean "from the start".
@@ -56,17 +81,20 @@ pub fn scan_topic(
         starts
     };
     let mut assignment = TopicPartitionList::new();
+    let mut spans = 0u64;
     for element in starts.elements() {
         let end = ends.get(&element.partition()).copied().unwrap_or(0);
-        let begins_before_end = match element.offset() {
-            Offset::Offset(o) => o < end,
-            Offset::Beginning => end > 0,
-            _ => false, // no record at or after `since`
+        let first = match element.offset() {
+            Offset::Offset(o) => Some(o),
+            Offset::Beginning => Some(lows.get(&element.partition()).copied().unwrap_or(0)),
+            _ => None, // no record at or after `since`
         };
-        if begins_before_end {
+        if let Some(first) = first.filter(|&first| first < end) {
+            spans += u64::try_from(end - first).unwrap_or(0);
             assignment.add_partition_offset(topic, element.partition(), element.offset())?;
         }
     }
+    range(spans);
     let mut remaining: usize = assignment.count();
     if remaining == 0 {
         return Ok(0);
@@ -91,8 +119,10 @@ pub fn scan_topic(
             Some(Ok(message)) => {
                 let end = ends.get(&message.partition()).copied().unwrap_or(0);
                 if message.offset() < end {
-                    visit(&message);
                     visited += 1;
+                    if visit(&message).is_break() {
+                        return Ok(visited);
+                    }
                 }
                 if message.offset() + 1 >= end && !finished.contains(&message.partition()) {
                     finished.push(message.partition());

@@ -94,6 +94,13 @@ impl Topics {
     pub fn attempts(&self) -> String {
         self.name("attempts")
     }
+
+    /// Background jobs (replay, redrive), compacted: a job's record keyed by job id,
+    /// written only by the ingest instance running it; a cancel asked for it keyed
+    /// `<job id>/cancel`, written by the instance that took the request.
+    pub fn jobs(&self) -> String {
+        self.name("jobs")
+    }
 }
 
 /// Escapes the characters a POSIX extended regular expression treats specially.
@@ -128,6 +135,7 @@ mod tests {
         );
         assert_eq!(t.attempts(), "test-1.attempts");
         assert_eq!(t.idempotency(), "test-1.idempotency");
+        assert_eq!(t.jobs(), "test-1.jobs");
         assert_eq!(
             t.deliveries_retry_pattern(),
             "^test-1\\.deliveries\\.retry\\..+"

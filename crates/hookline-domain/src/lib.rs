@@ -1,6 +1,6 @@
 //! Hookline's domain, with no Kafka, HTTP server, CLI or metrics in it: the event
 //! envelope and its CloudEvents mapping, ids, subscriptions and their matching and
-//! filters, Standard Webhooks signing, secrets sealed at rest, delivery tasks, test events and attempt records, and the
+//! filters, Standard Webhooks signing, secrets sealed at rest, delivery tasks, test events and attempt records, background jobs (replay, redrive), and the
 //! delivery policy (retry schedule and tiers, circuit breaker, offset tracking, egress
 //! policy, and the delivery decision), and access control (roles, tenant API keys,
 //! per-tenant quotas). Everything here is pure: effects live in the
@@ -22,6 +22,7 @@ pub mod filter;
 pub mod health;
 pub mod idempotency;
 pub mod ids;
+pub mod job;
 pub mod matching;
 pub mod message_log;
 pub mod position;

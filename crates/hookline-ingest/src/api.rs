@@ -177,6 +177,8 @@ pub struct AppState {
     pub subscription_types: hookline_domain::catalog::SubscriptionTypes,
     /// Idempotency keys of event requests (`Idempotency-Key`, producer event ids).
     pub idempotency: Arc<crate::idempotency::Idempotency>,
+    /// Background jobs (replay, redrive).
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 impl AppState {
@@ -219,6 +221,9 @@ pub fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(redrive_dlq))
         .routes(routes!(crate::keys::create_key, crate::keys::list_keys))
         .routes(routes!(crate::keys::revoke_key))
+        .routes(routes!(crate::jobs::list_jobs))
+        .routes(routes!(crate::jobs::get_job))
+        .routes(routes!(crate::jobs::cancel_job))
 }
 
 /// `GET /openapi.json`: the document ([`crate::openapi::document`]), made once. Open
@@ -846,44 +851,58 @@ struct ReplayRequest {
     since: chrono::DateTime<Utc>,
 }
 
+/// The answer of a request that started a job.
+type JobAccepted = (
+    StatusCode,
+    [(axum::http::header::HeaderName, String); 1],
+    Json<Value>,
+);
+
+/// Starts a background job routing the subscription's events since `since` again, to
+/// it alone (same `webhook-id`s); answers `202` with the job to poll.
 #[utoipa::path(post, path = "/v1/subscriptions/{id}/replay", tag = "subscriptions",
     params(("id" = String, Path, description = "`sub_…`")),
     request_body = crate::openapi::ReplayRequest,
-    responses((status = 200, description = "Its events since then, queued again.", body = crate::openapi::Report)))]
+    responses((status = 202, description = "A replay job started; poll it at `Location` (`/v1/jobs/{id}`).", body = crate::jobs::JobSchema,
+        headers(("Location" = String, description = "`/v1/jobs/{id}` of the job.")))))]
 async fn replay_subscription(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<ReplayRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<JobAccepted, ApiError> {
     let subscription = find(&state, &principal, Role::SubscriptionsManage, &id)?;
-    let report = crate::replay::replay(
-        &state.kafka,
-        &state.topics,
-        &state.producer,
-        &subscription,
-        request.since,
-        &state.cloudevents,
-    )
-    .await
-    .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    tracing::info!(%id, since = %request.since, requeued = report.requeued, "subscription replayed");
-    Ok(Json(json!(report)))
+    let job = hookline_domain::job::Job::queued(
+        hookline_domain::job::new_job_id(),
+        hookline_domain::job::JobKind::Replay,
+        Some(subscription.tenant().to_owned()),
+        Some(id.clone()),
+        json!({ "subscription_id": id, "since": request.since }),
+        Utc::now(),
+    );
+    let work = crate::replay::Work::Replay {
+        subscription: Box::new(subscription.as_ref().clone()),
+        since: request.since,
+    };
+    let shown = state.jobs.submit(job, work).await?;
+    tracing::info!(%id, since = %request.since, job = %shown["id"], "subscription replay started");
+    Ok(crate::jobs::accepted(shown))
 }
 
 /// A tenant key redrives one of its own subscriptions at a time: dead letters of
-/// every tenant sit in one topic.
+/// every tenant sit in one topic. Starts a background job; answers `202` with it.
 #[utoipa::path(post, path = "/v1/dlq/redrive", tag = "dead letters",
     request_body = crate::openapi::RedriveRequest,
     responses(
-        (status = 200, description = "Dead letters queued again.", body = crate::openapi::Report),
+        (status = 202, description = "A redrive job started; poll it at `Location` (`/v1/jobs/{id}`).", body = crate::jobs::JobSchema,
+            headers(("Location" = String, description = "`/v1/jobs/{id}` of the job."))),
         (status = 404, description = "A tenant key named a subscription that is not one of its tenant's.", body = crate::openapi::ErrorBody),
     ))]
 async fn redrive_dlq(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<crate::replay::RedriveRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<JobAccepted, ApiError> {
     principal
         .require(Role::SubscriptionsManage)
         .map_err(|d| denied(d, "subscription"))?;
@@ -908,9 +927,25 @@ async fn redrive_dlq(
         }
         _ => {}
     }
-    let report = crate::replay::redrive(&state.kafka, &state.topics, &state.producer, request)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    tracing::info!(requeued = report.requeued, "dead letters redriven");
-    Ok(Json(json!(report)))
+    // The job belongs to the subscription's tenant when it is known; a redrive across
+    // subscriptions (or of one deleted since) is the admin's alone.
+    let tenant = request
+        .subscription_id
+        .as_ref()
+        .and_then(|id| state.view.get(id))
+        .map(|s| s.tenant().to_owned());
+    let job = hookline_domain::job::Job::queued(
+        hookline_domain::job::new_job_id(),
+        hookline_domain::job::JobKind::Redrive,
+        tenant,
+        request.subscription_id.clone(),
+        json!(request),
+        Utc::now(),
+    );
+    let shown = state
+        .jobs
+        .submit(job, crate::replay::Work::Redrive(request))
+        .await?;
+    tracing::info!(job = %shown["id"], "dead-letter redrive started");
+    Ok(crate::jobs::accepted(shown))
 }

@@ -1,7 +1,7 @@
 //! Ingest as a library: the HTTP API ([`api`]) with its error type ([`error`]) and
 //! body handling ([`http`]), authentication ([`auth`]), tenant API key management
 //! ([`keys`]) and per-tenant event rates ([`quota`]), the message log ([`attempts`], its routes in [`message_log`]), replay and redrive
-//! ([`replay`]). The binary wires them.
+//! ([`replay`]) and the background jobs that run them ([`jobs`]). The binary wires them.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -11,6 +11,7 @@ pub mod error;
 pub mod event_types;
 pub mod http;
 pub mod idempotency;
+pub mod jobs;
 pub mod keys;
 pub mod message_log;
 pub mod openapi;

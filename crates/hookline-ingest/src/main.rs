@@ -7,7 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use hookline_ingest::{api, attempts, auth, idempotency, quota, replay};
+use hookline_ingest::{api, attempts, auth, idempotency, jobs, quota, replay};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +92,9 @@ struct Cli {
     progress: ProgressArgs,
 
     #[command(flatten)]
+    jobs: hookline_ingest::jobs::JobArgs,
+
+    #[command(flatten)]
     api: ApiArgs,
 
     #[command(flatten)]
@@ -159,6 +162,9 @@ async fn run() -> anyhow::Result<()> {
              (the API keys view confirms its freshness about every second)"
         );
     }
+    cli.jobs
+        .check()
+        .map_err(|reason| anyhow::anyhow!("refusing to start: {reason}"))?;
     let quotas = cli
         .quotas
         .quotas()
@@ -180,6 +186,7 @@ async fn run() -> anyhow::Result<()> {
                 cli.idempotency_window + Duration::from_secs(3600),
             ),
             TopicSpec::compacted(topics.event_types()),
+            TopicSpec::compacted(topics.jobs()),
         ],
         Duration::from_secs(60),
     )
@@ -192,6 +199,13 @@ async fn run() -> anyhow::Result<()> {
         kafka::DELIVERY_TIMEOUT.max(cli.produce_timeout),
     )?;
 
+    let requeuing = replay::Requeuing {
+        kafka: cli.kafka.clone(),
+        topics: topics.clone(),
+        producer: producer.clone(),
+        cloudevents: cli.cloudevents.config(),
+        max_rate: cli.jobs.max_rate(),
+    };
     if let Some(Command::Redrive {
         subscription_id,
         since,
@@ -203,7 +217,7 @@ async fn run() -> anyhow::Result<()> {
             since,
             until,
         };
-        let report = replay::redrive(&cli.kafka, &topics, &producer, request).await?;
+        let report = replay::run_to_end(&requeuing, replay::Work::Redrive(request)).await?;
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
@@ -254,6 +268,12 @@ async fn run() -> anyhow::Result<()> {
              this API acts as the admin; never run it like this outside a local demo"
         ),
     }
+    let jobs = jobs::Jobs::new(
+        jobs::JobView::start(&cli.kafka, "hookline-ingest-view-jobs")?,
+        requeuing,
+        cli.jobs.job_lease,
+        cli.produce_timeout,
+    );
     let auth = Arc::new(auth::Authenticator::new(
         auth_mode.unwrap_or(AuthMode::Insecure),
         Arc::clone(&keys),
@@ -281,6 +301,7 @@ async fn run() -> anyhow::Result<()> {
         catalog: Arc::clone(&catalog),
         subscription_types,
         idempotency,
+        jobs,
     };
     tracing::info!(
         types = catalog.base().types().count(),

@@ -321,17 +321,6 @@ pub(crate) struct RedriveRequest {
     until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// What a replay or redrive did.
-#[derive(ToSchema)]
-pub(crate) struct Report {
-    /// Records read.
-    scanned: u64,
-    /// Delivery tasks written back.
-    requeued: u64,
-    /// Records that could not be read.
-    unreadable: u64,
-}
-
 /// A test's options.
 #[derive(ToSchema)]
 pub(crate) struct TestRequest {

@@ -129,17 +129,13 @@ async fn an_always_failing_receiver_ends_in_the_dlq_and_redrive_delivers_it() {
     assert!(successes(&failed).is_empty());
 
     p.receiver.behave("down", Behaviour::Ok);
-    let (status, report) = p
+    let job = p
         .api
-        .call(
-            Method::POST,
-            "/v1/dlq/redrive",
-            Some(json!({"subscription_id": sub})),
-        )
+        .run_job("/v1/dlq/redrive", json!({"subscription_id": sub}))
         .await
         .unwrap();
-    assert_eq!(status, 200, "{report}");
-    assert_eq!(report["requeued"], 3);
+    assert_eq!(job["kind"], "redrive", "{job}");
+    assert_eq!(job["progress"]["requeued"], 3, "{job}");
     let done = p
         .receiver
         .wait_until(Duration::from_secs(30), |r| successes(r).len() >= 3)
@@ -484,17 +480,15 @@ async fn replay_redelivers_a_subscriptions_events_with_their_webhook_ids() {
     let first = ids(&p.receiver.on("erp"));
     assert_eq!(first.len(), 5);
 
-    let (status, report) = p
+    let job = p
         .api
-        .call(
-            Method::POST,
+        .run_job(
             &format!("/v1/subscriptions/{sub}/replay"),
-            Some(json!({"since": before})),
+            json!({"since": before}),
         )
         .await
         .unwrap();
-    assert_eq!(status, 200, "{report}");
-    assert_eq!(report["requeued"], 5, "{report}");
+    assert_eq!(job["progress"]["requeued"], 5, "{job}");
     assert!(
         p.receiver
             .wait_until(Duration::from_secs(30), |r| r

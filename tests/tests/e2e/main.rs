@@ -10,12 +10,14 @@
 mod api;
 mod bookkeeping;
 mod catalog;
+mod cli;
 mod cloudevents;
 mod cold_start;
 mod delivery;
 mod egress;
 mod harness;
 mod idempotency;
+mod jobs;
 mod message_log;
 mod observability;
 mod openapi;

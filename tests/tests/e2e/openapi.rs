@@ -107,27 +107,24 @@ async fn times_before_the_epoch_scan_from_the_start() {
         .await
         .unwrap();
     p.send("acme", "invoice.paid", 1).await.unwrap();
-    let (status, report) = p
+    let job = p
         .api
-        .call(
-            Method::POST,
+        .run_job(
             "/v1/dlq/redrive",
-            Some(json!({"since": "0266-09-27T15:46:31Z", "subscription_id": id, "until": "0009-01-01T01:00:00Z"})),
+            json!({"since": "0266-09-27T15:46:31Z", "subscription_id": id, "until": "0009-01-01T01:00:00Z"}),
         )
         .await
         .unwrap();
-    assert_eq!(status, 200, "{report}");
-    assert_eq!(report["requeued"], 0, "{report}");
-    let (status, report) = p
+    assert_eq!(job["progress"]["requeued"], 0, "{job}");
+    let job = p
         .api
-        .call(
-            Method::POST,
+        .run_job(
             &format!("/v1/subscriptions/{id}/replay"),
-            Some(json!({"since": "1900-01-01T00:00:00Z"})),
+            json!({"since": "1900-01-01T00:00:00Z"}),
         )
         .await
         .unwrap();
-    assert_eq!(status, 200, "{report}");
+    let report = &job["progress"];
     assert_eq!(
         report["scanned"], 1,
         "the one event, from the start: {report}"

@@ -18,7 +18,6 @@ use std::time::Duration;
 use hookline_domain::signing::WebhookSecret;
 use hookline_e2e::process::log_tail;
 use hookline_e2e::{eventually, free_addr, Deployment, Pipeline};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,17 +325,15 @@ async fn the_python_typescript_and_rust_example_receivers_verify_and_deduplicate
     // A redelivery of the same messages (a replay keeps their webhook-ids): answered
     // 2xx as a duplicate, and not processed a second time.
     for (sub, _, _) in &receivers {
-        let (status, report) = pipeline
+        let job = pipeline
             .api
-            .call(
-                Method::POST,
+            .run_job(
                 &format!("/v1/subscriptions/{sub}/replay"),
-                Some(json!({ "since": since })),
+                json!({ "since": since }),
             )
             .await
             .unwrap();
-        assert_eq!(status, 200, "{report}");
-        assert_eq!(report["requeued"], 3, "{report}");
+        assert_eq!(job["progress"]["requeued"], 3, "{job}");
     }
     for ((sub, _, receiver), ids) in receivers.iter().zip(&first_ids) {
         let language = receiver.language;

@@ -349,6 +349,17 @@ async fn keys_without_a_valid_credential_or_role_are_refused() {
             "/v1/deliveries/msg_00000000000000000000000000000000/resend".into(),
             None,
         ),
+        (Method::GET, "/v1/jobs".into(), None),
+        (
+            Method::GET,
+            "/v1/jobs/job_01JZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/jobs/job_01JZZZZZZZZZZZZZZZZZZZZZZZ/cancel".into(),
+            None,
+        ),
     ];
     for (method, path, body) in needs_manage {
         for api in [&publisher, &reader] {
@@ -474,11 +485,27 @@ async fn a_tenant_key_reaches_its_own_tenant_only_endpoint_by_endpoint() {
     assert_eq!(status, 403, "{error}");
     assert_eq!(error["error"]["field"], "tenant");
 
-    // Another tenant's subscription looks exactly like a missing one, on every route.
+    // A job of the other tenant's (a replay the admin started for it).
+    let (status, their_job) = admin
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{theirs}/replay"),
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{their_job}");
+    let their_job = their_job["id"].as_str().unwrap().to_owned();
+
+    // Another tenant's subscription (or job) looks exactly like a missing one, on
+    // every route.
     let missing = "sub_01JZZZZZZZZZZZZZZZZZZZZZZZ";
-    let routes = |id: &str| -> Vec<(Method, String, Option<Value>)> {
+    let missing_job = "job_01JZZZZZZZZZZZZZZZZZZZZZZZ";
+    let routes = |id: &str, job: &str| -> Vec<(Method, String, Option<Value>)> {
         let one = format!("/v1/subscriptions/{id}");
         vec![
+            (Method::GET, format!("/v1/jobs/{job}"), None),
+            (Method::POST, format!("/v1/jobs/{job}/cancel"), None),
             (Method::GET, one.clone(), None),
             (Method::GET, format!("{one}/secret"), None),
             (
@@ -511,8 +538,9 @@ async fn a_tenant_key_reaches_its_own_tenant_only_endpoint_by_endpoint() {
             (Method::DELETE, one, None),
         ]
     };
-    for ((method, path, body), (_, missing_path, missing_body)) in
-        routes(&theirs).into_iter().zip(routes(missing))
+    for ((method, path, body), (_, missing_path, missing_body)) in routes(&theirs, &their_job)
+        .into_iter()
+        .zip(routes(missing, missing_job))
     {
         let (status, error) = acme.call(method.clone(), &path, body).await.unwrap();
         let (missing_status, missing_error) = acme
@@ -553,6 +581,19 @@ async fn a_tenant_key_reaches_its_own_tenant_only_endpoint_by_endpoint() {
         .await
         .unwrap();
     assert_eq!(listed["data"], json!([]));
+    for path in [
+        "/v1/jobs".to_owned(),
+        format!("/v1/jobs?subscription_id={theirs}"),
+    ] {
+        let (status, listed) = acme.call(Method::GET, &path, None).await.unwrap();
+        assert_eq!(
+            (status, &listed["data"]),
+            (200, &json!([])),
+            "{path}: not the other tenant's jobs"
+        );
+    }
+    let (_, listed) = admin.call(Method::GET, "/v1/jobs", None).await.unwrap();
+    assert_eq!(listed["data"][0]["id"], their_job.as_str(), "{listed}");
 
     // Publishing for another tenant is refused, and nothing of the request is written.
     let (status, error) = acme
@@ -622,11 +663,23 @@ async fn a_tenant_key_reaches_its_own_tenant_only_endpoint_by_endpoint() {
     acme.send_events(json!({"type": "a.b", "tenant": "acme"}))
         .await
         .unwrap();
-    for (method, path, body) in routes(&ours) {
+    // A job of its own, finished (so that cancelling it is a 409, not a race).
+    let own_job = acme
+        .run_job(
+            &format!("/v1/subscriptions/{ours}/replay"),
+            json!({"since": "2020-01-01T00:00:00Z"}),
+        )
+        .await
+        .unwrap();
+    let own_job = own_job["id"].as_str().unwrap().to_owned();
+    for (method, path, body) in routes(&ours, &own_job) {
         let (status, answer) = acme.call(method.clone(), &path, body).await.unwrap();
         let expected = if method == Method::DELETE {
             204
-        } else if path.ends_with("/test") {
+        } else if path.ends_with("/cancel") {
+            409
+        } else if path.ends_with("/test") || path.ends_with("/replay") || path.ends_with("/redrive")
+        {
             202
         } else {
             200
