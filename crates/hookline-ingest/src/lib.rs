@@ -1,7 +1,7 @@
 //! Ingest as a library: the HTTP API ([`api`]) with its error type ([`error`]) and
 //! body handling ([`http`]), authentication ([`auth`]), tenant API key management
 //! ([`keys`]) and per-tenant event rates ([`quota`]), the attempts log ([`attempts`]), replay and redrive
-//! ([`replay`]). The binary wires them.
+//! ([`replay`]), its spans ([`trace`]). The binary wires them.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -13,3 +13,4 @@ pub mod keys;
 pub mod openapi;
 pub mod quota;
 pub mod replay;
+pub mod trace;

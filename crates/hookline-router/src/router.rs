@@ -20,6 +20,7 @@ use hookline_core::produce::{send_all, OutRecord};
 use hookline_core::progress::Progress;
 use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
+use hookline_core::trace;
 use hookline_core::view::{NotCaughtUp, SubscriptionView};
 use hookline_domain::backoff::Backoff;
 use hookline_domain::cloudevents::CloudEventsConfig;
@@ -172,6 +173,40 @@ fn log_routed(event: &hookline_domain::event::Event, tasks: &[DeliveryTask]) {
             "task routed"
         );
     }
+}
+
+/// The span of routing one event record: a child of the span that produced it (its
+/// `traceparent`), or the root of a new trace for a record produced without one. None
+/// while traces are off.
+fn route_span(message: &OwnedMessage) -> tracing::Span {
+    let span = trace::span(|| {
+        tracing::info_span!(
+            parent: None,
+            "route event",
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.destination.name = message.topic(),
+            messaging.kafka.partition = message.partition(),
+            messaging.kafka.offset = message.offset(),
+            event_id = tracing::field::Empty,
+            event_type = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+            matches = tracing::field::Empty,
+        )
+    });
+    trace::continue_from(&span, message);
+    span
+}
+
+/// Notes the routed event and how many subscriptions it matched on its span.
+fn record_routed(span: &tracing::Span, event: &hookline_domain::event::Event, matches: usize) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("event_id", event.id.as_str());
+    span.record("event_type", event.event_type.as_str());
+    span.record("tenant", event.tenant.as_str());
+    span.record("matches", matches);
 }
 
 /// What a record to produce is.
@@ -1081,6 +1116,8 @@ impl Router {
             .enumerate()
             .map(|(source, message)| {
                 let position = kafka::record_position(message);
+                let span = route_span(message);
+                let _in_span = span.enter();
                 let headers = kafka::record_headers(message);
                 let record = EventRecord {
                     position,
@@ -1090,7 +1127,8 @@ impl Router {
                 let routed = route_record(record, &self.cloudevents, &index, now).and_then(
                     |(event, tasks)| {
                         log_routed(&event, &tasks);
-                        self.encode(source, tasks, &deliveries)
+                        record_routed(&span, &event, tasks.len());
+                        self.encode(source, tasks, &deliveries, &span)
                     },
                 );
                 match routed {
@@ -1104,6 +1142,7 @@ impl Router {
                         invalid: None,
                     },
                     Err(err) => {
+                        span.record("otel.status_code", "ERROR");
                         tracing::warn!(
                             partition = position.partition,
                             offset = position.offset,
@@ -1129,6 +1168,7 @@ impl Router {
         source: usize,
         tasks: Vec<DeliveryTask>,
         topic: &str,
+        span: &tracing::Span,
     ) -> Result<Vec<Outgoing>, FieldError> {
         tasks
             .into_iter()
@@ -1149,7 +1189,11 @@ impl Router {
                     source,
                     kind: Kind::Task,
                     isolated: false,
-                    record: OutRecord::new(topic, task.subscription_id.as_str(), Some(payload)),
+                    // The routing span is the parent of the task's attempts.
+                    record: trace::with_span_context(
+                        OutRecord::new(topic, task.subscription_id.as_str(), Some(payload)),
+                        span,
+                    ),
                 })
             })
             .collect()
