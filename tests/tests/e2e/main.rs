@@ -24,3 +24,4 @@ mod secrets;
 mod subscriptions;
 mod tenancy;
 mod test_events;
+mod traces;
