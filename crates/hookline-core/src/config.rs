@@ -553,6 +553,59 @@ mod tests {
         kafka: KafkaArgs,
     }
 
+    #[derive(Parser)]
+    struct TraceCli {
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    #[test]
+    fn traces_are_off_without_an_endpoint_and_post_to_the_signal_path() {
+        let off = TraceCli::try_parse_from(["x"]).unwrap();
+        assert_eq!(off.log.traces.traces_url(), None);
+        assert_eq!(off.log.traces.trace_sample_ratio, 1.0);
+        let base =
+            TraceCli::try_parse_from(["x", "--otlp-endpoint", "http://collector:4318"]).unwrap();
+        assert_eq!(
+            base.log.traces.traces_url().map(String::from),
+            Some("http://collector:4318/v1/traces".to_owned())
+        );
+        let prefixed =
+            TraceCli::try_parse_from(["x", "--otlp-endpoint", "https://gw.example/otlp/"]).unwrap();
+        assert_eq!(
+            prefixed.log.traces.traces_url().map(String::from),
+            Some("https://gw.example/otlp/v1/traces".to_owned())
+        );
+        let full = TraceCli::try_parse_from([
+            "x",
+            "--otlp-endpoint",
+            "http://collector:4318",
+            "--otlp-traces-endpoint",
+            "http://other:4318/custom",
+        ])
+        .unwrap();
+        assert_eq!(
+            full.log.traces.traces_url().map(String::from),
+            Some("http://other:4318/custom".to_owned()),
+            "the traces endpoint is used as is, and wins"
+        );
+    }
+
+    #[test]
+    fn bad_trace_settings_are_refused() {
+        for args in [
+            ["x", "--otlp-endpoint", "collector:4318"],
+            ["x", "--otlp-endpoint", "grpc://collector:4317"],
+            ["x", "--trace-sample-ratio", "1.5"],
+            ["x", "--trace-sample-ratio", "-0.1"],
+            ["x", "--trace-sample-ratio", "half"],
+        ] {
+            assert!(TraceCli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        let half = TraceCli::try_parse_from(["x", "--trace-sample-ratio", "0.5"]).unwrap();
+        assert_eq!(half.log.traces.trace_sample_ratio, 0.5);
+    }
+
     #[test]
     fn the_last_value_of_a_property_is_the_operators() {
         let cli = Cli::try_parse_from([

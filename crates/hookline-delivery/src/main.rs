@@ -185,6 +185,12 @@ async fn run() -> anyhow::Result<()> {
     );
     sending.proxy = cli.egress_proxy.clone();
     sending.propagate_trace_context = cli.propagate_trace_context;
+    if cli.propagate_trace_context && !hookline_core::trace::enabled() {
+        tracing::warn!(
+            "HOOKLINE_DELIVERY_PROPAGATE_TRACE_CONTEXT=true has no effect while traces are \
+             off (no OTEL_EXPORTER_OTLP_ENDPOINT): no traceparent is sent"
+        );
+    }
     tracing::info!(
         allow_http = cli.urls.delivery_allow_http,
         proxy = cli.egress_proxy.is_some(),
@@ -245,4 +251,21 @@ async fn run() -> anyhow::Result<()> {
     }
     server.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_context_goes_to_receivers_only_when_asked() {
+        let cli = Cli::try_parse_from(["hookline-delivery"]).unwrap();
+        assert!(!cli.propagate_trace_context, "off by default");
+        let cli = Cli::try_parse_from(["hookline-delivery", "--propagate-trace-context", "true"])
+            .unwrap();
+        assert!(cli.propagate_trace_context);
+        assert!(
+            Cli::try_parse_from(["hookline-delivery", "--propagate-trace-context", "yes"]).is_err()
+        );
+    }
 }
