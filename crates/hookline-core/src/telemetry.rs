@@ -124,7 +124,7 @@ pub struct Traces {
 
 impl Traces {
     /// Exports the spans still buffered and stops the exporter (bounded by the
-    /// exporter's timeout). Blocks: call it as the process ends.
+    /// SDK's shutdown timeout, 5 s). Blocks: call it as the process ends.
     pub fn shutdown(&mut self) {
         if let Some(provider) = self.provider.take() {
             if let Err(err) = provider.shutdown() {
