@@ -176,6 +176,31 @@ pub fn with_span_context(record: OutRecord, span: &tracing::Span) -> OutRecord {
     record.with_headers(add_pairs(headers, &pairs))
 }
 
+/// The trace headers of `message` (none when it has none), to write on a record made
+/// from it later with [`with_carried`].
+pub fn carried<M: Message>(message: &M) -> Vec<(&'static str, String)> {
+    let Some(headers) = message.headers() else {
+        return Vec::new();
+    };
+    TRACE_HEADERS
+        .iter()
+        .filter_map(|name| {
+            KafkaExtractor(headers)
+                .get(name)
+                .map(|value| (*name, value.to_owned()))
+        })
+        .collect()
+}
+
+/// `record` with the trace headers `carried` from another record.
+pub fn with_carried(record: OutRecord, carried: &[(&'static str, String)]) -> OutRecord {
+    if carried.is_empty() {
+        return record;
+    }
+    let headers = record.headers.clone().unwrap_or_default();
+    record.with_headers(add_pairs(headers, carried))
+}
+
 /// `headers` with the trace headers of `message` copied over, so that a copy of a
 /// record (a retry, a dead letter) stays in the trace of the original.
 pub fn copy_trace_headers<M: Message>(message: &M, headers: OwnedHeaders) -> OwnedHeaders {
@@ -295,6 +320,14 @@ mod tests {
         assert_eq!(names, vec![TRACEPARENT, TRACESTATE]);
         let again = extract_kafka(Some(&copied));
         assert_eq!(again.span().span_context().span_id(), sent.span_id());
+
+        // So does a record written later from what was carried (a redrive).
+        let kept = carried(&message);
+        assert_eq!(kept, pairs);
+        let redriven = with_carried(OutRecord::new("t", "k", None), &kept);
+        let redriven = extract_kafka(redriven.headers.as_ref());
+        assert_eq!(redriven.span().span_context().span_id(), sent.span_id());
+        assert!(carried(&record(None)).is_empty());
     }
 
     #[test]

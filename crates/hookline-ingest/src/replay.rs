@@ -72,7 +72,9 @@ pub async fn redrive(
                         .as_ref()
                         .is_none_or(|id| task.subscription_id == id.as_str())
                     {
-                        tasks.push(task);
+                        // The dead letter's trace context: the redriven attempts
+                        // join the event's trace.
+                        tasks.push((task, hookline_core::trace::carried(message)));
                     }
                 }
                 _ => report.unreadable += 1,
@@ -81,11 +83,11 @@ pub async fn redrive(
         anyhow::Ok((report, tasks))
     })
     .await??;
-    let fresh = tasks.into_iter().map(|mut task| {
+    let fresh = tasks.into_iter().map(|(mut task, trace)| {
         task.attempts = 0;
         task.not_before = None;
         task.last_error = None;
-        task
+        (task, trace)
     });
     report.requeued = enqueue(producer, &topics.deliveries(), fresh.collect()).await?;
     Ok(report)
@@ -117,7 +119,8 @@ pub async fn replay(
             };
             match parse_record(record, &cloudevents) {
                 Ok(event) if subscription.accepts(&event) => {
-                    tasks.push(DeliveryTask::new(event, subscription.id(), now));
+                    // A new delivery of an old event: a trace of its own.
+                    tasks.push((DeliveryTask::new(event, subscription.id(), now), Vec::new()));
                 }
                 Ok(_) => {}
                 Err(_) => report.unreadable += 1,
@@ -130,15 +133,19 @@ pub async fn replay(
     Ok(Report { requeued, ..report })
 }
 
-/// Writes tasks to the deliveries topic, keyed by subscription; all must be acknowledged.
+/// Writes tasks to the deliveries topic, keyed by subscription, each with the trace
+/// headers it carries; all must be acknowledged.
 async fn enqueue(
     producer: &RenewingProducer,
     topic: &str,
-    tasks: Vec<DeliveryTask>,
+    tasks: Vec<(DeliveryTask, Vec<(&'static str, String)>)>,
 ) -> anyhow::Result<u64> {
     let records: Vec<OutRecord> = tasks
         .iter()
-        .map(|task| OutRecord::json(topic, task.subscription_id.as_str(), task))
+        .map(|(task, trace)| {
+            OutRecord::json(topic, task.subscription_id.as_str(), task)
+                .map(|record| hookline_core::trace::with_carried(record, trace))
+        })
         .collect::<Result<_, serde_json::Error>>()?;
     let results = producer
         .send_all(&records, std::time::Duration::from_secs(30))

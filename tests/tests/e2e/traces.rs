@@ -367,3 +367,127 @@ async fn by_default_no_traceparent_reaches_the_receiver_and_unheaded_records_sta
         "a trace of its own, none of ingest's"
     );
 }
+
+#[tokio::test]
+async fn retries_the_dead_letter_and_its_redrive_stay_in_the_events_trace() {
+    let collector = Collector::start().await;
+    let pipeline = traced_pipeline(
+        &collector,
+        &[
+            ("HOOKLINE_RETRY_SCHEDULE", "1s"),
+            ("HOOKLINE_BREAKER_THRESHOLD", "1000"),
+            ("HOOKLINE_DELIVERY_PROPAGATE_TRACE_CONTEXT", "true"),
+        ],
+    )
+    .await;
+    let (subscription, _) = pipeline
+        .subscribe("acme", &["payment.*"], "down", json!({}))
+        .await
+        .expect("subscribe");
+    pipeline
+        .receiver
+        .behave("down", hookline_e2e::Behaviour::Always(500));
+    let (trace_id, caller_span) = caller_context();
+    send_traced(
+        &pipeline,
+        &format!("00-{trace_id}-{caller_span}-01"),
+        "acme",
+    )
+    .await;
+
+    // Two attempts (the first, one retry from the 1 s tier), then the dead letter.
+    let dlq = pipeline.deployment.topic("deliveries.dlq");
+    let mut dead = Vec::new();
+    eventually(Duration::from_secs(30), || {
+        dead = hookline_e2e::read_all(&dlq).expect("read the DLQ");
+        !dead.is_empty()
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "dead-lettered");
+    assert!(
+        dead[0].headers["traceparent"].contains(&trace_id),
+        "the dead letter carries the trace: {:?}",
+        dead[0].headers
+    );
+
+    pipeline
+        .receiver
+        .behave("down", hookline_e2e::Behaviour::Ok);
+    let (status, report) = pipeline
+        .api
+        .call(
+            reqwest::Method::POST,
+            "/v1/dlq/redrive",
+            Some(json!({"subscription_id": subscription})),
+        )
+        .await
+        .expect("redrive");
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        pipeline
+            .receiver
+            .wait_until(Duration::from_secs(30), |got| got
+                .iter()
+                .any(|r| r.status < 300))
+            .await,
+        "the redriven task was delivered"
+    );
+    let requests = pipeline.receiver.on("down");
+    assert_eq!(
+        requests.len(),
+        3,
+        "two failures, then the redrive's success"
+    );
+    for request in &requests {
+        assert!(
+            request.header("traceparent").contains(&trace_id),
+            "every attempt is in the caller's trace: {:?}",
+            request.header("traceparent")
+        );
+    }
+
+    assert!(
+        eventually(Duration::from_secs(30), || collector
+            .of_trace(&trace_id)
+            .iter()
+            .filter(|span| span.name == "delivery attempt")
+            .count()
+            >= 3)
+        .await,
+        "three attempt spans in the trace: {:#?}",
+        collector.of_trace(&trace_id)
+    );
+    let spans = collector.of_trace(&trace_id);
+    let route = spans
+        .iter()
+        .find(|span| span.name == "route event" && span.attribute("batch") == "committed")
+        .expect("the committed routing span");
+    let mut attempts: Vec<(String, String, String)> = spans
+        .iter()
+        .filter(|span| span.name == "delivery attempt")
+        .map(|span| {
+            assert_eq!(
+                span.parent_span_id, route.span_id,
+                "every attempt hangs under the routing: {span:#?}"
+            );
+            (
+                span.attribute("attempt"),
+                span.attribute("outcome"),
+                span.attribute("http.response.status_code"),
+            )
+        })
+        .collect();
+    attempts.sort();
+    let expected = |attempt: &str, outcome: &str, status: &str| {
+        (attempt.to_owned(), outcome.to_owned(), status.to_owned())
+    };
+    assert_eq!(
+        attempts,
+        vec![
+            expected("1", "http_5xx", "500"),
+            expected("1", "success", "204"),
+            expected("2", "http_5xx", "500"),
+        ],
+        "two failed attempts, then the redrive's first"
+    );
+}
