@@ -3,7 +3,8 @@
 //! types), and one event sent with a `traceparent` is one trace: the caller's span ->
 //! ingest's request -> the event's produce span -> the router's span -> the delivery
 //! attempt -> the receiver, which gets a `traceparent` only when the operator turns
-//! propagation on.
+//! propagation on. Retries, the dead letter and its redrive stay in that trace; a
+//! record produced to Kafka without a `traceparent` starts one of its own.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
