@@ -7,7 +7,7 @@
 //! needs a broker of its own (a cold start) starts one with [`Broker::launch`].
 //!
 //! The binaries see only the deployment's environment on top of the caller's (this
-//! process's, or one given to [`Deployment::with_caller_env`]) minus every `HOOKLINE_*`
+//! process's, or one given to [`Deployment::with_caller_env`]) minus every `HOOKLINE_*` and `OTEL_*`
 //! variable (see [`is_stray`]): a setting exported in the developer's shell never
 //! changes what a test runs.
 //!

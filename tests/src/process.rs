@@ -57,10 +57,14 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Whether an inherited environment variable is a Hookline setting the harness must not
 /// pass on to the binaries it starts: every `HOOKLINE_*` except the harness's own
-/// (`HOOKLINE_TEST_*`, `HOOKLINE_BIN_DIR`).
+/// (`HOOKLINE_TEST_*`, `HOOKLINE_BIN_DIR`), and every OpenTelemetry `OTEL_*` (a shell's
+/// collector would turn traces on).
 pub fn is_stray(key: &OsStr) -> bool {
     let key = key.to_string_lossy();
-    key.starts_with("HOOKLINE_") && !key.starts_with("HOOKLINE_TEST_") && key != "HOOKLINE_BIN_DIR"
+    (key.starts_with("HOOKLINE_")
+        && !key.starts_with("HOOKLINE_TEST_")
+        && key != "HOOKLINE_BIN_DIR")
+        || key.starts_with("OTEL_")
 }
 
 /// One test's deployment: a topic prefix and the environment every binary shares.

@@ -450,6 +450,74 @@ pub struct LogArgs {
     /// Log lines as human-readable text or as JSON objects.
     #[arg(long, env = "HOOKLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Distributed traces (OpenTelemetry, off unless an OTLP endpoint is set).
+    #[command(flatten)]
+    pub traces: TraceArgs,
+}
+
+/// OpenTelemetry trace export: the standard `OTEL_*` variables, plus Hookline's
+/// sampling ratio. Traces are off unless one of the two endpoints is set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArgs {
+    /// Base URL of an OTLP/HTTP collector (e.g. `http://otel-collector:4318`); spans go
+    /// to `<url>/v1/traces`. Setting it (or the traces endpoint) turns traces on.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<url::Url>,
+
+    /// Full URL spans are posted to (OTLP/HTTP, protobuf), used as is; wins over
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_traces_endpoint: Option<url::Url>,
+
+    /// The `service.name` of this process's spans; each binary's own name
+    /// (`hookline-ingest`, `hookline-router`, `hookline-delivery`) when unset.
+    #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// Share of new traces recorded, from 0.0 to 1.0 (parent-based: a span whose
+    /// parent came with a `traceparent` follows the parent's sampled flag).
+    #[arg(
+        long,
+        env = "HOOKLINE_TRACE_SAMPLE_RATIO",
+        default_value_t = 1.0,
+        value_parser = parse_ratio
+    )]
+    pub trace_sample_ratio: f64,
+}
+
+impl TraceArgs {
+    /// Where spans are posted, when traces are on.
+    pub fn traces_url(&self) -> Option<url::Url> {
+        if let Some(url) = &self.otlp_traces_endpoint {
+            return Some(url.clone());
+        }
+        let base = self.otlp_endpoint.as_ref()?;
+        // The specification's rule: the signal's path appended to the base URL's path.
+        let mut url = base.clone();
+        let path = format!("{}/v1/traces", base.path().trim_end_matches('/'));
+        url.set_path(&path);
+        Some(url)
+    }
+}
+
+/// An `http://` or `https://` URL.
+fn parse_otlp_endpoint(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!(
+            "`{text}` has scheme `{other}`: an OTLP/HTTP endpoint is http:// or https://"
+        )),
+    }
+}
+
+/// A number from 0.0 to 1.0.
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("`{text}` is not a ratio from 0.0 to 1.0")),
+    }
 }
 
 /// How log lines are written.
@@ -483,6 +551,59 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         kafka: KafkaArgs,
+    }
+
+    #[derive(Parser)]
+    struct TraceCli {
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    #[test]
+    fn traces_are_off_without_an_endpoint_and_post_to_the_signal_path() {
+        let off = TraceCli::try_parse_from(["x"]).unwrap();
+        assert_eq!(off.log.traces.traces_url(), None);
+        assert_eq!(off.log.traces.trace_sample_ratio, 1.0);
+        let base =
+            TraceCli::try_parse_from(["x", "--otlp-endpoint", "http://collector:4318"]).unwrap();
+        assert_eq!(
+            base.log.traces.traces_url().map(String::from),
+            Some("http://collector:4318/v1/traces".to_owned())
+        );
+        let prefixed =
+            TraceCli::try_parse_from(["x", "--otlp-endpoint", "https://gw.example/otlp/"]).unwrap();
+        assert_eq!(
+            prefixed.log.traces.traces_url().map(String::from),
+            Some("https://gw.example/otlp/v1/traces".to_owned())
+        );
+        let full = TraceCli::try_parse_from([
+            "x",
+            "--otlp-endpoint",
+            "http://collector:4318",
+            "--otlp-traces-endpoint",
+            "http://other:4318/custom",
+        ])
+        .unwrap();
+        assert_eq!(
+            full.log.traces.traces_url().map(String::from),
+            Some("http://other:4318/custom".to_owned()),
+            "the traces endpoint is used as is, and wins"
+        );
+    }
+
+    #[test]
+    fn bad_trace_settings_are_refused() {
+        for args in [
+            ["x", "--otlp-endpoint", "collector:4318"],
+            ["x", "--otlp-endpoint", "grpc://collector:4317"],
+            ["x", "--trace-sample-ratio", "1.5"],
+            ["x", "--trace-sample-ratio", "-0.1"],
+            ["x", "--trace-sample-ratio", "half"],
+        ] {
+            assert!(TraceCli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        let half = TraceCli::try_parse_from(["x", "--trace-sample-ratio", "0.5"]).unwrap();
+        assert_eq!(half.log.traces.trace_sample_ratio, 0.5);
     }
 
     #[test]

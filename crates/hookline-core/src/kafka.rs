@@ -747,11 +747,12 @@ pub fn record_headers<M: Message>(message: &M) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Headers of a dead-lettered copy of `message`: the reason and where the original sits
-/// (`hookline-dlq-reason`, `hookline-source-topic`, `-partition`, `-offset`).
+/// (`hookline-dlq-reason`, `hookline-source-topic`, `-partition`, `-offset`), and the
+/// original's trace context (`traceparent`, `tracestate`), if it had one.
 pub fn dead_letter_headers<M: Message>(message: &M, reason: &str) -> OwnedHeaders {
     let partition = message.partition().to_string();
     let offset = message.offset().to_string();
-    [
+    let headers = [
         ("hookline-dlq-reason", reason),
         ("hookline-source-topic", message.topic()),
         ("hookline-source-partition", partition.as_str()),
@@ -763,7 +764,8 @@ pub fn dead_letter_headers<M: Message>(message: &M, reason: &str) -> OwnedHeader
             key,
             value: Some(value),
         })
-    })
+    });
+    crate::trace::copy_trace_headers(message, headers)
 }
 
 /// The next record of `consumer`. A failed read is logged (naming `what` is read) and

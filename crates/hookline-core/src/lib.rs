@@ -20,4 +20,5 @@ pub mod progress;
 pub mod scan;
 pub mod telemetry;
 pub mod topics;
+pub mod trace;
 pub mod view;

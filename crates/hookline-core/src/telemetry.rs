@@ -17,17 +17,126 @@ use crate::heartbeat::{Heartbeat, Wedged};
 use crate::progress::Progress;
 
 /// Installs the global tracing subscriber: `RUST_LOG` filter (default
-/// `info,rdkafka=warn`), text or JSON lines on stderr.
-pub fn init_logging(args: &LogArgs) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_format == LogFormat::Json {
-        builder.json().flatten_event(true).init();
+/// `info,rdkafka=warn`), text or JSON lines on stderr; and, when an OTLP endpoint is
+/// set, the OpenTelemetry layer that exports Hookline's spans (see [`crate::trace`]).
+/// `service` is the default `service.name`. Keep the returned [`Traces`] until the
+/// process ends: dropping it flushes the spans still buffered.
+pub fn init_logging(args: &LogArgs, service: &str) -> anyhow::Result<Traces> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
+    let filter = || {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"))
+    };
+    let (json, text) = if args.log_format == LogFormat::Json {
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true);
+        (Some(layer.with_filter(filter())), None)
     } else {
-        builder.with_target(false).init();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false);
+        (None, Some(layer.with_filter(filter())))
+    };
+    let provider = trace_provider(&args.traces, service)?;
+    // Hookline's own spans only (not those of the libraries beneath), and whatever they
+    // warn about as span events; its own filter, so that `RUST_LOG` quiets the logs
+    // without cutting the traces.
+    let otel = provider.as_ref().map(|(provider, _)| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("hookline"))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.target().starts_with("hookline")
+                    && (meta.is_span() || *meta.level() <= tracing::Level::WARN)
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(json)
+        .with(text)
+        .init();
+    let provider = provider.map(|(provider, url)| {
+        crate::trace::enable();
+        tracing::info!(%url, ratio = args.traces.trace_sample_ratio, "exporting traces (OTLP/HTTP)");
+        provider
+    });
+    Ok(Traces { provider })
+}
+
+/// The tracer provider exporting to the configured collector, and its URL; `None` when
+/// no endpoint is set (traces off).
+fn trace_provider(
+    args: &crate::config::TraceArgs,
+    service: &str,
+) -> anyhow::Result<Option<(opentelemetry_sdk::trace::SdkTracerProvider, url::Url)>> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_sdk::trace::Sampler;
+
+    let Some(url) = args.traces_url() else {
+        return Ok(None);
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(url.as_str())
+        .with_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|err| {
+            anyhow::anyhow!("refusing to start: OTEL_EXPORTER_OTLP_ENDPOINT {url}: {err}")
+        })?;
+    let name = args
+        .service_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .unwrap_or(service)
+        .to_owned();
+    let resource = opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name(name)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    // The batch processor exports from a thread of its own, over a bounded queue (2048
+    // spans; the overflow is dropped, never waited for): a slow or absent collector
+    // never slows the data path.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            args.trace_sample_ratio,
+        ))))
+        .with_resource(resource)
+        .build();
+    Ok(Some((provider, url)))
+}
+
+/// The trace exporter of a process, if traces are on: dropping it (or
+/// [`shutdown`](Self::shutdown)) exports the spans still buffered.
+#[must_use = "dropping it stops trace export"]
+pub struct Traces {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Traces {
+    /// Exports the spans still buffered and stops the exporter (bounded by the
+    /// SDK's shutdown timeout, 5 s). Blocks: call it as the process ends.
+    pub fn shutdown(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(err) = provider.shutdown() {
+                tracing::warn!(%err, "traces not all exported at shutdown");
+            }
+        }
+    }
+}
+
+impl Drop for Traces {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 

@@ -95,6 +95,17 @@ struct Cli {
     #[arg(long, env = "HOOKLINE_DELIVERY_EGRESS_PROXY", hide_env_values = true)]
     egress_proxy: Option<url::Url>,
 
+    /// Send the W3C `traceparent` (and `tracestate`) of each attempt's span to the
+    /// receiver, so that its own spans join the event's trace. Off by default: the
+    /// header tells the receiver the trace id. Takes effect only while traces are on.
+    #[arg(
+        long,
+        env = "HOOKLINE_DELIVERY_PROPAGATE_TRACE_CONTEXT",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    propagate_trace_context: bool,
+
     #[command(flatten)]
     urls: UrlArgs,
 
@@ -140,7 +151,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_logging(&cli.log);
+    // Held to the end of `run`: dropping it exports the spans still buffered.
+    let _traces = telemetry::init_logging(&cli.log, "hookline-delivery")?;
     let allow = EgressPolicy::parse_allow_list(&cli.allow_cidrs).map_err(anyhow::Error::msg)?;
     let keyring = cli.secrets.keyring()?;
     let topics = cli.kafka.topics();
@@ -172,9 +184,17 @@ async fn run() -> anyhow::Result<()> {
         cli.timeout,
     );
     sending.proxy = cli.egress_proxy.clone();
+    sending.propagate_trace_context = cli.propagate_trace_context;
+    if cli.propagate_trace_context && !hookline_core::trace::enabled() {
+        tracing::warn!(
+            "HOOKLINE_DELIVERY_PROPAGATE_TRACE_CONTEXT=true has no effect while traces are \
+             off (no OTEL_EXPORTER_OTLP_ENDPOINT): no traceparent is sent"
+        );
+    }
     tracing::info!(
         allow_http = cli.urls.delivery_allow_http,
         proxy = cli.egress_proxy.is_some(),
+        propagate_trace_context = cli.propagate_trace_context,
         "egress settings"
     );
     let context = pipeline::Context {
@@ -231,4 +251,21 @@ async fn run() -> anyhow::Result<()> {
     }
     server.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_context_goes_to_receivers_only_when_asked() {
+        let cli = Cli::try_parse_from(["hookline-delivery"]).unwrap();
+        assert!(!cli.propagate_trace_context, "off by default");
+        let cli = Cli::try_parse_from(["hookline-delivery", "--propagate-trace-context", "true"])
+            .unwrap();
+        assert!(cli.propagate_trace_context);
+        assert!(
+            Cli::try_parse_from(["hookline-delivery", "--propagate-trace-context", "yes"]).is_err()
+        );
+    }
 }

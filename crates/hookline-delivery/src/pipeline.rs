@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use hookline_core::topics::Topics;
+use hookline_core::trace;
 use hookline_core::view::SubscriptionView;
 use hookline_domain::attempt::{AttemptOutcome, AttemptRecord, TaskOutcome};
 use hookline_domain::backoff::Backoff;
@@ -19,8 +20,9 @@ use hookline_domain::task::DeliveryTask;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
-use rdkafka::message::{Header, Message, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
+use tracing::Instrument as _;
 
 use crate::control::HealthWriter;
 use crate::limits::{Breakers, Limits, Slot};
@@ -308,8 +310,14 @@ pub async fn process(context: &Context, record: TaskRecord, path: RetryPath<'_>)
             answered: None,
         }
     });
+    // The task record's context (the router's span): every attempt at the task, here
+    // or from a retry tier, is a span of that trace.
+    let parent = trace::enabled().then(|| trace::extract_kafka(message.headers()));
     loop {
-        let step = attempt_once(context, &message, &mut task, timing.as_mut()).await;
+        let span = attempt_span(parent.as_ref(), &task);
+        let step = attempt_once(context, &message, &mut task, timing.as_mut())
+            .instrument(span)
+            .await;
         if let Some(Timing {
             fetched,
             answered: Some(answered),
@@ -337,11 +345,36 @@ pub async fn process(context: &Context, record: TaskRecord, path: RetryPath<'_>)
                 }
             }
             _ => {
-                reschedule(context, task, wait, error).await;
+                let trace = trace::copy_trace_headers(&message, OwnedHeaders::new());
+                reschedule(context, task, wait, error, trace).await;
                 return;
             }
         }
     }
+}
+
+/// The span of one attempt at `task`, a child of `parent` (none while traces are off).
+/// Its outcome and HTTP status are recorded by [`call_endpoint`].
+fn attempt_span(parent: Option<&trace::Context>, task: &DeliveryTask) -> tracing::Span {
+    let Some(parent) = parent else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "delivery attempt",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        event_id = %task.event.id,
+        event_type = %task.event.event_type,
+        tenant = %task.event.tenant,
+        subscription_id = %task.subscription_id,
+        webhook_id = %task.message_id,
+        attempt = task.attempts + 1,
+        outcome = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    trace::continue_with(&span, parent);
+    span
 }
 
 /// When a fresh task was read, and when its first attempt was answered.
@@ -508,6 +541,7 @@ async fn call_endpoint(
         context
             .metrics
             .attempt(AttemptOutcome::CircuitOpen, &task.event.tenant);
+        tracing::Span::current().record("outcome", AttemptOutcome::CircuitOpen.as_str());
         let remaining = context.breakers.remaining_cooldown(&endpoint);
         return AttemptResult::CircuitOpen(remaining.max(Duration::from_millis(100)));
     }
@@ -524,6 +558,7 @@ async fn call_endpoint(
         drop(slot);
     }
     let class = outcome.class();
+    record_outcome(&tracing::Span::current(), &outcome);
     context.metrics.attempt(class, &task.event.tenant);
     context
         .metrics
@@ -543,6 +578,24 @@ async fn call_endpoint(
             detail,
             retry_after,
         },
+    }
+}
+
+/// Notes how an attempt ended on its span.
+fn record_outcome(span: &tracing::Span, outcome: &Outcome) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("outcome", outcome.class().as_str());
+    let status = match outcome {
+        Outcome::Delivered { status, .. } => Some(*status),
+        Outcome::Failed { status, .. } => *status,
+    };
+    if let Some(status) = status {
+        span.record("http.response.status_code", status);
+    }
+    if !matches!(outcome, Outcome::Delivered { .. }) {
+        span.record("otel.status_code", "ERROR");
     }
 }
 
@@ -627,14 +680,28 @@ async fn carry_out(
 
 /// Hands the task to the retry tier `wait` calls for. The due time is picked and the
 /// record enqueued under one lock, so records enter each tier partition in due order.
-async fn reschedule(context: &Context, task: DeliveryTask, wait: Wait, error: String) {
+/// `trace` (the task record's trace headers) goes along, so that the next attempt
+/// joins the same trace.
+async fn reschedule(
+    context: &Context,
+    task: DeliveryTask,
+    wait: Wait,
+    error: String,
+    trace: OwnedHeaders,
+) {
     context
         .progress
-        .track(hand_over(context, task, wait, error))
+        .track(hand_over(context, task, wait, error, trace))
         .await
 }
 
-async fn hand_over(context: &Context, mut task: DeliveryTask, wait: Wait, error: String) {
+async fn hand_over(
+    context: &Context,
+    mut task: DeliveryTask,
+    wait: Wait,
+    error: String,
+    trace: OwnedHeaders,
+) {
     task.last_error = Some(error);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut planned_tier;
@@ -652,9 +719,12 @@ async fn hand_over(context: &Context, mut task: DeliveryTask, wait: Wait, error:
                 }
             };
             let topic = context.topics.deliveries_retry(tier);
-            let record = FutureRecord::<str, [u8]>::to(&topic)
+            let mut record = FutureRecord::<str, [u8]>::to(&topic)
                 .key(&task.subscription_id)
                 .payload(&payload);
+            if rdkafka::message::Headers::count(&trace) > 0 {
+                record = record.headers(trace.clone());
+            }
             context
                 .producer
                 .current()

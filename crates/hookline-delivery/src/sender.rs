@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hookline_core::trace;
 use hookline_domain::attempt::{truncate_body, AttemptOutcome, MAX_RESPONSE_BODY};
 use hookline_domain::egress::{EgressPolicy, UrlRules};
 use hookline_domain::sealing::Keyring;
@@ -145,6 +146,8 @@ pub struct SenderConfig {
     pub proxy: Option<url::Url>,
     /// How host names are looked up.
     pub lookup: Lookup,
+    /// Whether requests carry the attempt span's `traceparent` (and `tracestate`).
+    pub propagate_trace_context: bool,
 }
 
 impl SenderConfig {
@@ -157,6 +160,7 @@ impl SenderConfig {
             timeout,
             proxy: None,
             lookup: system_lookup(),
+            propagate_trace_context: false,
         }
     }
 }
@@ -168,6 +172,7 @@ pub struct Sender {
     resolver: PolicyResolver,
     rules: Arc<UrlRules>,
     keyring: Arc<Keyring>,
+    propagate_trace_context: bool,
 }
 
 impl Sender {
@@ -201,6 +206,7 @@ impl Sender {
             resolver,
             rules: Arc::new(config.rules),
             keyring: Arc::new(config.keyring),
+            propagate_trace_context: config.propagate_trace_context,
         })
     }
 
@@ -295,6 +301,18 @@ impl Sender {
         // The attempt number from 1, as the attempt record counts it: receivers tell a
         // retry from a first try without keeping state (a redrive starts again at 1).
         put("webhook-attempt", &(task.attempts + 1).to_string());
+        if self.propagate_trace_context {
+            // Hookline's context replaces any the subscription set as a custom header.
+            headers.remove(trace::TRACEPARENT);
+            headers.remove(trace::TRACESTATE);
+            // The current span is the attempt's (see `pipeline`): the receiver's spans
+            // become its children. Nothing is written while traces are off.
+            for (name, value) in trace::span_headers(&tracing::Span::current()) {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
+            }
+        }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             USER_AGENT,

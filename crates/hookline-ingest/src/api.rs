@@ -245,6 +245,7 @@ pub fn routes(state: AppState, max_body_bytes: usize, auth: Arc<Authenticator>) 
     let (api, _) = documented_routes()
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(auth, authenticate))
+        .layer(middleware::from_fn(crate::trace::request_span))
         .with_state(state)
         .split_for_parts();
     api.merge(openapi_route())
@@ -333,9 +334,11 @@ async fn accept_events(
         })
         .collect::<Result<_, serde_json::Error>>()
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (records, spans) = crate::trace::produce_spans(&events, records);
     let accepted = std::time::Instant::now();
     state.progress.started();
     let results = send_within(&state.event_producer, &records, state.produce_timeout).await;
+    crate::trace::record_produced(&spans, &results);
     state
         .metrics
         .stages

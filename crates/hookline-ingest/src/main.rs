@@ -141,7 +141,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_logging(&cli.log);
+    // Held to the end of `run`: dropping it exports the spans still buffered.
+    let _traces = telemetry::init_logging(&cli.log, "hookline-ingest")?;
     // Only the server seals and opens secrets; a one-off redrive does not need the keys.
     let keyring = match cli.command {
         None => Some(Arc::new(cli.secrets.keyring()?)),

@@ -59,6 +59,9 @@ pub enum Work {
     Redrive(RedriveRequest),
 }
 
+/// The trace headers a re-queued task carries (none: a trace of its own).
+type Carried = Vec<(&'static str, String)>;
+
 /// The live counters of one scan, and its cancel switch: shared between the scan,
 /// the writer and whoever reports on them.
 #[derive(Debug, Default)]
@@ -122,7 +125,7 @@ pub async fn run(
     work: Work,
     control: Arc<Control>,
 ) -> anyhow::Result<Finished> {
-    let (sender, mut receiver) = mpsc::channel::<DeliveryTask>(CHUNK);
+    let (sender, mut receiver) = mpsc::channel::<(DeliveryTask, Carried)>(CHUNK);
     let scan = {
         let requeuing = requeuing.clone();
         let control = Arc::clone(&control);
@@ -173,13 +176,13 @@ fn scan(
     requeuing: &Requeuing,
     work: Work,
     control: &Control,
-    sender: &mpsc::Sender<DeliveryTask>,
+    sender: &mpsc::Sender<(DeliveryTask, Carried)>,
 ) -> anyhow::Result<()> {
     let range = |total| {
         let _ = control.total.set(total);
     };
     // Hands a task over; breaks once the writer is gone (cancelled, or failed).
-    let hand_over = |task: DeliveryTask| match sender.blocking_send(task) {
+    let hand_over = |task: (DeliveryTask, Carried)| match sender.blocking_send(task) {
         Ok(()) => ControlFlow::Continue(()),
         Err(_) => ControlFlow::Break(()),
     };
@@ -207,9 +210,11 @@ fn scan(
                         payload: message.payload(),
                     };
                     match parse_record(record, cloudevents) {
-                        Ok(event) if subscription.accepts(&event) => {
-                            hand_over(DeliveryTask::new(event, subscription.id(), now))
-                        }
+                        // A new delivery of an old event: a trace of its own.
+                        Ok(event) if subscription.accepts(&event) => hand_over((
+                            DeliveryTask::new(event, subscription.id(), now),
+                            Carried::new(),
+                        )),
                         Ok(_) => ControlFlow::Continue(()),
                         Err(_) => {
                             control.unreadable.fetch_add(1, Ordering::Relaxed);
@@ -250,7 +255,9 @@ fn scan(
                                 .as_ref()
                                 .is_none_or(|id| task.subscription_id == id.as_str()) =>
                         {
-                            hand_over(fresh(task))
+                            // The dead letter's trace context: the redriven attempts
+                            // join the event's trace.
+                            hand_over((fresh(task), hookline_core::trace::carried(message)))
                         }
                         Some(Ok(_)) => ControlFlow::Continue(()),
                         _ => {
@@ -273,15 +280,19 @@ fn fresh(mut task: DeliveryTask) -> DeliveryTask {
     task
 }
 
-/// Writes tasks to the deliveries topic, keyed by subscription; all must be acknowledged.
+/// Writes tasks to the deliveries topic, keyed by subscription, each with the trace
+/// headers it carries; all must be acknowledged.
 async fn enqueue(
     producer: &RenewingProducer,
     topic: &str,
-    tasks: Vec<DeliveryTask>,
+    tasks: Vec<(DeliveryTask, Carried)>,
 ) -> anyhow::Result<u64> {
     let records: Vec<OutRecord> = tasks
         .iter()
-        .map(|task| OutRecord::json(topic, task.subscription_id.as_str(), task))
+        .map(|(task, trace)| {
+            OutRecord::json(topic, task.subscription_id.as_str(), task)
+                .map(|record| hookline_core::trace::with_carried(record, trace))
+        })
         .collect::<Result<_, serde_json::Error>>()?;
     let results = producer
         .send_all(&records, std::time::Duration::from_secs(30))

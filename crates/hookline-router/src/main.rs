@@ -109,7 +109,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_logging(&cli.log);
+    // Held to the end of `run`: dropping it exports the spans still buffered.
+    let _traces = telemetry::init_logging(&cli.log, "hookline-router")?;
     let topics = cli.kafka.topics();
     kafka::ensure_topics(
         &cli.kafka,

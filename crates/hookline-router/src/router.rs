@@ -21,6 +21,7 @@ use hookline_core::produce::{send_all, OutRecord};
 use hookline_core::progress::Progress;
 use hookline_core::telemetry::Readiness;
 use hookline_core::topics::Topics;
+use hookline_core::trace;
 use hookline_core::view::{NotCaughtUp, SubscriptionView};
 use hookline_domain::backoff::Backoff;
 use hookline_domain::catalog::{Catalog, VALIDATED_HEADER};
@@ -176,6 +177,41 @@ fn log_routed(event: &hookline_domain::event::Event, tasks: &[DeliveryTask]) {
     }
 }
 
+/// The span of routing one event record: a child of the span that produced it (its
+/// `traceparent`), or the root of a new trace for a record produced without one. None
+/// while traces are off.
+fn route_span(message: &OwnedMessage) -> tracing::Span {
+    let span = trace::span(|| {
+        tracing::info_span!(
+            parent: None,
+            "route event",
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.destination.name = message.topic(),
+            messaging.kafka.partition = message.partition(),
+            messaging.kafka.offset = message.offset(),
+            event_id = tracing::field::Empty,
+            event_type = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+            matches = tracing::field::Empty,
+            batch = tracing::field::Empty,
+        )
+    });
+    trace::continue_from(&span, message);
+    span
+}
+
+/// Notes the routed event and how many subscriptions it matched on its span.
+fn record_routed(span: &tracing::Span, event: &hookline_domain::event::Event, matches: usize) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("event_id", event.id.as_str());
+    span.record("event_type", event.event_type.as_str());
+    span.record("tenant", event.tenant.as_str());
+    span.record("matches", matches);
+}
+
 /// What a record to produce is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -183,6 +219,23 @@ enum Kind {
     Task,
     /// A copy (or a stand-in) of the event record on the events DLQ.
     DeadLetter,
+}
+
+/// What routing a batch comes to: the records to produce, the outcome counts, the skip
+/// reason of every record skipped, and the records' routing spans (empty while traces
+/// are off), which end once the batch is committed or undone.
+struct Plan {
+    outgoing: Vec<Outgoing>,
+    counts: HashMap<&'static str, u64>,
+    skipped: Vec<&'static str>,
+    spans: Vec<tracing::Span>,
+}
+
+/// Notes on every routing span of a batch how the batch ended.
+fn record_batch(spans: &[tracing::Span], ended: &str) {
+    for span in spans {
+        span.record("batch", ended);
+    }
 }
 
 /// A record to produce within the batch's transaction.
@@ -201,6 +254,8 @@ struct Routed {
     outputs: Vec<Outgoing>,
     /// Why it was dead-lettered, when it was.
     invalid: Option<String>,
+    /// The record's routing span, ended once its batch committed or was undone.
+    span: tracing::Span,
 }
 
 /// What to do instead with an event record whose outputs the broker refused for good
@@ -704,7 +759,12 @@ impl Router {
         self.catch_up_catalog(batch).await;
         // Read before the index: everything below it is in what `plan` matches against.
         let applied = self.view.applied();
-        let (outgoing, counts, skipped) = self.plan(batch);
+        let Plan {
+            outgoing,
+            counts,
+            skipped,
+            spans,
+        } = self.plan(batch);
         let asked_at = std::time::Instant::now();
         let barrier = async {
             if caught_up {
@@ -713,7 +773,18 @@ impl Router {
             let end = self.view.end_offset(self.view_patience).await?;
             Ok::<bool, NotCaughtUp>(end <= applied)
         };
-        match self.transact(batch, &outgoing, barrier).await {
+        let transacted = self.transact(batch, &outgoing, barrier).await;
+        // A batch undone is routed again, with new spans: each try is in the trace.
+        record_batch(
+            &spans,
+            if transacted.is_ok() {
+                "committed"
+            } else {
+                "undone, routed again"
+            },
+        );
+        drop(spans);
+        match transacted {
             Ok(()) => {
                 if !caught_up {
                     // The barrier saw the view hold the topic's end as of `asked_at`.
@@ -984,19 +1055,19 @@ impl Router {
         }
     }
 
-    /// Routes the batch and applies the remedies of its records: what to produce, the
-    /// outcome counts, and the skip reason of every record skipped.
-    fn plan(
-        &self,
-        batch: &[OwnedMessage],
-    ) -> (Vec<Outgoing>, HashMap<&'static str, u64>, Vec<&'static str>) {
+    /// Routes the batch and applies the remedies of its records (see [`Plan`]).
+    fn plan(&self, batch: &[OwnedMessage]) -> Plan {
         let mut outgoing = Vec::new();
         let mut counts: HashMap<&'static str, u64> = HashMap::new();
         let mut skipped = Vec::new();
+        let mut spans = Vec::new();
         for (index, routed) in self.route(batch).into_iter().enumerate() {
             let Some(message) = batch.get(index) else {
                 continue;
             };
+            if !routed.span.is_disabled() {
+                spans.push(routed.span);
+            }
             let remedy = self.remedies.get(&(message.partition(), message.offset()));
             let (outcome, outputs) = match remedy {
                 None => (routed.outcome, routed.outputs),
@@ -1026,7 +1097,12 @@ impl Router {
             *counts.entry(outcome).or_default() += 1;
             outgoing.extend(outputs);
         }
-        (outgoing, counts, skipped)
+        Plan {
+            outgoing,
+            counts,
+            skipped,
+            spans,
+        }
     }
 
     /// Takes the next remedy step for the event records whose outputs were refused for
@@ -1143,47 +1219,69 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(source, message)| {
-                let position = kafka::record_position(message);
-                let headers = kafka::record_headers(message);
-                let record = EventRecord {
-                    position,
-                    headers: &headers,
-                    payload: message.payload(),
-                };
-                let routed = route_record(record, &self.cloudevents, &index, now).and_then(
-                    |(event, tasks)| {
-                        self.conform(&catalog, &event, validated_version(message))?;
-                        log_routed(&event, &tasks);
-                        self.encode(source, tasks, &deliveries)
-                    },
-                );
-                match routed {
-                    Ok(tasks) => Routed {
-                        outcome: if tasks.is_empty() {
-                            "unmatched"
-                        } else {
-                            "routed"
-                        },
-                        outputs: tasks,
-                        invalid: None,
-                    },
-                    Err(err) => {
-                        tracing::warn!(
-                            partition = position.partition,
-                            offset = position.offset,
-                            reason = %err,
-                            "invalid event record; sent to the dead-letter topic"
-                        );
-                        let reason = err.to_string();
-                        Routed {
-                            outcome: "invalid",
-                            outputs: vec![self.dead_letter(source, message, &reason)],
-                            invalid: Some(reason),
-                        }
-                    }
-                }
+                let span = route_span(message);
+                let mut routed = span.in_scope(|| {
+                    self.route_one(source, message, &span, &index, &catalog, now, &deliveries)
+                });
+                routed.span = span;
+                routed
             })
             .collect()
+    }
+
+    /// Routes one record of the batch (at `source`), inside its span.
+    fn route_one(
+        &self,
+        source: usize,
+        message: &OwnedMessage,
+        span: &tracing::Span,
+        index: &hookline_domain::matching::SubscriptionIndex,
+        catalog: &Catalog,
+        now: chrono::DateTime<Utc>,
+        deliveries: &str,
+    ) -> Routed {
+        let position = kafka::record_position(message);
+        let headers = kafka::record_headers(message);
+        let record = EventRecord {
+            position,
+            headers: &headers,
+            payload: message.payload(),
+        };
+        let routed =
+            route_record(record, &self.cloudevents, index, now).and_then(|(event, tasks)| {
+                self.conform(catalog, &event, validated_version(message))?;
+                log_routed(&event, &tasks);
+                record_routed(span, &event, tasks.len());
+                self.encode(source, tasks, deliveries, span)
+            });
+        match routed {
+            Ok(tasks) => Routed {
+                outcome: if tasks.is_empty() {
+                    "unmatched"
+                } else {
+                    "routed"
+                },
+                outputs: tasks,
+                invalid: None,
+                span: tracing::Span::none(),
+            },
+            Err(err) => {
+                span.record("otel.status_code", "ERROR");
+                tracing::warn!(
+                    partition = position.partition,
+                    offset = position.offset,
+                    reason = %err,
+                    "invalid event record; sent to the dead-letter topic"
+                );
+                let reason = err.to_string();
+                Routed {
+                    outcome: "invalid",
+                    outputs: vec![self.dead_letter(source, message, &reason)],
+                    invalid: Some(reason),
+                    span: tracing::Span::none(),
+                }
+            }
+        }
     }
 
     /// Serializes the tasks of one event. A task over the size limit would fail its
@@ -1193,6 +1291,7 @@ impl Router {
         source: usize,
         tasks: Vec<DeliveryTask>,
         topic: &str,
+        span: &tracing::Span,
     ) -> Result<Vec<Outgoing>, FieldError> {
         tasks
             .into_iter()
@@ -1213,7 +1312,11 @@ impl Router {
                     source,
                     kind: Kind::Task,
                     isolated: false,
-                    record: OutRecord::new(topic, task.subscription_id.as_str(), Some(payload)),
+                    // The routing span is the parent of the task's attempts.
+                    record: trace::with_span_context(
+                        OutRecord::new(topic, task.subscription_id.as_str(), Some(payload)),
+                        span,
+                    ),
                 })
             })
             .collect()

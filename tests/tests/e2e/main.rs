@@ -28,3 +28,4 @@ mod secrets;
 mod subscriptions;
 mod tenancy;
 mod test_events;
+mod traces;
