@@ -1211,18 +1211,19 @@ impl Router {
 
     /// Matches every record; returns, per record of the batch, what to produce.
     fn route(&self, batch: &[OwnedMessage]) -> Vec<Routed> {
-        let now = Utc::now();
-        let deliveries = self.topics.deliveries();
-        let catalog = self.catalog.current();
         let index = self.view.read();
+        let context = BatchContext {
+            now: Utc::now(),
+            deliveries: self.topics.deliveries(),
+            catalog: self.catalog.current(),
+            index: &index,
+        };
         batch
             .iter()
             .enumerate()
             .map(|(source, message)| {
                 let span = route_span(message);
-                let mut routed = span.in_scope(|| {
-                    self.route_one(source, message, &span, &index, &catalog, now, &deliveries)
-                });
+                let mut routed = span.in_scope(|| self.route_one(source, message, &span, &context));
                 routed.span = span;
                 routed
             })
@@ -1235,11 +1236,14 @@ impl Router {
         source: usize,
         message: &OwnedMessage,
         span: &tracing::Span,
-        index: &hookline_domain::matching::SubscriptionIndex,
-        catalog: &Catalog,
-        now: chrono::DateTime<Utc>,
-        deliveries: &str,
+        context: &BatchContext<'_>,
     ) -> Routed {
+        let BatchContext {
+            now,
+            deliveries,
+            catalog,
+            index,
+        } = context;
         let position = kafka::record_position(message);
         let headers = kafka::record_headers(message);
         let record = EventRecord {
@@ -1248,7 +1252,7 @@ impl Router {
             payload: message.payload(),
         };
         let routed =
-            route_record(record, &self.cloudevents, index, now).and_then(|(event, tasks)| {
+            route_record(record, &self.cloudevents, index, *now).and_then(|(event, tasks)| {
                 self.conform(catalog, &event, validated_version(message))?;
                 log_routed(&event, &tasks);
                 record_routed(span, &event, tasks.len());
@@ -1696,6 +1700,15 @@ const GAVE_UP: KafkaError = KafkaError::Global(RDKafkaErrorCode::OperationTimedO
 /// Whether `err` says a transactional call was given up on, its producer stuck.
 fn gave_up(err: &KafkaError) -> bool {
     matches!(err, KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
+}
+
+/// What every record of one batch is routed against: one clock reading, the
+/// subscriptions and the catalog as they were when the batch began.
+struct BatchContext<'a> {
+    now: chrono::DateTime<Utc>,
+    deliveries: String,
+    catalog: Arc<Catalog>,
+    index: &'a hookline_domain::matching::SubscriptionIndex,
 }
 
 #[cfg(test)]
