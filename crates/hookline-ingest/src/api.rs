@@ -513,6 +513,24 @@ pub async fn write_record(
     Ok(offset)
 }
 
+/// Writes one delivery task to the deliveries topic, keyed by its subscription (a test
+/// event, a resend); `what` names it in the error.
+pub(crate) async fn write_task(
+    state: &AppState,
+    task: &hookline_domain::task::DeliveryTask,
+    what: &str,
+) -> Result<i64, ApiError> {
+    let payload = serde_json::to_vec(task).map_err(|e| ApiError::internal(e.to_string()))?;
+    write_record(
+        state,
+        state.topics.deliveries(),
+        &task.subscription_id,
+        Some(payload),
+        what,
+    )
+    .await
+}
+
 /// Writes a subscription record (or a tombstone) and waits until this process's view
 /// shows it, so that a read right after the write sees it.
 async fn write_subscription(
@@ -819,15 +837,7 @@ async fn test_subscription(
         ));
     }
     let task = test_task(&subscription, Utc::now());
-    let payload = serde_json::to_vec(&task).map_err(|e| ApiError::internal(e.to_string()))?;
-    write_record(
-        &state,
-        state.topics.deliveries(),
-        &task.subscription_id,
-        Some(payload),
-        "test event",
-    )
-    .await?;
+    write_task(&state, &task, "test event").await?;
     tracing::info!(%id, message_id = %task.message_id, "test event sent");
     let mut answer = json!({
         "message_id": task.message_id,

@@ -151,10 +151,10 @@ impl Index {
         }
     }
 
-    fn add_task(&mut self, task: &DeliveryTask, at: Position) {
-        let Some(key) = message_key(&task.message_id) else {
-            return;
-        };
+    /// The delivery `task` is of, made if new, with its tenant; `None` for a task whose
+    /// `webhook-id` is not one Hookline makes.
+    fn delivery_of(&mut self, task: &DeliveryTask) -> Option<&mut Delivery> {
+        let key = message_key(&task.message_id)?;
         let tenant = self.name(&task.event.tenant);
         let delivery = self.delivery(
             key,
@@ -163,6 +163,13 @@ impl Index {
             &task.event.event_type,
         );
         delivery.tenant = Some(tenant);
+        Some(delivery)
+    }
+
+    fn add_task(&mut self, task: &DeliveryTask, at: Position) {
+        let Some(delivery) = self.delivery_of(task) else {
+            return;
+        };
         if delivery.task.is_none_or(|held| held.offset < at.offset) {
             delivery.task = Some(at);
         }
@@ -171,17 +178,9 @@ impl Index {
     }
 
     fn add_dead_letter(&mut self, task: &DeliveryTask, written_micros: i64) {
-        let Some(key) = message_key(&task.message_id) else {
+        let Some(delivery) = self.delivery_of(task) else {
             return;
         };
-        let tenant = self.name(&task.event.tenant);
-        let delivery = self.delivery(
-            key,
-            &task.subscription_id,
-            &task.event.id,
-            &task.event.event_type,
-        );
-        delivery.tenant = Some(tenant);
         delivery.dead_lettered = delivery.dead_lettered.max(Some(written_micros));
     }
 

@@ -4,7 +4,7 @@
 //! Kafka by offset. Another tenant's event or delivery is answered `404`, exactly as a
 //! missing one.
 
-use crate::api::{find, write_record, AppState};
+use crate::api::{find, write_task, AppState};
 use crate::attempts::DeliveryView;
 use crate::auth::denied;
 use crate::error::{ApiError, ErrorKind};
@@ -231,15 +231,7 @@ pub(crate) async fn resend_delivery(
             "the held task does not derive this webhook-id",
         ));
     }
-    let payload = serde_json::to_vec(&task).map_err(|e| ApiError::internal(e.to_string()))?;
-    write_record(
-        &state,
-        state.topics.deliveries(),
-        &task.subscription_id,
-        Some(payload),
-        "resent message",
-    )
-    .await?;
+    write_task(&state, &task, "resent message").await?;
     tracing::info!(message_id = %id, subscription = %task.subscription_id, "message resent");
     Ok((
         StatusCode::ACCEPTED,

@@ -414,16 +414,12 @@ async fn retries_the_dead_letter_and_its_redrive_stay_in_the_events_trace() {
     pipeline
         .receiver
         .behave("down", hookline_e2e::Behaviour::Ok);
-    let (status, report) = pipeline
+    let job = pipeline
         .api
-        .call(
-            reqwest::Method::POST,
-            "/v1/dlq/redrive",
-            Some(json!({"subscription_id": subscription})),
-        )
+        .run_job("/v1/dlq/redrive", json!({"subscription_id": subscription}))
         .await
         .expect("redrive");
-    assert_eq!(status, 200, "{report}");
+    assert_eq!(job["progress"]["requeued"], 1, "{job}");
     assert!(
         pipeline
             .receiver
