@@ -127,7 +127,7 @@ def main():
         ax.set_xlim(datetime.fromtimestamp(start, timezone.utc), datetime.fromtimestamp(end, timezone.utc))
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
         ax.tick_params(labelsize=7)
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: fmt_value(v, unit)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _, unit=unit: fmt_value(v, unit)))
         ax.grid(alpha=0.3)
         if series:
             ax.legend(fontsize=6, loc="upper left", ncol=2, framealpha=0.6)
