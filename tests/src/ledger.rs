@@ -7,6 +7,10 @@
 //! accepted in the end and none is accepted twice under two ids. The ledger then
 //! expects each accepted event at each subscription it matches, at least once, with
 //! valid signatures and one `webhook-id` per (event, subscription), and nothing else.
+//!
+//! `409 idempotency_in_progress` is retried the same way: after a `503` whose claim
+//! could not be released (the idempotency partition had no leader, or the instance was
+//! killed), the key stays claimed until the claim expires, and ingest says so.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -66,6 +70,11 @@ pub struct LoadReport {
     pub unavailable: usize,
     /// `503` answers without a `Retry-After` header.
     pub unavailable_without_retry_after: usize,
+    /// `409 idempotency_in_progress` answers (an earlier try's claim still holds the
+    /// id), each with `Retry-After`.
+    pub in_progress: usize,
+    /// `409 idempotency_in_progress` answers without a `Retry-After` header.
+    pub in_progress_without_retry_after: usize,
     /// Answers other than 202 and 503, and transport errors, with what they were.
     pub unexpected: Vec<String>,
     /// The longest any one request took to be answered.
@@ -256,33 +265,84 @@ async fn send_until_accepted(
                 });
                 return;
             }
-            Ok(response) if response.status().as_u16() == 503 => {
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                record(&mut |s| match retry_after {
-                    Some(_) => s.report.unavailable += 1,
-                    None => s.report.unavailable_without_retry_after += 1,
-                });
-                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await;
-            }
             Ok(response) => {
                 let status = response.status();
-                let text = response.text().await.unwrap_or_default();
-                record(&mut |s| {
-                    s.report
+                let answer = Refusal::read(response).await;
+                record(&mut |s| match (&answer, answer.retry_after()) {
+                    (Refusal::Unavailable { .. }, Some(_)) => s.report.unavailable += 1,
+                    (Refusal::Unavailable { .. }, None) => {
+                        s.report.unavailable_without_retry_after += 1
+                    }
+                    (Refusal::InProgress { .. }, Some(_)) => s.report.in_progress += 1,
+                    (Refusal::InProgress { .. }, None) => {
+                        s.report.in_progress_without_retry_after += 1
+                    }
+                    (Refusal::Final(text), _) => s
+                        .report
                         .unexpected
-                        .push(format!("{}: {status} {text}", event.id));
+                        .push(format!("{}: {status} {text}", event.id)),
                 });
-                return;
+                match answer {
+                    Refusal::Final(_) => return,
+                    retry => {
+                        let wait = retry.retry_after().unwrap_or(1);
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                    }
+                }
             }
             Err(err) => {
                 // Ingest itself away (killed by a test): a client sends again.
                 record(&mut |s| s.report.unexpected.push(format!("{}: {err}", event.id)));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+    }
+}
+
+/// A non-`202` answer to `POST /v1/events`, as a careful producer reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `503`: not made durable; send the same request again after `Retry-After`.
+    Unavailable {
+        /// `Retry-After` in seconds, if the answer had one.
+        retry_after: Option<u64>,
+    },
+    /// `409 idempotency_in_progress`: an earlier try's claim still holds the id (its
+    /// instance was killed, or could not release it while the idempotency partition had
+    /// no leader); send again after `Retry-After` to get the answer.
+    InProgress {
+        /// `Retry-After` in seconds, if the answer had one.
+        retry_after: Option<u64>,
+    },
+    /// Anything else: no retry changes it (status and body text).
+    Final(String),
+}
+
+impl Refusal {
+    /// Reads a non-`202` answer.
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let text = response.text().await.unwrap_or_default();
+        let code = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|body| body["error"]["code"].as_str().map(str::to_owned));
+        match (status, code.as_deref()) {
+            (503, _) => Self::Unavailable { retry_after },
+            (409, Some("idempotency_in_progress")) => Self::InProgress { retry_after },
+            _ => Self::Final(text),
+        }
+    }
+
+    /// The `Retry-After` of a retryable answer.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Unavailable { retry_after } | Self::InProgress { retry_after } => *retry_after,
+            Self::Final(_) => None,
         }
     }
 }

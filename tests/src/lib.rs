@@ -54,7 +54,7 @@ pub use kafka::{
     produce, producer, producer_on, read_all, read_all_on, record_count, record_count_on, Broker,
     Record, TopicSpec,
 };
-pub use ledger::{genuine, Answer, Ledger, Load, LoadReport, Sent, Subscribed};
+pub use ledger::{genuine, Answer, Ledger, Load, LoadReport, Refusal, Sent, Subscribed};
 pub use process::{admin_client, binary, free_addr, is_stray, Deployment, Proc, ADMIN_TOKEN};
 pub use prometheus::{
     dashboard_expressions, exported_names, promtool_check_metrics, referenced_names, scrape,

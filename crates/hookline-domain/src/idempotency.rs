@@ -241,6 +241,12 @@ fn released(history: &[Entry], claim: &str) -> bool {
 /// including it (records after it are ignored: every instance reading the same prefix
 /// decides the same, whatever it has read beyond). The window and expiry are judged at
 /// `mine`'s own time, so the decision does not depend on when it is taken either.
+///
+/// Only a claim that found the key free holds it: a claim made while another held the
+/// key lost, and never holds it later, released or not. Otherwise every retry answered
+/// `409` would leave a live claim behind, and after the holder's expiry the next
+/// retry would find one of those holding the key, and so on for as long as the
+/// retries kept coming.
 pub fn decide(history: &[Entry], mine: &str, window: Duration) -> Result<Decision, MissingClaim> {
     let position = history
         .iter()
@@ -256,23 +262,38 @@ pub fn decide(history: &[Entry], mine: &str, window: Duration) -> Result<Decisio
     if let Some(answer) = completed(prefix, fingerprint, *at, window) {
         return Ok(answer);
     }
-    let holder = in_window(prefix, *at, window).find(|entry| match entry {
-        Entry::Claim { claim, expires, .. } => {
-            claim == mine || (expires > at && !released(prefix, claim))
+    // (claim, fingerprint, expires) of the claim holding the key, record by record.
+    let mut holder: Option<(&str, &str, DateTime<Utc>)> = None;
+    for entry in in_window(prefix, *at, window) {
+        match entry {
+            Entry::Claim {
+                claim,
+                fingerprint,
+                at,
+                expires,
+                ..
+            } => {
+                if holder.is_some_and(|(_, _, until)| until <= *at) {
+                    holder = None;
+                }
+                if holder.is_none() {
+                    holder = Some((claim, fingerprint, *expires));
+                }
+            }
+            Entry::Released { claim, .. } => {
+                if holder.is_some_and(|(held, _, _)| held == claim) {
+                    holder = None;
+                }
+            }
+            Entry::Completed { .. } => {}
         }
-        _ => false,
-    });
+    }
     Ok(match holder {
-        Some(Entry::Claim {
-            claim,
-            fingerprint: held,
-            expires,
-            ..
-        }) if claim != mine => {
+        Some((claim, held, until)) if claim != mine => {
             if held == fingerprint {
                 Decision::InProgress {
-                    holder: claim.clone(),
-                    until: *expires,
+                    holder: claim.to_owned(),
+                    until,
                 }
             } else {
                 Decision::Reused
@@ -402,6 +423,49 @@ mod tests {
             claim("b", "f", 2),
         ];
         assert_eq!(decide(&released, "b", W), Ok(Decision::Won));
+    }
+
+    #[test]
+    fn a_claim_that_lost_never_holds_the_key() {
+        // The holder `a` is never released (its instance died); retries `b`, `c`, `d`
+        // come every few seconds, each answered 409 and never released either.
+        let log = [
+            claim("a", "f", 0),
+            claim("b", "f", 1),
+            claim("c", "f", 20),
+            claim("d", "f", 29),
+            claim("e", "f", 31),
+        ];
+        for loser in ["b", "c", "d"] {
+            assert_eq!(
+                decide(&log, loser, W),
+                Ok(Decision::InProgress {
+                    holder: "a".into(),
+                    until: t(30)
+                }),
+                "{loser}"
+            );
+        }
+        // `a` expired at 30: `e` finds the key free, though `c` and `d` are younger
+        // than 30 s and were never released.
+        assert_eq!(decide(&log, "e", W), Ok(Decision::Won));
+        // A loser's release changes nothing; the holder's frees the key.
+        let released = |claim: &str, at: i64| Entry::Released {
+            claim: claim.into(),
+            at: t(at),
+        };
+        let log = [
+            claim("a", "f", 0),
+            claim("b", "f", 1),
+            released("b", 2),
+            claim("c", "g", 3),
+            released("a", 4),
+            claim("d", "g", 5),
+            claim("e", "f", 6),
+        ];
+        assert_eq!(decide(&log, "c", W), Ok(Decision::Reused));
+        assert_eq!(decide(&log, "d", W), Ok(Decision::Won));
+        assert_eq!(decide(&log, "e", W), Ok(Decision::Reused));
     }
 
     #[test]

@@ -285,6 +285,8 @@ async fn accept_events(
         .require(Role::EventsPublish)
         .map_err(|d| denied(d, "event"))
         .inspect_err(|err| state.metrics.rejected(err.kind, 0))?;
+    // The whole request, keys and events, is answered within the produce timeout.
+    let deadline = tokio::time::Instant::now() + state.produce_timeout;
     let bytes = body_bytes(body).inspect_err(|err| state.metrics.rejected(err.kind, 0))?;
     let mut versions = Vec::new();
     let (mut events, shape) = decode_json::<Value>(&bytes)
@@ -306,8 +308,18 @@ async fn accept_events(
     // Claims the request's idempotency keys: what was written before is not again.
     let plan = state
         .idempotency
-        .plan(principal, headers, &shape, &mut events)
+        .plan(principal, headers, &shape, &mut events, deadline)
         .await
+        .map_err(|err| match err.kind {
+            // Nothing was sent: every event of the request is still to be sent, with
+            // these ids, as after a failed event write.
+            ErrorKind::Unavailable => {
+                let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+                err.with("ids", json!(ids))
+                    .with("not_acknowledged", json!(ids))
+            }
+            _ => err,
+        })
         .inspect_err(|err| state.metrics.rejected(err.kind, bytes.len()))?;
     if let Some(ids) = plan.replayed() {
         return Ok(ids.to_vec());
@@ -337,7 +349,7 @@ async fn accept_events(
     let (records, spans) = crate::trace::produce_spans(&events, records);
     let accepted = std::time::Instant::now();
     state.progress.started();
-    let results = send_within(&state.event_producer, &records, state.produce_timeout).await;
+    let results = send_by(&state.event_producer, &records, deadline).await;
     crate::trace::record_produced(&spans, &results);
     state
         .metrics
@@ -363,7 +375,7 @@ async fn accept_events(
             .with_label_values(&["failed"])
             .inc_by(failed as u64);
         tracing::error!(%err, failed, "events not acknowledged by Kafka");
-        state.idempotency.abandon(&plan).await;
+        state.idempotency.abandon(&plan);
         // Some of the events may be written (and will be delivered); sent again with the
         // same ids, they are delivered with the same webhook-ids, which receivers
         // de-duplicate.
@@ -384,7 +396,7 @@ async fn accept_events(
         .with("not_acknowledged", json!(not_acknowledged)));
     }
     state.progress.succeeded();
-    state.idempotency.complete(&plan, &events).await;
+    state.idempotency.complete(&plan, &events);
     for event in &events {
         // Per event, so debug: the first line of an event's trail through the binaries.
         tracing::debug!(event_id = %event.id, tenant = %event.tenant, event_type = %event.event_type, "event accepted");
@@ -476,7 +488,19 @@ pub(crate) async fn send_within(
     records: &[OutRecord],
     timeout: Duration,
 ) -> Vec<Result<(i32, i64), rdkafka::error::KafkaError>> {
-    match tokio::time::timeout(timeout + REPORT_SLACK, producer.send_all(records, timeout)).await {
+    send_by(producer, records, tokio::time::Instant::now() + timeout).await
+}
+
+/// [`send_within`] the time left until `deadline`: answered by `deadline` plus
+/// [`REPORT_SLACK`], so that several writes of one request share one bound.
+pub(crate) async fn send_by(
+    producer: &RenewingProducer,
+    records: &[OutRecord],
+    deadline: tokio::time::Instant,
+) -> Vec<Result<(i32, i64), rdkafka::error::KafkaError>> {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let reported = producer.send_all(records, left);
+    match tokio::time::timeout_at(deadline + REPORT_SLACK, reported).await {
         Ok(results) => results,
         Err(_) => records
             .iter()

@@ -11,6 +11,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use axum::http::HeaderMap;
 use chrono::Utc;
 use hookline_core::idempotency_view::IdempotencyView;
@@ -29,10 +31,6 @@ use crate::error::{ApiError, ErrorKind};
 
 /// The request header naming a request's idempotency key.
 pub const HEADER: &str = "idempotency-key";
-
-/// How long a request waits for another instance's claim on its key to complete
-/// before it is answered `409` with `Retry-After`.
-pub const WAIT: Duration = Duration::from_secs(10);
 
 /// How many times a request claims a key again after the holder let it go.
 const ROUNDS: usize = 3;
@@ -183,13 +181,16 @@ impl Idempotency {
     /// the request's keys; gives events of an `Idempotency-Key` request that came
     /// without an id their deterministic id. Errors: the key header is invalid (`422`),
     /// a key was used with another body (`422`), another request under a key is still
-    /// running (`409`), Kafka did not take a claim (`503`).
+    /// running (`409`), Kafka did not take a claim (`503`). Every wait ends by
+    /// `deadline`, the request's: a request is answered within its produce timeout
+    /// whatever its keys cost.
     pub async fn plan(
         &self,
         principal: &Principal,
         headers: &HeaderMap,
         shape: &Shape,
         events: &mut [Event],
+        deadline: Instant,
     ) -> Result<Plan, ApiError> {
         let mut keys: Vec<(IdempotencyKey, String, Vec<usize>)> = Vec::new();
         // The request field each key answers for in a `422`.
@@ -242,7 +243,7 @@ impl Idempotency {
         }
         let request_scope = headers.contains_key(HEADER);
         let mut plan = Plan::plain(events.len());
-        for (claimed, decision) in self.claim_all(keys, fields).await? {
+        for (claimed, decision) in self.claim_all(keys, fields, deadline).await? {
             match decision {
                 Decision::Won => plan.won.push(claimed),
                 Decision::Replay(ids) => {
@@ -270,6 +271,7 @@ impl Idempotency {
         &self,
         keys: Vec<(IdempotencyKey, String, Vec<usize>)>,
         fields: Vec<String>,
+        deadline: Instant,
     ) -> Result<Vec<(Claimed, Decision)>, ApiError> {
         let mut pending: Vec<Claimed> = keys
             .into_iter()
@@ -289,7 +291,8 @@ impl Idempotency {
                     break;
                 }
                 let mut waiting = Vec::new();
-                for (claimed, decision) in self.claim(std::mem::take(&mut pending)).await? {
+                let claims = std::mem::take(&mut pending);
+                for (claimed, decision) in self.claim(claims, deadline).await? {
                     match decision {
                         Decision::Won | Decision::Replay(_) => done.push((claimed, decision)),
                         Decision::Reused => return Err(self.reused(&claimed)),
@@ -299,7 +302,7 @@ impl Idempotency {
                         Decision::Vacated => pending.push(claimed),
                     }
                 }
-                for (claimed, decision) in self.wait_for_holders(waiting).await {
+                for (claimed, decision) in self.wait_for_holders(waiting, deadline).await {
                     match decision {
                         Decision::Replay(_) => done.push((claimed, decision)),
                         Decision::Reused => return Err(self.reused(&claimed)),
@@ -322,7 +325,7 @@ impl Idempotency {
                     .filter(|(_, d)| *d == Decision::Won)
                     .map(|(c, _)| c)
                     .collect();
-                self.release(&won).await;
+                self.release_in_background(&won);
                 Err(err)
             }
         }
@@ -362,8 +365,13 @@ impl Idempotency {
         err
     }
 
-    /// Writes one claim per key and decides each once the view holds its claim.
-    async fn claim(&self, mut keys: Vec<Claimed>) -> Result<Vec<(Claimed, Decision)>, ApiError> {
+    /// Writes one claim per key and decides each once the view holds its claim, by
+    /// `deadline`.
+    async fn claim(
+        &self,
+        mut keys: Vec<Claimed>,
+        deadline: Instant,
+    ) -> Result<Vec<(Claimed, Decision)>, ApiError> {
         // Claiming again (the holder let go): this request's earlier claim, still
         // live, would hold the key against its own new claim.
         let earlier: Vec<Claimed> = keys
@@ -371,7 +379,8 @@ impl Idempotency {
             .filter(|c| !c.claim.is_empty())
             .cloned()
             .collect();
-        self.release(&earlier).await;
+        // Awaited: the release must be in the log before the new claim.
+        self.release(&earlier, left(deadline)).await;
         let at = Utc::now();
         let expires = at + chrono::Duration::from_std(CLAIM_TTL).unwrap_or_default();
         let mut records = Vec::with_capacity(keys.len());
@@ -386,7 +395,7 @@ impl Idempotency {
             };
             records.push(record(&claimed.key, entry, &self.topic)?);
         }
-        let results = crate::api::send_within(&self.producer, &records, self.produce_timeout).await;
+        let results = crate::api::send_by(&self.producer, &records, deadline).await;
         let mut last = -1;
         for result in &results {
             match result {
@@ -399,15 +408,15 @@ impl Idempotency {
                         .filter(|(_, r)| r.is_ok())
                         .map(|(c, _)| c)
                         .collect();
-                    self.release(&written).await;
+                    self.release_in_background(&written);
                     return Err(ApiError::unavailable(format!(
                         "idempotency claim not stored: {err}"
                     )));
                 }
             }
         }
-        if let Err(err) = self.view.wait_for_offset(last, WAIT).await {
-            self.release(&keys).await;
+        if let Err(err) = self.view.wait_for_offset(last, left(deadline)).await {
+            self.release_in_background(&keys);
             return Err(ApiError::unavailable(format!(
                 "idempotency claims not read back: {err}"
             )));
@@ -422,12 +431,13 @@ impl Idempotency {
             .collect()
     }
 
-    /// Waits (at most [`WAIT`] in all) until each holder's key is settled.
+    /// Waits until each holder's key is settled, at most until the request's
+    /// `deadline`: the others are answered `409` with `Retry-After`.
     async fn wait_for_holders(
         &self,
         waiting: Vec<(Claimed, String, chrono::DateTime<Utc>)>,
+        deadline: Instant,
     ) -> Vec<(Claimed, Decision)> {
-        let deadline = tokio::time::Instant::now() + WAIT;
         let mut out = Vec::with_capacity(waiting.len());
         let mut open = waiting;
         loop {
@@ -447,7 +457,7 @@ impl Idempotency {
                 }
             }
             open = still;
-            let now = tokio::time::Instant::now();
+            let now = Instant::now();
             if open.is_empty() || now >= deadline {
                 break;
             }
@@ -463,9 +473,11 @@ impl Idempotency {
     }
 
     /// Records the won claims as completed with the ids of their events (all events
-    /// of the request acknowledged by Kafka). A failure is logged only: the events are
-    /// written; a retry after the claims expire writes the same ids again.
-    pub async fn complete(&self, plan: &Plan, events: &[Event]) {
+    /// of the request acknowledged by Kafka), in the background: the answer does not
+    /// wait for it. A failure is logged only: the events are written; a retry meanwhile
+    /// is answered `409` with `Retry-After`, and one after the claims expired writes
+    /// the same ids again.
+    pub fn complete(&self, plan: &Plan, events: &[Event]) {
         let at = Utc::now();
         let records: Result<Vec<OutRecord>, ApiError> = plan
             .won
@@ -486,18 +498,32 @@ impl Idempotency {
                 record(&claimed.key, entry, &self.topic)
             })
             .collect();
-        self.send_logged(records, "completed").await;
+        self.send_in_background(records, "completed");
     }
 
-    /// Gives up the won claims of a request that wrote nothing for sure, so a retry
-    /// need not wait for them to expire.
-    pub async fn abandon(&self, plan: &Plan) {
-        self.release(&plan.won).await;
+    /// Gives up the won claims of a request whose events were not all acknowledged, so
+    /// a retry need not wait for them to expire; in the background, like
+    /// [`complete`](Self::complete).
+    pub fn abandon(&self, plan: &Plan) {
+        self.release_in_background(&plan.won);
     }
 
-    async fn release(&self, claims: &[Claimed]) {
+    /// Releases `claims` within `timeout`.
+    async fn release(&self, claims: &[Claimed], timeout: Duration) {
+        if let Some(records) = self.release_records(claims) {
+            self.send_logged(records, "released", timeout).await;
+        }
+    }
+
+    fn release_in_background(&self, claims: &[Claimed]) {
+        if let Some(records) = self.release_records(claims) {
+            self.send_in_background(records, "released");
+        }
+    }
+
+    fn release_records(&self, claims: &[Claimed]) -> Option<Result<Vec<OutRecord>, ApiError>> {
         if claims.is_empty() {
-            return;
+            return None;
         }
         let at = Utc::now();
         let records: Result<Vec<OutRecord>, ApiError> = claims
@@ -510,9 +536,45 @@ impl Idempotency {
                 record(&claimed.key, entry, &self.topic)
             })
             .collect();
-        self.send_logged(records, "released").await;
+        Some(records)
     }
 
+    /// Writes `records` on a task of its own (within the produce timeout), logging a
+    /// failure.
+    fn send_in_background(&self, records: Result<Vec<OutRecord>, ApiError>, what: &'static str) {
+        let writer = Writer {
+            producer: self.producer.clone(),
+            timeout: self.produce_timeout,
+        };
+        tokio::spawn(async move { writer.send_logged(records, what).await });
+    }
+
+    async fn send_logged(
+        &self,
+        records: Result<Vec<OutRecord>, ApiError>,
+        what: &str,
+        timeout: Duration,
+    ) {
+        let writer = Writer {
+            producer: self.producer.clone(),
+            timeout,
+        };
+        writer.send_logged(records, what).await;
+    }
+}
+
+/// Time left until `deadline`.
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Writes idempotency records, logging what fails.
+struct Writer {
+    producer: RenewingProducer,
+    timeout: Duration,
+}
+
+impl Writer {
     async fn send_logged(&self, records: Result<Vec<OutRecord>, ApiError>, what: &str) {
         let records = match records {
             Ok(records) if records.is_empty() => return,
@@ -522,7 +584,7 @@ impl Idempotency {
                 return;
             }
         };
-        let results = crate::api::send_within(&self.producer, &records, self.produce_timeout).await;
+        let results = crate::api::send_within(&self.producer, &records, self.timeout).await;
         if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
             tracing::warn!(%err, what, "idempotency record not stored; the claim expires by itself");
         }

@@ -313,6 +313,12 @@ pub fn take(inputs: &Inputs<'_>) -> Book {
             load.unavailable_without_retry_after
         ));
     }
+    if load.in_progress_without_retry_after > 0 {
+        book.violations.push(format!(
+            "{} 409 idempotency_in_progress answers without Retry-After",
+            load.in_progress_without_retry_after
+        ));
+    }
     for refused in load.refused.iter().take(LIST) {
         book.violations
             .push(format!("event refused by ingest: {refused}"));
@@ -771,12 +777,13 @@ pub fn report(book: &Book, inputs: &Inputs<'_>, settings: &str) -> String {
     let _ = writeln!(out, "settings: {settings}");
     let _ = writeln!(
         out,
-        "events sent {} (HTTP {}, Kafka {}), accepted {}; 503s {}, send errors retried {}, slowest HTTP answer {:?}",
+        "events sent {} (HTTP {}, Kafka {}), accepted {}; 503s {}, 409 in progress {}, send errors retried {}, slowest HTTP answer {:?}",
         load.events.len(),
         by(Via::Http),
         by(Via::Kafka),
         load.accepted(),
         load.unavailable,
+        load.in_progress,
         load.send_errors,
         load.slowest_answer
     );

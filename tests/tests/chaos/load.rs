@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use hookline_e2e::ledger::EVENT_TYPES;
+use hookline_e2e::ledger::{Refusal, EVENT_TYPES};
 use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -56,9 +56,14 @@ pub struct LoadStats {
     pub unavailable: usize,
     /// `503` answers without `Retry-After`.
     pub unavailable_without_retry_after: usize,
+    /// `409 idempotency_in_progress` answers with `Retry-After` (a killed ingest's claim
+    /// holds the id until it expires).
+    pub in_progress: usize,
+    /// `409 idempotency_in_progress` answers without `Retry-After`.
+    pub in_progress_without_retry_after: usize,
     /// HTTP transport errors (ingest away) and produce errors, each retried.
     pub send_errors: usize,
-    /// Answers other than 202 and 503 (the event was given up).
+    /// Answers no retry changes (the event was given up).
     pub refused: Vec<String>,
     /// The longest one HTTP request took to be answered.
     pub slowest_answer: Duration,
@@ -249,23 +254,25 @@ async fn send_http(
         };
         match answer {
             Ok(response) if response.status().as_u16() == 202 => return true,
-            Ok(response) if response.status().as_u16() == 503 => {
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                note(&mut |s| match retry_after {
-                    Some(_) => s.unavailable += 1,
-                    None => s.unavailable_without_retry_after += 1,
-                });
-                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1).min(10))).await;
-            }
             Ok(response) => {
                 let status = response.status();
-                let text = response.text().await.unwrap_or_default();
-                note(&mut |s| s.refused.push(format!("{}: {status} {text}", body["id"])));
-                return false;
+                let answer = Refusal::read(response).await;
+                note(&mut |s| match (&answer, answer.retry_after()) {
+                    (Refusal::Unavailable { .. }, Some(_)) => s.unavailable += 1,
+                    (Refusal::Unavailable { .. }, None) => s.unavailable_without_retry_after += 1,
+                    (Refusal::InProgress { .. }, Some(_)) => s.in_progress += 1,
+                    (Refusal::InProgress { .. }, None) => s.in_progress_without_retry_after += 1,
+                    (Refusal::Final(text), _) => {
+                        s.refused.push(format!("{}: {status} {text}", body["id"]))
+                    }
+                });
+                match answer {
+                    Refusal::Final(_) => return false,
+                    retry => {
+                        let wait = retry.retry_after().unwrap_or(1).min(10);
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                    }
+                }
             }
             Err(_) => {
                 // Ingest away (killed by the run, or restarting): send again.

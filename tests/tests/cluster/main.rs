@@ -180,13 +180,15 @@ async fn report_answers_by_leader(
 
 fn assert_ledger(report: &LoadReport, ledger: &Ledger) {
     println!(
-        "accepted {} events; {} pairs expected, {} missing, {} duplicates; {} 503s; slowest answer {:?}; \
-         202 answers p50 {:?} p99 {:?}; slowest delivery {:?}; longest gap between deliveries {:?}",
+        "accepted {} events; {} pairs expected, {} missing, {} duplicates; {} 503s; {} 409 in progress; \
+         slowest answer {:?}; 202 answers p50 {:?} p99 {:?}; slowest delivery {:?}; longest gap \
+         between deliveries {:?}",
         report.accepted.len(),
         ledger.expected,
         ledger.missing_count,
         ledger.duplicates,
         report.unavailable,
+        report.in_progress,
         report.slowest_answer,
         report.accepted_answer_quantile(0.5),
         report.accepted_answer_quantile(0.99),
@@ -202,6 +204,10 @@ fn assert_ledger(report: &LoadReport, ledger: &Ledger) {
     assert_eq!(
         report.unavailable_without_retry_after, 0,
         "every 503 says when to retry"
+    );
+    assert_eq!(
+        report.in_progress_without_retry_after, 0,
+        "every 409 idempotency_in_progress says when to retry"
     );
     assert!(
         report.slowest_answer <= ANSWER_BOUND,
