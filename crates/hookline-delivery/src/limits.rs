@@ -145,14 +145,21 @@ impl Limits {
 pub struct Breakers {
     threshold: u32,
     cooldown: Duration,
+    max_cooldown: Duration,
     by_endpoint: Mutex<HashMap<String, CircuitBreaker>>,
     open: IntGauge,
     transitions: IntCounterVec,
 }
 
 impl Breakers {
-    /// Breakers opening after `threshold` consecutive failures for `cooldown`.
-    pub fn new(threshold: u32, cooldown: Duration, registry: &Registry) -> anyhow::Result<Self> {
+    /// Breakers opening after `threshold` consecutive failures for `cooldown`, for
+    /// twice as long after each failed probe up to `max_cooldown`.
+    pub fn new(
+        threshold: u32,
+        cooldown: Duration,
+        max_cooldown: Duration,
+        registry: &Registry,
+    ) -> anyhow::Result<Self> {
         let open = IntGauge::new(
             "hookline_delivery_circuit_open",
             "Endpoints whose circuit breaker is open or half-open.",
@@ -169,6 +176,7 @@ impl Breakers {
         Ok(Self {
             threshold,
             cooldown,
+            max_cooldown,
             by_endpoint: Mutex::new(HashMap::new()),
             open,
             transitions,
@@ -190,14 +198,12 @@ impl Breakers {
         }
     }
 
-    /// How long until `endpoint`'s circuit lets a probe through (zero when closed).
-    pub fn remaining_cooldown(&self, endpoint: &str) -> Duration {
+    /// How long a request to `endpoint` refused now should wait before it asks again
+    /// (see [`CircuitBreaker::retry_in`]; zero when closed).
+    pub fn retry_in(&self, endpoint: &str) -> Duration {
         let map = lock(&self.by_endpoint);
         map.get(endpoint)
-            .and_then(|b| b.open_until())
-            .map_or(Duration::ZERO, |until| {
-                until.saturating_duration_since(Instant::now())
-            })
+            .map_or(Duration::ZERO, |b| b.retry_in(Instant::now()))
     }
 
     /// Records a request's result.
@@ -207,9 +213,9 @@ impl Breakers {
         if success && !map.contains_key(endpoint) {
             return;
         }
-        let breaker = map
-            .entry(endpoint.to_owned())
-            .or_insert_with(|| CircuitBreaker::new(self.threshold, self.cooldown));
+        let breaker = map.entry(endpoint.to_owned()).or_insert_with(|| {
+            CircuitBreaker::new(self.threshold, self.cooldown, self.max_cooldown)
+        });
         let before = breaker.state(now);
         let after = breaker.record(success, now);
         if before != after {

@@ -80,6 +80,11 @@ struct Cli {
     #[arg(long, env = "HOOKLINE_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
     breaker_cooldown: Duration,
 
+    /// The longest an open circuit stays open: each failed probe doubles the cooldown,
+    /// up to this.
+    #[arg(long, env = "HOOKLINE_BREAKER_MAX_COOLDOWN", default_value = "5m", value_parser = parse_duration)]
+    breaker_max_cooldown: Duration,
+
     /// A subscription whose endpoint fails this long without a success is disabled.
     #[arg(long, env = "HOOKLINE_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
     disable_after: Duration,
@@ -210,7 +215,12 @@ async fn run() -> anyhow::Result<()> {
         due_clock: Default::default(),
         disable_after: cli.disable_after,
         limits: limits::Limits::new(cli.subscription_concurrency),
-        breakers: limits::Breakers::new(cli.breaker_threshold, cli.breaker_cooldown, &registry)?,
+        breakers: limits::Breakers::new(
+            cli.breaker_threshold,
+            cli.breaker_cooldown,
+            cli.breaker_max_cooldown,
+            &registry,
+        )?,
         metrics: pipeline::Metrics::register(&registry, cli.metrics_tenant_labels)?,
     };
     let sizing = worker::WorkerLimits {

@@ -542,8 +542,8 @@ async fn call_endpoint(
             .metrics
             .attempt(AttemptOutcome::CircuitOpen, &task.event.tenant);
         tracing::Span::current().record("outcome", AttemptOutcome::CircuitOpen.as_str());
-        let remaining = context.breakers.remaining_cooldown(&endpoint);
-        return AttemptResult::CircuitOpen(remaining.max(Duration::from_millis(100)));
+        let wait = context.breakers.retry_in(&endpoint);
+        return AttemptResult::CircuitOpen(wait.max(Duration::from_millis(100)));
     }
     let started_at = Utc::now();
     let (outcome, elapsed) = context.sender.attempt(subscription, task).await;

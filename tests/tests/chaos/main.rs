@@ -366,6 +366,7 @@ fn deployment(cluster: &Cluster) -> Deployment {
         .set("HOOKLINE_TOPIC_PARTITIONS", "4")
         .set("HOOKLINE_RETRY_SCHEDULE", "1s,2s,4s,8s,16s")
         .set("HOOKLINE_BREAKER_COOLDOWN", "5s")
+        .set("HOOKLINE_BREAKER_MAX_COOLDOWN", "20s")
         .set("HOOKLINE_SHUTDOWN_GRACE", "10s");
     deployment
 }
