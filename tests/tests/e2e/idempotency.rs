@@ -284,10 +284,11 @@ async fn a_held_key_is_answered_409_and_a_vanished_holder_expires() {
     // then gets 409 with Retry-After, and nothing is written.
     let held = batch(10);
     vanished_claim(&deployment, "held", &held, Duration::ZERO).await;
-    // A holder that vanished 25 s ago: its claim expires within the wait, then the
-    // request claims again, wins and is written.
+    // A holder that vanished 28 s ago: its claim expires 2 s into the wait (which
+    // lasts at most the request's produce timeout, 5 s), then the request claims
+    // again, wins and is written.
     let expiring = batch(11);
-    vanished_claim(&deployment, "expiring", &expiring, Duration::from_secs(25)).await;
+    vanished_claim(&deployment, "expiring", &expiring, Duration::from_secs(28)).await;
 
     let base = ingest.url();
     let ((status, refused, retry_after), (won_status, won, _)) = tokio::join!(
