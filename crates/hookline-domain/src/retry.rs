@@ -73,8 +73,15 @@ impl RetrySchedule {
     /// behind a head that is not due, so each record of a tier must wait about the
     /// tier's own delay: the tier is picked from the schedule's delay (never from a
     /// jittered one), from the shortest tier not shorter than a `Retry-After` hint (so
-    /// the hint is honoured), and from the longest tier not longer than an open
-    /// circuit's remaining cool-down (the task comes back and checks again).
+    /// the hint is honoured), and for an open circuit's remaining cool-down from the
+    /// shortest tier that outlasts it if that tier is at most twice as long, else the
+    /// longest tier not longer than it (the task comes back and checks again).
+    ///
+    /// The circuit's rule weighs churn against recovery: every hop through a tier
+    /// rewrites the task, so a long cool-down (a breaker open for minutes, its backlog
+    /// growing) waits in one tier that outlasts it, while a short one hops through a
+    /// short tier rather than wait far beyond it (with the default tiers of 5 s and
+    /// 5 min, a 30 s cool-down hops every 5 s; one of 4 min or more waits 5 min).
     pub fn tier_for(&self, wait: Wait) -> Duration {
         let tiers = self.tiers();
         let (shortest, longest) = match (tiers.first(), tiers.last()) {
@@ -88,12 +95,11 @@ impl RetrySchedule {
                 .copied()
                 .find(|t| *t >= hint)
                 .unwrap_or(longest),
-            Wait::CircuitOpen(cooldown) | Wait::Deferred(cooldown) => tiers
-                .iter()
-                .rev()
-                .copied()
-                .find(|t| *t <= cooldown)
-                .unwrap_or(shortest),
+            Wait::CircuitOpen(cooldown) => match tiers.iter().copied().find(|t| *t >= cooldown) {
+                Some(outlasting) if outlasting <= cooldown * 2 => outlasting,
+                _ => longest_within(tiers, cooldown).unwrap_or(shortest),
+            },
+            Wait::Deferred(stalled) => longest_within(tiers, stalled).unwrap_or(shortest),
         }
     }
 
@@ -123,6 +129,11 @@ impl RetrySchedule {
             _ => delay,
         }
     }
+}
+
+/// The longest of `tiers` (shortest first) not longer than `wait`.
+fn longest_within(tiers: &[Duration], wait: Duration) -> Option<Duration> {
+    tiers.iter().rev().copied().find(|t| *t <= wait)
 }
 
 /// Why a task waits before its next attempt.
@@ -241,8 +252,14 @@ mod tests {
             let (_, due) = s.plan(Wait::RetryAfter(secs(5)), now, &mut DueClock::default());
             assert!(due - now >= chrono::Duration::seconds(5));
         }
-        // An open circuit comes back through the longest tier not beyond its cool-down.
+        // An open circuit waits in the tier outlasting its cool-down if that is at most
+        // twice as long, else hops through the longest tier within it.
         assert_eq!(s.tier_for(Wait::CircuitOpen(secs(30))), secs(5));
+        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(149))), secs(5));
+        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(150))), secs(300));
+        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(240))), secs(300));
+        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(300))), secs(300));
+        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(4))), secs(5));
         assert_eq!(
             s.tier_for(Wait::CircuitOpen(Duration::from_millis(100))),
             secs(5)
