@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hookline_domain::breaker::{Admission, BreakerState, CircuitBreaker};
 use hookline_domain::ids::SubscriptionId;
+use hookline_domain::retry::OpenCircuit;
 use hookline_domain::subscription::Subscription;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -198,12 +199,11 @@ impl Breakers {
         }
     }
 
-    /// How long a request to `endpoint` refused now should wait before it asks again
-    /// (see [`CircuitBreaker::retry_in`]; zero when closed).
-    pub fn retry_in(&self, endpoint: &str) -> Duration {
+    /// `endpoint`'s circuit as a request refused now sees it (see
+    /// [`CircuitBreaker::open_circuit`]); `None` when it has no breaker (closed).
+    pub fn open_circuit(&self, endpoint: &str) -> Option<OpenCircuit> {
         let map = lock(&self.by_endpoint);
-        map.get(endpoint)
-            .map_or(Duration::ZERO, |b| b.retry_in(Instant::now()))
+        map.get(endpoint).map(|b| b.open_circuit(Instant::now()))
     }
 
     /// Records a request's result.

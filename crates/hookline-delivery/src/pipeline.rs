@@ -14,7 +14,7 @@ use hookline_domain::attempt::{AttemptOutcome, AttemptRecord, TaskOutcome};
 use hookline_domain::backoff::Backoff;
 use hookline_domain::breaker::Admission;
 use hookline_domain::decision::{decide, AttemptResult, Circumstances, Decision};
-use hookline_domain::retry::{tier_name, DueClock, RetrySchedule, Wait};
+use hookline_domain::retry::{tier_name, DueClock, OpenCircuit, RetrySchedule, Wait};
 use hookline_domain::subscription::Subscription;
 use hookline_domain::task::DeliveryTask;
 use prometheus::{
@@ -542,8 +542,15 @@ async fn call_endpoint(
             .metrics
             .attempt(AttemptOutcome::CircuitOpen, &task.event.tenant);
         tracing::Span::current().record("outcome", AttemptOutcome::CircuitOpen.as_str());
-        let wait = context.breakers.retry_in(&endpoint);
-        return AttemptResult::CircuitOpen(wait.max(Duration::from_millis(100)));
+        let floor = Duration::from_millis(100);
+        let circuit = context
+            .breakers
+            .open_circuit(&endpoint)
+            .unwrap_or(OpenCircuit::new(floor, floor));
+        return AttemptResult::CircuitOpen(OpenCircuit::new(
+            circuit.remaining.max(floor),
+            circuit.period.max(floor),
+        ));
     }
     let started_at = Utc::now();
     let (outcome, elapsed) = context.sender.attempt(subscription, task).await;

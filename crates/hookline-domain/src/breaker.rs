@@ -10,6 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::retry::OpenCircuit;
+
 /// Breaker state, as exported in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -91,6 +93,12 @@ impl CircuitBreaker {
         }
     }
 
+    /// The circuit as a request refused at `now` sees it: [`retry_in`](Self::retry_in)
+    /// and the current open period.
+    pub fn open_circuit(&self, now: Instant) -> OpenCircuit {
+        OpenCircuit::new(self.retry_in(now), self.open_for)
+    }
+
     /// Whether a request may go out at `now`.
     pub fn admit(&mut self, now: Instant) -> Admission {
         match self.state(now) {
@@ -166,12 +174,17 @@ mod tests {
         let mut b = CircuitBreaker::new(1, secs(10), secs(35));
         assert_eq!(b.record(false, t0), BreakerState::Open);
         assert_eq!(b.retry_in(t0), secs(10));
+        assert_eq!(
+            b.open_circuit(t0 + secs(4)),
+            OpenCircuit::new(secs(6), secs(10))
+        );
         // Probes fail at the end of each open period: 20 s, then 35 s (capped), again 35.
         let mut now = t0 + secs(10);
         for expected in [20, 35, 35] {
             assert_eq!(b.admit(now), Admission::Probe);
             assert_eq!(b.record(false, now), BreakerState::Open);
             assert_eq!(b.retry_in(now), secs(expected));
+            assert_eq!(b.open_circuit(now).period, secs(expected));
             assert_eq!(b.admit(now + secs(expected) - secs(1)), Admission::Reject);
             now += secs(expected);
         }

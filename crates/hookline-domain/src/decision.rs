@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::retry::{RetrySchedule, Wait};
+use crate::retry::{OpenCircuit, RetrySchedule, Wait};
 
 /// How one attempt ended, as far as the decision is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,9 +23,8 @@ pub enum AttemptResult {
         /// The endpoint's `Retry-After`, when it gave one.
         retry_after: Option<Duration>,
     },
-    /// Not attempted: the endpoint's circuit is open for this long still. Costs no
-    /// attempt.
-    CircuitOpen(Duration),
+    /// Not attempted: the endpoint's circuit is open. Costs no attempt.
+    CircuitOpen(OpenCircuit),
 }
 
 /// What the pipeline does next with the task.
@@ -79,9 +78,9 @@ pub struct Circumstances<'a> {
 pub fn decide(result: AttemptResult, at: Circumstances<'_>) -> Decision {
     let (status, detail, retry_after) = match result {
         AttemptResult::Delivered => return Decision::Delivered,
-        AttemptResult::CircuitOpen(remaining) => {
+        AttemptResult::CircuitOpen(circuit) => {
             return Decision::Retry {
-                wait: Wait::CircuitOpen(remaining),
+                wait: Wait::CircuitOpen(circuit),
                 attempts: at.attempts_before,
                 error: "circuit open".into(),
             }
@@ -214,9 +213,12 @@ mod tests {
     fn open_circuits_cost_no_attempt() {
         let s = RetrySchedule::default();
         assert_eq!(
-            decide(AttemptResult::CircuitOpen(secs(20)), at(&s, 3, Some(10))),
+            decide(
+                AttemptResult::CircuitOpen(OpenCircuit::new(secs(20), secs(30))),
+                at(&s, 3, Some(10))
+            ),
             Decision::Retry {
-                wait: Wait::CircuitOpen(secs(20)),
+                wait: Wait::CircuitOpen(OpenCircuit::new(secs(20), secs(30))),
                 attempts: 3,
                 error: "circuit open".into()
             }

@@ -73,15 +73,17 @@ impl RetrySchedule {
     /// behind a head that is not due, so each record of a tier must wait about the
     /// tier's own delay: the tier is picked from the schedule's delay (never from a
     /// jittered one), from the shortest tier not shorter than a `Retry-After` hint (so
-    /// the hint is honoured), and for an open circuit's remaining cool-down from the
-    /// shortest tier that outlasts it if that tier is at most twice as long, else the
-    /// longest tier not longer than it (the task comes back and checks again).
+    /// the hint is honoured), and for an open circuit from its open period: the
+    /// shortest tier that outlasts the period if that tier is at most twice as long,
+    /// else the longest tier within the period (the task comes back and checks again).
     ///
     /// The circuit's rule weighs churn against recovery: every hop through a tier
-    /// rewrites the task, so a long cool-down (a breaker open for minutes, its backlog
-    /// growing) waits in one tier that outlasts it, while a short one hops through a
-    /// short tier rather than wait far beyond it (with the default tiers of 5 s and
-    /// 5 min, a 30 s cool-down hops every 5 s; one of 4 min or more waits 5 min).
+    /// rewrites the task, so a circuit open for minutes at a time (its backlog growing)
+    /// parks its tasks in one tier that outlasts the period, while a short period hops
+    /// through a short tier rather than wait far beyond it (with the default tiers of
+    /// 5 s and 5 min, a 30 s period hops every 5 s; one of 150 s or more waits 5 min).
+    /// The period, not the time left of it: judged by the time left, every task skipped
+    /// in the second half of a long period would hop again.
     pub fn tier_for(&self, wait: Wait) -> Duration {
         let tiers = self.tiers();
         let (shortest, longest) = match (tiers.first(), tiers.last()) {
@@ -95,10 +97,12 @@ impl RetrySchedule {
                 .copied()
                 .find(|t| *t >= hint)
                 .unwrap_or(longest),
-            Wait::CircuitOpen(cooldown) => match tiers.iter().copied().find(|t| *t >= cooldown) {
-                Some(outlasting) if outlasting <= cooldown * 2 => outlasting,
-                _ => longest_within(tiers, cooldown).unwrap_or(shortest),
-            },
+            Wait::CircuitOpen(OpenCircuit { period, .. }) => {
+                match tiers.iter().copied().find(|t| *t >= period) {
+                    Some(outlasting) if outlasting <= period * 2 => outlasting,
+                    _ => longest_within(tiers, period).unwrap_or(shortest),
+                }
+            }
             Wait::Deferred(stalled) => longest_within(tiers, stalled).unwrap_or(shortest),
         }
     }
@@ -131,6 +135,23 @@ impl RetrySchedule {
     }
 }
 
+/// An open circuit, as a task refused by it sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenCircuit {
+    /// How long until it lets a request through (or, while its probe is out, about
+    /// when that probe's answer is known).
+    pub remaining: Duration,
+    /// How long it stays open each time now (its cooldown, grown by failed probes).
+    pub period: Duration,
+}
+
+impl OpenCircuit {
+    /// A circuit open for `period` at a time, `remaining` of it left.
+    pub fn new(remaining: Duration, period: Duration) -> Self {
+        Self { remaining, period }
+    }
+}
+
 /// The longest of `tiers` (shortest first) not longer than `wait`.
 fn longest_within(tiers: &[Duration], wait: Duration) -> Option<Duration> {
     tiers.iter().rev().copied().find(|t| *t <= wait)
@@ -143,8 +164,8 @@ pub enum Wait {
     Scheduled(Duration),
     /// The endpoint's `Retry-After` hint (429, 503).
     RetryAfter(Duration),
-    /// The endpoint's circuit is open for this long still.
-    CircuitOpen(Duration),
+    /// The endpoint's circuit is open.
+    CircuitOpen(OpenCircuit),
     /// Not attempted because the endpoint has stalled for this long: back in the
     /// longest tier not longer than the stall (the shortest at first), so that a task
     /// of an endpoint that hangs for hours is not taken up every few seconds.
@@ -157,7 +178,8 @@ impl Wait {
     pub fn delay(self) -> Duration {
         match self {
             Self::Scheduled(delay) => jittered(delay),
-            Self::RetryAfter(wait) | Self::CircuitOpen(wait) => wait,
+            Self::RetryAfter(wait) => wait,
+            Self::CircuitOpen(circuit) => circuit.remaining,
             // Never waited in place (only unordered tasks are deferred).
             Self::Deferred(stalled) => stalled,
         }
@@ -254,17 +276,28 @@ mod tests {
         }
         // An open circuit waits in the tier outlasting its cool-down if that is at most
         // twice as long, else hops through the longest tier within it.
-        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(30))), secs(5));
-        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(149))), secs(5));
-        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(150))), secs(300));
-        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(240))), secs(300));
-        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(300))), secs(300));
-        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(4))), secs(5));
+        // (What is left of the period does not matter: judged by it, every task
+        // refused late in a long period would hop again.)
+        let open =
+            |left: u64, period: u64| Wait::CircuitOpen(OpenCircuit::new(secs(left), secs(period)));
+        assert_eq!(s.tier_for(open(30, 30)), secs(5));
+        assert_eq!(s.tier_for(open(1, 30)), secs(5));
+        assert_eq!(s.tier_for(open(149, 149)), secs(5));
+        assert_eq!(s.tier_for(open(150, 150)), secs(300));
+        assert_eq!(s.tier_for(open(240, 240)), secs(300));
+        assert_eq!(s.tier_for(open(3, 240)), secs(300));
+        assert_eq!(s.tier_for(open(300, 300)), secs(300));
+        assert_eq!(s.tier_for(open(4, 4)), secs(5));
         assert_eq!(
-            s.tier_for(Wait::CircuitOpen(Duration::from_millis(100))),
+            s.tier_for(Wait::CircuitOpen(OpenCircuit::new(
+                Duration::from_millis(100),
+                Duration::from_millis(100)
+            ))),
             secs(5)
         );
-        assert_eq!(s.tier_for(Wait::CircuitOpen(secs(400))), secs(300));
+        assert_eq!(s.tier_for(open(400, 400)), secs(300));
+        // In place (an ordered lane), the wait is what is left.
+        assert_eq!(open(3, 240).delay(), secs(3));
         assert_eq!(s.tier_for(Wait::Deferred(secs(1))), secs(5));
         assert_eq!(s.tier_for(Wait::Deferred(secs(600))), secs(300));
     }
