@@ -137,7 +137,7 @@ impl HealthWriter {
             event_type: SUBSCRIPTION_DISABLED.into(),
             tenant: subscription.tenant().to_owned(),
             occurred_at: now,
-            data: json!({"subscription_id": subscription.id(), "url": subscription.url(), "reason": reason}),
+            data: json!({"subscription_id": subscription.id(), "url": subscription.url(), "reason": reason}).into(),
             channels: Vec::new(),
         };
         produce_json(&self.producer, &self.topics.events(), &event.id, &event).await;

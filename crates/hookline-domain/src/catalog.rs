@@ -438,7 +438,7 @@ impl Catalog {
         if validated == Some(version) {
             return Ok(Some(version));
         }
-        match compiled.validator.iter_errors(&event.data).next() {
+        match compiled.validator.iter_errors(event.data.value()).next() {
             None => Ok(Some(version)),
             Some(error) => Err(Violation {
                 field: field_of(error.instance_path().as_str()),

@@ -68,6 +68,7 @@ pub fn route_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::Filter;
     use crate::subscription::{EventTypePattern, Subscription};
 
     fn index() -> SubscriptionIndex {
@@ -139,6 +140,60 @@ mod tests {
     }
 
     #[test]
+    fn tasks_share_the_event_data_and_are_encoded_without_a_tree() {
+        let payload = br#"{"id": "evt_1", "type": "invoice.paid", "tenant": "acme",
+                           "data": {"amount": 250, "lines": [{"sku": "a"}]}}"#;
+        let mut index = index();
+        for id in ["sub_c", "sub_d"] {
+            let patterns = vec![EventTypePattern::parse("*").unwrap()];
+            index.upsert(Subscription::basic(
+                id,
+                "acme",
+                "https://erp.example/hooks".parse().unwrap(),
+                patterns,
+            ));
+        }
+        let record = EventRecord {
+            position: AT,
+            headers: &[],
+            payload: Some(payload),
+        };
+        let config = CloudEventsConfig::default();
+        let (event, tasks) = route_record(record, &config, &index, Utc::now()).unwrap();
+        assert_eq!(tasks.len(), 3);
+        for task in &tasks {
+            assert!(
+                task.event.data.shares_with(&event.data),
+                "a copy of the text"
+            );
+            let encoded = serde_json::to_vec(task).unwrap();
+            let text = String::from_utf8(encoded).unwrap();
+            assert!(text.contains(r#""data":{"amount": 250, "lines": [{"sku": "a"}]}"#));
+        }
+        assert!(
+            !event.data.is_parsed(),
+            "no subscription filters: no tree built"
+        );
+
+        // A filter reads the tree: built once, for the event and all its tasks.
+        let filter =
+            Filter::parse(&serde_json::json!({"field": "amount", "op": "gte", "value": 100}));
+        index.upsert(
+            Subscription::basic(
+                "sub_e",
+                "acme",
+                "https://erp.example/hooks".parse().unwrap(),
+                vec![EventTypePattern::parse("invoice.*").unwrap()],
+            )
+            .with_filter(Some(filter.unwrap())),
+        );
+        let (event, tasks) = route_record(record, &config, &index, Utc::now()).unwrap();
+        assert_eq!(tasks.len(), 4);
+        assert!(event.data.is_parsed());
+        assert!(tasks.iter().all(|t| t.event.data.shares_with(&event.data)));
+    }
+
+    #[test]
     fn unreadable_records_are_errors() {
         assert!(route(None, &[]).is_err());
         assert!(route(Some(b"garbage"), &[]).is_err());
@@ -163,7 +218,7 @@ mod tests {
         .collect();
         let (event, tasks) = route(Some(br#"{"amount": 100}"#), &headers).unwrap();
         assert_eq!(event.event_type, "payment.succeeded");
-        assert_eq!(event.data["amount"], 100);
+        assert_eq!(event.data.value()["amount"], 100);
         assert_eq!(tasks.len(), 1);
         assert_eq!(tasks[0].subscription_id, "sub_b");
     }

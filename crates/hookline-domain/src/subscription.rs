@@ -493,7 +493,11 @@ impl Subscription {
     pub fn accepts_content(&self, event: &Event) -> bool {
         let on_channel =
             self.channels.is_empty() || event.channels.iter().any(|c| self.channels.contains(c));
-        on_channel && self.filter.as_ref().is_none_or(|f| f.matches(&event.data))
+        on_channel
+            && self
+                .filter
+                .as_ref()
+                .is_none_or(|f| f.matches(event.data.value()))
     }
 
     /// Whether this subscription receives `event`: enabled, same tenant, a matching

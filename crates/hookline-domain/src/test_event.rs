@@ -62,7 +62,8 @@ pub fn test_task(subscription: &Subscription, now: DateTime<Utc>) -> DeliveryTas
         data: json!({
             "subscription_id": subscription.id().as_str(),
             "message": "A test event from Hookline: your endpoint received and can verify it.",
-        }),
+        })
+        .into(),
         channels: Vec::new(),
     };
     DeliveryTask::new(event, subscription.id(), now)
@@ -90,7 +91,7 @@ mod tests {
         assert_eq!(a.subscription_id.as_str(), "sub_1");
         assert_eq!(a.event.tenant, "acme");
         assert_eq!(a.event.event_type, TEST_EVENT_TYPE);
-        assert_eq!(a.event.data["subscription_id"], "sub_1");
+        assert_eq!(a.event.data.value()["subscription_id"], "sub_1");
         assert_eq!(a.attempts, 0);
         assert_ne!(a.message_id, b.message_id, "each test is its own message");
         assert_eq!(a.message_id, ids::message_id(&a.event.id, "sub_1"));

@@ -7,7 +7,9 @@ use std::time::Duration;
 use hookline_domain::ids::message_id;
 use hookline_domain::signing::WebhookSecret;
 use hookline_domain::subscription::EventTypePattern;
-use hookline_e2e::{assert_same, produce, producer, read_all, Api, Deployment, Received, Receiver};
+use hookline_e2e::{
+    assert_same, produce, producer, read_all, Api, Deployment, Pipeline, Received, Receiver,
+};
 use serde_json::{json, Value};
 
 const TYPES: [&str; 6] = [
@@ -327,4 +329,109 @@ async fn events_reach_exactly_the_matching_subscriptions() {
         assert_eq!(headers["hookline-source-topic"], deployment.topic("events"));
         assert!(headers["hookline-source-offset"].parse::<i64>().is_ok());
     }
+}
+
+/// The `data` of an event produced straight to Kafka reaches receivers byte for byte as
+/// its producer wrote it; an event sent over HTTP arrives compact with sorted keys, as
+/// it always has; filters and thin bodies read both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_arrives_as_its_producer_wrote_it() {
+    let p = Pipeline::start(Deployment::new()).await.unwrap();
+    let (_, secret) = p
+        .subscribe("acme", &["invoice.*"], "full", json!({}))
+        .await
+        .unwrap();
+    let big = json!({"filter": {"field": "amount", "op": "gte", "value": 100}});
+    p.subscribe("acme", &["invoice.*"], "big", big)
+        .await
+        .unwrap();
+    p.subscribe(
+        "acme",
+        &["invoice.*"],
+        "small",
+        json!({"filter": {"field": "amount", "op": "lt", "value": 100}}),
+    )
+    .await
+    .unwrap();
+    p.subscribe("acme", &["invoice.*"], "thin", json!({"payload": "thin"}))
+        .await
+        .unwrap();
+
+    let data = "{ \"invoice_id\" : \"in_1\",\n  \"amount\": 150.50, \"note\": \"caf\\u00e9\" }";
+    let record = format!(
+        r#"{{"id": "ext_raw", "type": "invoice.paid", "tenant": "acme", "occurred_at": "2026-11-24T12:00:00Z", "data": {data}}}"#
+    );
+    let kafka = producer().unwrap();
+    produce(
+        &kafka,
+        &p.deployment.topic("events"),
+        Some("acme"),
+        record.as_bytes(),
+    )
+    .await
+    .unwrap();
+    p.api
+        .send_events(
+            json!({"id": "http_raw", "type": "invoice.paid", "tenant": "acme",
+            "occurred_at": "2026-11-24T12:00:00Z",
+            "data": {"note": "café", "amount": 150.50, "invoice_id": "in_2"}}),
+        )
+        .await
+        .unwrap();
+
+    let arrived = p
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| {
+            ["full", "big", "thin"].iter().all(|path| {
+                ["ext_raw", "http_raw"]
+                    .iter()
+                    .all(|id| r.iter().any(|r| r.path == *path && r.json["id"] == *id))
+            })
+        })
+        .await;
+    let received = p.receiver.received();
+    assert!(arrived, "not all arrived: {} requests", received.len());
+    let request = |path: &str, id: &str| {
+        received
+            .iter()
+            .find(|r| r.path == path && r.json["id"] == id)
+            .unwrap_or_else(|| panic!("no {id} at {path}"))
+    };
+    let body = |path: &str, id: &str| String::from_utf8(request(path, id).body.to_vec()).unwrap();
+    let tail = r#""tenant":"acme","timestamp":"2026-11-24T12:00:00.000Z","type":"invoice.paid"}"#;
+    assert_eq!(
+        body("full", "ext_raw"),
+        format!(r#"{{"data":{data},"id":"ext_raw",{tail}"#)
+    );
+    assert_eq!(
+        body("full", "http_raw"),
+        format!(
+            r#"{{"data":{{"amount":150.5,"invoice_id":"in_2","note":"café"}},"id":"http_raw",{tail}"#
+        )
+    );
+    assert_eq!(body("big", "ext_raw"), body("full", "ext_raw"));
+    assert!(
+        received.iter().all(|r| r.path != "small"),
+        "the filter read the data"
+    );
+    assert_eq!(request("thin", "ext_raw").json["entity_id"], "in_1");
+    assert_eq!(request("thin", "http_raw").json["entity_id"], "in_2");
+
+    // The signature is over the bytes sent, formatting and all.
+    let sent = request("full", "ext_raw");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    WebhookSecret::parse(&secret)
+        .unwrap()
+        .verify(
+            sent.header("webhook-id"),
+            sent.header("webhook-timestamp").parse().unwrap(),
+            &sent.body,
+            sent.header("webhook-signature"),
+            now,
+            300,
+        )
+        .unwrap();
 }
