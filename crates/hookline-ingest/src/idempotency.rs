@@ -372,15 +372,8 @@ impl Idempotency {
         mut keys: Vec<Claimed>,
         deadline: Instant,
     ) -> Result<Vec<(Claimed, Decision)>, ApiError> {
-        // Claiming again (the holder let go): this request's earlier claim, still
-        // live, would hold the key against its own new claim.
-        let earlier: Vec<Claimed> = keys
-            .iter()
-            .filter(|c| !c.claim.is_empty())
-            .cloned()
-            .collect();
-        // Awaited: the release must be in the log before the new claim.
-        self.release(&earlier, left(deadline)).await;
+        // Claiming again (the holder let go) needs no release of this request's
+        // earlier claim: it lost, and a claim that lost never holds the key (`decide`).
         let at = Utc::now();
         let expires = at + chrono::Duration::from_std(CLAIM_TTL).unwrap_or_default();
         let mut records = Vec::with_capacity(keys.len());
@@ -508,23 +501,8 @@ impl Idempotency {
         self.release_in_background(&plan.won);
     }
 
-    /// Releases `claims` within `timeout`.
-    async fn release(&self, claims: &[Claimed], timeout: Duration) {
-        if let Some(records) = self.release_records(claims) {
-            self.send_logged(records, "released", timeout).await;
-        }
-    }
-
+    /// Gives up `claims`, in the background.
     fn release_in_background(&self, claims: &[Claimed]) {
-        if let Some(records) = self.release_records(claims) {
-            self.send_in_background(records, "released");
-        }
-    }
-
-    fn release_records(&self, claims: &[Claimed]) -> Option<Result<Vec<OutRecord>, ApiError>> {
-        if claims.is_empty() {
-            return None;
-        }
         let at = Utc::now();
         let records: Result<Vec<OutRecord>, ApiError> = claims
             .iter()
@@ -536,46 +514,12 @@ impl Idempotency {
                 record(&claimed.key, entry, &self.topic)
             })
             .collect();
-        Some(records)
+        self.send_in_background(records, "released");
     }
 
-    /// Writes `records` on a task of its own (within the produce timeout), logging a
-    /// failure.
+    /// Writes `records` on a task of its own within the produce timeout, logging what
+    /// fails: the answer never waits for it.
     fn send_in_background(&self, records: Result<Vec<OutRecord>, ApiError>, what: &'static str) {
-        let writer = Writer {
-            producer: self.producer.clone(),
-            timeout: self.produce_timeout,
-        };
-        tokio::spawn(async move { writer.send_logged(records, what).await });
-    }
-
-    async fn send_logged(
-        &self,
-        records: Result<Vec<OutRecord>, ApiError>,
-        what: &str,
-        timeout: Duration,
-    ) {
-        let writer = Writer {
-            producer: self.producer.clone(),
-            timeout,
-        };
-        writer.send_logged(records, what).await;
-    }
-}
-
-/// Time left until `deadline`.
-fn left(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
-/// Writes idempotency records, logging what fails.
-struct Writer {
-    producer: RenewingProducer,
-    timeout: Duration,
-}
-
-impl Writer {
-    async fn send_logged(&self, records: Result<Vec<OutRecord>, ApiError>, what: &str) {
         let records = match records {
             Ok(records) if records.is_empty() => return,
             Ok(records) => records,
@@ -584,11 +528,19 @@ impl Writer {
                 return;
             }
         };
-        let results = crate::api::send_within(&self.producer, &records, self.timeout).await;
-        if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
-            tracing::warn!(%err, what, "idempotency record not stored; the claim expires by itself");
-        }
+        let (producer, timeout) = (self.producer.clone(), self.produce_timeout);
+        tokio::spawn(async move {
+            let results = crate::api::send_within(&producer, &records, timeout).await;
+            if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
+                tracing::warn!(%err, what, "idempotency record not stored; the claim expires by itself");
+            }
+        });
     }
+}
+
+/// Time left until `deadline`.
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 #[cfg(test)]
