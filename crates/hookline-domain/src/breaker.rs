@@ -73,11 +73,6 @@ impl CircuitBreaker {
         }
     }
 
-    /// When the open circuit lets a probe through, if it is open.
-    pub fn open_until(&self) -> Option<Instant> {
-        self.open_until
-    }
-
     /// How long a request refused at `now` ([`Admission::Reject`]) should wait before
     /// it asks again: until the open circuit lets a probe through, or, while the probe
     /// is in flight, one base cooldown (the probe's answer decides what comes next;

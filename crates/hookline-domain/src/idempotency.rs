@@ -354,6 +354,13 @@ mod tests {
         }
     }
 
+    fn released(id: &str, at: i64) -> Entry {
+        Entry::Released {
+            claim: id.into(),
+            at: t(at),
+        }
+    }
+
     const W: Duration = DEFAULT_WINDOW;
 
     #[test]
@@ -414,15 +421,8 @@ mod tests {
     fn an_expired_or_released_claim_no_longer_holds_the_key() {
         let log = [claim("a", "f", 0), claim("b", "g", 31)];
         assert_eq!(decide(&log, "b", W), Ok(Decision::Won));
-        let released = [
-            claim("a", "f", 0),
-            Entry::Released {
-                claim: "a".into(),
-                at: t(1),
-            },
-            claim("b", "f", 2),
-        ];
-        assert_eq!(decide(&released, "b", W), Ok(Decision::Won));
+        let log = [claim("a", "f", 0), released("a", 1), claim("b", "f", 2)];
+        assert_eq!(decide(&log, "b", W), Ok(Decision::Won));
     }
 
     #[test]
@@ -450,10 +450,6 @@ mod tests {
         // than 30 s and were never released.
         assert_eq!(decide(&log, "e", W), Ok(Decision::Won));
         // A loser's release changes nothing; the holder's frees the key.
-        let released = |claim: &str, at: i64| Entry::Released {
-            claim: claim.into(),
-            at: t(at),
-        };
         let log = [
             claim("a", "f", 0),
             claim("b", "f", 1),
@@ -494,15 +490,9 @@ mod tests {
             settled(&log, "f", "a", t(30), t(7), W),
             Some(Decision::Replay(vec!["evt_a".into()]))
         );
-        let released = [
-            claim("a", "f", 0),
-            Entry::Released {
-                claim: "a".into(),
-                at: t(1),
-            },
-        ];
+        let log = [claim("a", "f", 0), released("a", 1)];
         assert_eq!(
-            settled(&released, "f", "a", t(30), t(2), W),
+            settled(&log, "f", "a", t(30), t(2), W),
             Some(Decision::Vacated)
         );
     }
